@@ -1,0 +1,3 @@
+//! The `korv` command line.
+
+fn main() {}

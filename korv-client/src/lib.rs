@@ -1,0 +1,1 @@
+//! Korv client (work in progress).

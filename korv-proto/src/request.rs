@@ -1,0 +1,653 @@
+//! Requests, their ids and verbs, and the one validation step.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::{Response, StatusCode};
+
+/// Request and response headers: names to string values.
+pub type Headers = BTreeMap<String, String>;
+
+/// The longest `resource` the contract allows, in UTF-8 bytes.
+pub const MAX_RESOURCE_BYTES: usize = 4096;
+
+/// A request's id: an integer from −2^63 to 2^64−1 or a string, chosen by the
+/// client and echoed in the response's `request_id` with the same JSON type.
+///
+/// ```
+/// use korv_proto::RequestId;
+/// assert_eq!(RequestId::from(7).to_string(), "7");
+/// assert_eq!(RequestId::from("a-1").to_string(), "\"a-1\"");
+/// assert_eq!(RequestId::from(7_u64), RequestId::from(7_i64));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(IdRepr);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum IdRepr {
+    Int(i64),
+    /// Only for values above `i64::MAX`, so that equal numbers compare equal.
+    UInt(u64),
+    Str(Box<str>),
+}
+
+impl RequestId {
+    /// The id from a JSON value, if it is a valid id: an integer without
+    /// fraction or exponent in range, or a string.
+    pub fn from_json(value: &Value) -> Option<RequestId> {
+        match value {
+            Value::Number(n) => n
+                .as_i64()
+                .map(RequestId::from)
+                .or_else(|| n.as_u64().map(RequestId::from)),
+            Value::String(s) => Some(RequestId::from(s.as_str())),
+            _ => None,
+        }
+    }
+
+    /// The id as a signed integer, when it is a number that fits.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self.0 {
+            IdRepr::Int(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The id as an unsigned integer, when it is a non-negative number.
+    pub fn as_u64(&self) -> Option<u64> {
+        match self.0 {
+            IdRepr::Int(n) => u64::try_from(n).ok(),
+            IdRepr::UInt(n) => Some(n),
+            IdRepr::Str(_) => None,
+        }
+    }
+
+    /// The id as a string, when it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.0 {
+            IdRepr::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl From<i64> for RequestId {
+    fn from(n: i64) -> Self {
+        RequestId(IdRepr::Int(n))
+    }
+}
+
+impl From<i32> for RequestId {
+    fn from(n: i32) -> Self {
+        RequestId(IdRepr::Int(n.into()))
+    }
+}
+
+impl From<u64> for RequestId {
+    fn from(n: u64) -> Self {
+        match i64::try_from(n) {
+            Ok(signed) => RequestId(IdRepr::Int(signed)),
+            Err(_) => RequestId(IdRepr::UInt(n)),
+        }
+    }
+}
+
+impl From<&str> for RequestId {
+    fn from(s: &str) -> Self {
+        RequestId(IdRepr::Str(s.into()))
+    }
+}
+
+impl From<String> for RequestId {
+    fn from(s: String) -> Self {
+        RequestId(IdRepr::Str(s.into_boxed_str()))
+    }
+}
+
+/// Formats the id as JSON: `7` or `"abc"`.
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            IdRepr::Int(n) => write!(f, "{n}"),
+            IdRepr::UInt(n) => write!(f, "{n}"),
+            IdRepr::Str(s) => write!(f, "{}", Value::from(&**s)),
+        }
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            IdRepr::Int(n) => serializer.serialize_i64(*n),
+            IdRepr::UInt(n) => serializer.serialize_u64(*n),
+            IdRepr::Str(s) => serializer.serialize_str(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl Visitor<'_> for IdVisitor {
+            type Value = RequestId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer or a string")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<RequestId, E> {
+                Ok(n.into())
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<RequestId, E> {
+                Ok(n.into())
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RequestId, E> {
+                Ok(s.into())
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<RequestId, E> {
+                Ok(s.into())
+            }
+        }
+        deserializer.deserialize_any(IdVisitor)
+    }
+}
+
+/// The four verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verb {
+    /// `GET`: retrieve.
+    Get,
+    /// `STORE`: create. Needs a non-null body.
+    Store,
+    /// `UPDATE`: change. Needs a non-null body.
+    Update,
+    /// `DELETE`: remove.
+    Delete,
+}
+
+impl Verb {
+    /// All verbs, in the contract's order (the order of a 405's `allow`).
+    pub const ALL: [Verb; 4] = [Verb::Get, Verb::Store, Verb::Update, Verb::Delete];
+
+    /// The verb as it is written on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Store => "STORE",
+            Verb::Update => "UPDATE",
+            Verb::Delete => "DELETE",
+        }
+    }
+
+    /// Whether a request with this verb must carry a non-null body.
+    pub const fn requires_body(self) -> bool {
+        matches!(self, Verb::Store | Verb::Update)
+    }
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text was not one of `GET`, `STORE`, `UPDATE`, `DELETE` (upper case).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown verb {0:?}: expected GET, STORE, UPDATE or DELETE")]
+pub struct UnknownVerb(pub String);
+
+impl FromStr for Verb {
+    type Err = UnknownVerb;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "GET" => Ok(Verb::Get),
+            "STORE" => Ok(Verb::Store),
+            "UPDATE" => Ok(Verb::Update),
+            "DELETE" => Ok(Verb::Delete),
+            other => Err(UnknownVerb(other.to_owned())),
+        }
+    }
+}
+
+impl Serialize for Verb {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Verb {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A valid request, as [`Request::from_payload`] yields it.
+///
+/// The body is kept as raw JSON text: the server hands it to the handler, which
+/// deserializes it once into its own type.
+#[derive(Debug, Clone, Serialize)]
+pub struct Request {
+    /// The client's id for this request.
+    pub id: RequestId,
+    /// The verb.
+    pub verb: Verb,
+    /// The resource path; starts with `/`, at most [`MAX_RESOURCE_BYTES`].
+    pub resource: String,
+    /// The body; `None` when absent or `null`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Box<RawValue>>,
+    /// The headers; empty when absent.
+    #[serde(skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
+}
+
+impl PartialEq for Request {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.verb == other.verb
+            && self.resource == other.resource
+            && self.headers == other.headers
+            && self.body.as_deref().map(RawValue::get) == other.body.as_deref().map(RawValue::get)
+    }
+}
+
+/// Why a payload is not a valid request: the `400` the contract demands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The request's id when it could be read, `None` (JSON `null`) otherwise.
+    pub request_id: Option<RequestId>,
+    /// A sentence naming the problem.
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(request_id: Option<RequestId>, message: impl Into<String>) -> Self {
+        Rejection {
+            request_id,
+            message: message.into(),
+        }
+    }
+
+    /// The `400` response to send.
+    pub fn into_response(self) -> Response {
+        Response::error(self.request_id, StatusCode::BAD_REQUEST, self.message)
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Request {
+    /// A request with no body and no headers.
+    pub fn new(id: impl Into<RequestId>, verb: Verb, resource: impl Into<String>) -> Self {
+        Request {
+            id: id.into(),
+            verb,
+            resource: resource.into(),
+            body: None,
+            headers: Headers::new(),
+        }
+    }
+
+    /// Sets the body from any serializable value (`null` means no body).
+    ///
+    /// # Errors
+    /// The value's `Serialize` implementation failed (for example a map with
+    /// non-string keys).
+    pub fn with_body<T: Serialize + ?Sized>(mut self, body: &T) -> Result<Self, serde_json::Error> {
+        let raw = serde_json::value::to_raw_value(body)?;
+        self.body = (raw.get() != "null").then_some(raw);
+        Ok(self)
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Validates a frame's payload: a valid request, or the `400` to answer.
+    ///
+    /// This is the contract's section 6, `400` row, in one place: the payload
+    /// must be UTF-8 JSON (no byte-order mark) encoding one object without
+    /// duplicate member names; `id` an integer or a string; `verb` one of the
+    /// four; `resource` a string starting with `/` of at most 4096 bytes;
+    /// `headers`, when present, an object of strings; STORE and UPDATE carry a
+    /// non-null `body`. The rejection carries the request's `id` whenever it
+    /// could be read.
+    ///
+    /// ```
+    /// use korv_proto::{Request, RequestId};
+    /// let rejection = Request::from_payload(br#"{"id":"x","verb":"PUT","resource":"/a"}"#).unwrap_err();
+    /// assert_eq!(rejection.request_id, Some(RequestId::from("x")));
+    /// assert!(rejection.message.contains("PUT"));
+    /// ```
+    pub fn from_payload(payload: &[u8]) -> Result<Request, Rejection> {
+        if payload.is_empty() {
+            return Err(Rejection::new(
+                None,
+                "empty frame: a request is a JSON object",
+            ));
+        }
+        let text = std::str::from_utf8(payload).map_err(|err| {
+            Rejection::new(
+                None,
+                format!(
+                    "payload is not valid UTF-8 (invalid byte at offset {})",
+                    err.valid_up_to()
+                ),
+            )
+        })?;
+        if text.starts_with('\u{feff}') {
+            return Err(Rejection::new(
+                None,
+                "payload starts with a byte-order mark, which JSON text must not",
+            ));
+        }
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let fields = deserializer
+            .deserialize_any(TopVisitor)
+            .and_then(|fields| deserializer.end().map(|()| fields))
+            .map_err(|err| Rejection::new(None, describe_json_error(&err)))?;
+        // serde_json checks escapes in the members it decodes, but not in those
+        // it only skips (the raw body, unknown members): check them here.
+        if text.contains("\\u") {
+            check_surrogates(text).map_err(|message| Rejection::new(None, message))?;
+        }
+        fields.validate()
+    }
+}
+
+/// Checks that every `\\uXXXX` escape in already well-formed JSON text is a
+/// valid scalar value: no unpaired surrogate.
+fn check_surrogates(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let hex_at = |at: usize| -> Option<u16> {
+        let digits = text.get(at..at + 4)?;
+        u16::from_str_radix(digits, 16).ok()
+    };
+    let mut i = 0;
+    while let Some(offset) = bytes
+        .get(i..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\\'))
+    {
+        let at = i + offset;
+        match bytes.get(at + 1) {
+            Some(b'u') => {
+                let unit = hex_at(at + 2).ok_or("payload is not valid JSON: bad \\u escape")?;
+                match unit {
+                    0xD800..=0xDBFF => {
+                        let low = (bytes.get(at + 6) == Some(&b'\\')
+                            && bytes.get(at + 7) == Some(&b'u'))
+                        .then(|| hex_at(at + 8))
+                        .flatten();
+                        if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                            return Err(format!(
+                                "payload is not valid JSON: unpaired surrogate \\u{unit:04x} at byte {at}"
+                            ));
+                        }
+                        i = at + 12;
+                    }
+                    0xDC00..=0xDFFF => {
+                        return Err(format!(
+                            "payload is not valid JSON: unpaired surrogate \\u{unit:04x} at byte {at}"
+                        ));
+                    }
+                    _ => i = at + 6,
+                }
+            }
+            _ => i = at + 2,
+        }
+    }
+    Ok(())
+}
+
+fn describe_json_error(err: &serde_json::Error) -> String {
+    match err.classify() {
+        serde_json::error::Category::Data => format!("payload is not a JSON object: {err}"),
+        _ => format!("payload is not valid JSON: {err}"),
+    }
+}
+
+/// The request object's members as read, before validation.
+#[derive(Default)]
+struct RawFields {
+    id: Option<Value>,
+    verb: Option<Value>,
+    resource: Option<Value>,
+    body: Option<Box<RawValue>>,
+    headers: Option<Value>,
+    duplicate: Option<String>,
+}
+
+impl RawFields {
+    fn validate(self) -> Result<Request, Rejection> {
+        let id = match self.id {
+            None => return Err(Rejection::new(None, "missing `id`")),
+            Some(value) => RequestId::from_json(&value).ok_or_else(|| {
+                Rejection::new(
+                    None,
+                    format!(
+                        "`id` must be an integer from -2^63 to 2^64-1 or a string, found {}",
+                        describe_value(&value)
+                    ),
+                )
+            })?,
+        };
+        let reject = |message: String| Err(Rejection::new(Some(id.clone()), message));
+        if let Some(name) = self.duplicate {
+            return reject(format!("duplicate member {name:?} in the request object"));
+        }
+        let verb = match self.verb {
+            None => return reject("missing `verb`".into()),
+            Some(Value::String(text)) => match text.parse::<Verb>() {
+                Ok(verb) => verb,
+                Err(err) => return reject(format!("`verb`: {err}")),
+            },
+            Some(other) => {
+                return reject(format!(
+                    "`verb` must be a string (GET, STORE, UPDATE or DELETE), found {}",
+                    describe_value(&other)
+                ));
+            }
+        };
+        let resource = match self.resource {
+            None => return reject("missing `resource`".into()),
+            Some(Value::String(resource)) => resource,
+            Some(other) => {
+                return reject(format!(
+                    "`resource` must be a string, found {}",
+                    describe_value(&other)
+                ));
+            }
+        };
+        if !resource.starts_with('/') {
+            return reject(format!(
+                "`resource` must start with '/', found {:?}",
+                truncate(&resource, 64)
+            ));
+        }
+        if resource.len() > MAX_RESOURCE_BYTES {
+            return reject(format!(
+                "`resource` is {} bytes long; the limit is {MAX_RESOURCE_BYTES}",
+                resource.len()
+            ));
+        }
+        let headers = match self.headers {
+            None | Some(Value::Null) => Headers::new(),
+            Some(Value::Object(map)) => {
+                let mut headers = Headers::new();
+                for (name, value) in map {
+                    match value {
+                        Value::String(value) => {
+                            headers.insert(name, value);
+                        }
+                        other => {
+                            return reject(format!(
+                                "header {name:?} must have a string value, found {}",
+                                describe_value(&other)
+                            ));
+                        }
+                    }
+                }
+                headers
+            }
+            Some(other) => {
+                return reject(format!(
+                    "`headers` must be an object of strings, found {}",
+                    describe_value(&other)
+                ));
+            }
+        };
+        let body = self.body.filter(|raw| raw.get() != "null");
+        if verb.requires_body() && body.is_none() {
+            return reject(format!("{verb} requires a non-null `body`"));
+        }
+        Ok(Request {
+            id,
+            verb,
+            resource,
+            body,
+            headers,
+        })
+    }
+}
+
+fn describe_value(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {}", truncate(&n.to_string(), 40)),
+        Value::String(s) => format!("the string {:?}", truncate(s, 40)),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", text.get(..cut).unwrap_or(text)),
+        None => text.to_owned(),
+    }
+}
+
+/// The members the contract names, and any other member (kept for the
+/// duplicate check).
+enum Key {
+    Id,
+    Verb,
+    Resource,
+    Body,
+    Headers,
+    Other(String),
+}
+
+impl Key {
+    fn name(&self) -> &str {
+        match self {
+            Key::Id => "id",
+            Key::Verb => "verb",
+            Key::Resource => "resource",
+            Key::Body => "body",
+            Key::Headers => "headers",
+            Key::Other(name) => name,
+        }
+    }
+}
+
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Key, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
+        Ok(match name {
+            "id" => Key::Id,
+            "verb" => Key::Verb,
+            "resource" => Key::Resource,
+            "body" => Key::Body,
+            "headers" => Key::Headers,
+            other => Key::Other(other.to_owned()),
+        })
+    }
+}
+
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = RawFields;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFields, A::Error> {
+        let mut fields = RawFields::default();
+        let mut seen_known = [false; 5];
+        let mut seen_other: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let slot = match key {
+                Key::Id => Some(0),
+                Key::Verb => Some(1),
+                Key::Resource => Some(2),
+                Key::Body => Some(3),
+                Key::Headers => Some(4),
+                Key::Other(_) => None,
+            };
+            let first = match slot {
+                Some(index) => match seen_known.get_mut(index) {
+                    Some(seen) => !std::mem::replace(seen, true),
+                    None => true,
+                },
+                None => {
+                    let name = key.name();
+                    if seen_other.iter().any(|seen| seen == name) {
+                        false
+                    } else {
+                        seen_other.push(name.to_owned());
+                        true
+                    }
+                }
+            };
+            if !first {
+                if fields.duplicate.is_none() {
+                    fields.duplicate = Some(key.name().to_owned());
+                }
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            match key {
+                Key::Id => fields.id = Some(map.next_value()?),
+                Key::Verb => fields.verb = Some(map.next_value()?),
+                Key::Resource => fields.resource = Some(map.next_value()?),
+                Key::Body => fields.body = Some(map.next_value()?),
+                Key::Headers => fields.headers = Some(map.next_value()?),
+                Key::Other(_) => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}

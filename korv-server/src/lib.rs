@@ -1,0 +1,1 @@
+//! Korv server (work in progress).
