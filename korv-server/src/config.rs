@@ -1,0 +1,71 @@
+//! Every limit of the server, in one place, with its default.
+
+use std::time::Duration;
+
+/// The server's limits. Every field has a documented default ([`Limits::default`]);
+/// change any of them with struct update syntax:
+///
+/// ```
+/// use std::time::Duration;
+/// use korv_server::Limits;
+/// let limits = Limits { request_timeout: Duration::from_secs(5), ..Limits::default() };
+/// assert_eq!(limits.max_frame, 8 * 1024 * 1024);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame payload read or written, in bytes. Default 8 MiB. A larger
+    /// request frame is answered `413` and skipped; a larger response becomes a
+    /// `500` "response too large".
+    pub max_frame: usize,
+    /// Requests of one stream that run at once. Default 128. Beyond it the
+    /// server stops reading the stream (SSH flow control) until one finishes.
+    pub max_in_flight_per_stream: usize,
+    /// Streams (channels) one SSH connection may hold open. Default 16. Beyond
+    /// it channel opens are refused with "resource shortage".
+    pub max_streams_per_connection: usize,
+    /// SSH connections served at once. Default 1024. Beyond it a new TCP
+    /// connection is closed at once, before the SSH handshake.
+    pub max_connections: usize,
+    /// Connections that have not yet authenticated, at once. Default 64 (like
+    /// OpenSSH's `MaxStartups`). Beyond it new TCP connections are closed at once.
+    pub max_unauthenticated: usize,
+    /// Time a connection has to authenticate. Default 30 s (like OpenSSH's
+    /// `LoginGraceTime`). A connection still unauthenticated then is closed.
+    pub auth_timeout: Duration,
+    /// Authentication attempts per connection. Default 6 (OpenSSH's `MaxAuthTries`).
+    pub max_auth_attempts: usize,
+    /// Time a handler has to answer. Default 30 s. Past it the request is
+    /// answered `504` and the handler is cancelled.
+    pub request_timeout: Duration,
+    /// A connection with no traffic for this long is closed. Default 10 minutes;
+    /// `None` keeps idle connections forever.
+    pub idle_timeout: Option<Duration>,
+    /// Interval of SSH keepalive probes to the client. Default 30 s; `None`
+    /// sends none.
+    pub keepalive_interval: Option<Duration>,
+    /// Keepalive probes left unanswered before the connection is dropped.
+    /// Default 3.
+    pub keepalive_max: usize,
+    /// On shutdown, time in-flight requests get to finish. Default 10 s; the
+    /// ones still running then are answered `503`.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: korv_proto::DEFAULT_MAX_FRAME,
+            max_in_flight_per_stream: 128,
+            max_streams_per_connection: 16,
+            max_connections: 1024,
+            max_unauthenticated: 64,
+            auth_timeout: Duration::from_secs(30),
+            max_auth_attempts: 6,
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(600)),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_max: 3,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The per-stream loop: read frames, run handlers concurrently, write answers.
+//!
+//! One function serves every transport (SSH channels, stdin/stdout, in-memory
+//! pipes in tests): it is generic over `AsyncRead + AsyncWrite`.
+//!
+//! - Every frame gets exactly one response: malformed ones at once (400, 413),
+//!   unroutable ones at once (404, 405), the rest from their handler task.
+//! - Up to `max_in_flight_per_stream` handlers run at once; beyond it the loop
+//!   stops reading, which pushes back on the client through SSH flow control.
+//! - Responses that are ready together are written together, with one flush.
+//! - At the client's EOF the loop finishes what is in flight, writes it, then
+//!   shuts its writing side down (EOF).
+//! - On shutdown it answers new requests `503`, gives in-flight ones the grace
+//!   period, answers the rest `503`, then closes.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use korv_proto::{Frame, KorvCodec, Request as WireRequest, RequestId, Response, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::handler::{ClientInfo, Request, TRACEBACKS, internal_error};
+use crate::panic::CatchPanic;
+use crate::router::Routed;
+use crate::server::Shared;
+
+/// Bytes read from the transport at a time, at least.
+const READ_CAPACITY: usize = 64 * 1024;
+
+/// Serves one stream until the client's EOF (or shutdown), then closes it.
+pub(crate) async fn run_stream<S, IO>(
+    shared: Arc<Shared<S>>,
+    io: IO,
+    client: Arc<ClientInfo>,
+    shutdown: CancellationToken,
+) -> io::Result<()>
+where
+    S: Clone + Send + Sync + 'static,
+    IO: AsyncRead + AsyncWrite + Send,
+{
+    let (reader, mut writer) = tokio::io::split(io);
+    let mut codec = KorvCodec::builder()
+        .max_frame(shared.limits.max_frame)
+        .build();
+    let mut frames = FramedRead::with_capacity(reader, codec.clone(), READ_CAPACITY);
+    // Cancelled when the grace period ends or this stream goes away: the
+    // handlers still running then stop and answer 503.
+    let abort = CancellationToken::new();
+    let _abort_on_drop = abort.clone().drop_guard();
+    let mut in_flight = FuturesUnordered::new();
+    let mut out = BytesMut::new();
+    let mut reading = true;
+    let mut shutting_down = false;
+    let grace = tokio::time::sleep(shared.limits.shutdown_grace);
+    tokio::pin!(grace);
+    let max_in_flight = shared.limits.max_in_flight_per_stream.max(1);
+
+    loop {
+        // Gather every answer that is ready, then write them in one go.
+        while let Some(Some(response)) = in_flight.next().now_or_never() {
+            encode(&mut codec, &response, &mut out);
+        }
+        if !out.is_empty() {
+            writer.write_all(&out).await?;
+            writer.flush().await?;
+            out.clear();
+            continue;
+        }
+        if in_flight.is_empty() && (!reading || shutting_down) {
+            break;
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + shared.limits.shutdown_grace);
+            }
+            () = &mut grace, if shutting_down && !abort.is_cancelled() => abort.cancel(),
+            Some(response) = in_flight.next(), if !in_flight.is_empty() => {
+                encode(&mut codec, &response, &mut out);
+            }
+            frame = frames.next(), if reading && in_flight.len() < max_in_flight => match frame {
+                None => reading = false,
+                Some(Err(err)) => return Err(into_io(err)),
+                Some(Ok(frame)) => {
+                    let started = Instant::now();
+                    match dispatch(&shared, frame, shutting_down) {
+                        Dispatch::Now(response) => {
+                            log_answer(&response, None, started);
+                            encode(&mut codec, &response, &mut out);
+                        }
+                        Dispatch::Run(id, request, handler) => {
+                            in_flight.push(run_handler(&shared, &client, id, request, handler, abort.clone()));
+                        }
+                    }
+                }
+            },
+        }
+    }
+    writer.shutdown().await
+}
+
+fn into_io(err: korv_proto::ProtoError) -> io::Error {
+    match err {
+        korv_proto::ProtoError::Io(err) => err,
+        other => io::Error::other(other),
+    }
+}
+
+fn encode(codec: &mut KorvCodec, response: &Response, out: &mut BytesMut) {
+    if let Err(err) = codec.encode(response, out) {
+        // Only a maximum frame too small for a bare 500 gets here.
+        tracing::error!(%err, "could not encode a response");
+    }
+}
+
+enum Dispatch<S> {
+    Now(Response),
+    Run(
+        RequestId,
+        WireRequest,
+        (Arc<crate::handler::BoxedHandler<S>>, crate::router::Params),
+    ),
+}
+
+/// Validates and routes one frame: an answer now, or a handler to run.
+fn dispatch<S>(shared: &Shared<S>, frame: Frame, shutting_down: bool) -> Dispatch<S> {
+    let payload = match frame {
+        Frame::Empty => return Dispatch::Now(Response::empty_frame()),
+        Frame::Oversized { len } => {
+            return Dispatch::Now(Response::payload_too_large(len, shared.limits.max_frame));
+        }
+        Frame::Payload(payload) => payload,
+    };
+    let request = match WireRequest::from_payload(&payload) {
+        Ok(request) => request,
+        Err(rejection) => return Dispatch::Now(rejection.into_response()),
+    };
+    let id = request.id.clone();
+    if shutting_down {
+        return Dispatch::Now(Response::error(
+            id,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down and takes no new requests",
+        ));
+    }
+    match shared.router.route(request.verb, &request.resource) {
+        Routed::Found(handler, params) => Dispatch::Run(id, request, (handler, params)),
+        Routed::NotAllowed(allow) => Dispatch::Now(Response::new(
+            id,
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({
+                "message": format!("{} is not allowed on {}", request.verb, request.resource),
+                "allow": allow,
+            }),
+        )),
+        Routed::NotFound => Dispatch::Now(Response::error(
+            id,
+            StatusCode::NOT_FOUND,
+            format!("no route for {} {}", request.verb, request.resource),
+        )),
+    }
+}
+
+/// Spawns a handler with its timeout, panic capture and abort; resolves to
+/// its response with the request's id.
+fn run_handler<S>(
+    shared: &Arc<Shared<S>>,
+    client: &Arc<ClientInfo>,
+    id: RequestId,
+    request: WireRequest,
+    (handler, params): (Arc<crate::handler::BoxedHandler<S>>, crate::router::Params),
+    abort: CancellationToken,
+) -> impl std::future::Future<Output = Response> + use<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let verb = request.verb;
+    let resource = request.resource.clone();
+    let request = Request::new(request, params, Arc::clone(client));
+    let future = handler(request, shared.state.clone());
+    let timeout = shared.limits.request_timeout;
+    let started = Instant::now();
+    let task = tokio::spawn(TRACEBACKS.scope(shared.tracebacks, async move {
+        tokio::select! {
+            biased;
+            () = abort.cancelled() => Response::error(
+                None,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server shut down before the request finished",
+            ),
+            outcome = tokio::time::timeout(timeout, CatchPanic::new(future)) => match outcome {
+                Ok(Ok(response)) => response,
+                Ok(Err(panic)) => {
+                    tracing::error!(message = %panic.message, location = %panic.location, "handler panicked");
+                    internal_error(
+                        format!("handler panicked: {}", panic.message),
+                        vec![format!("panic: {}", panic.message), format!("at {}", panic.location)],
+                    )
+                }
+                Err(_) => Response::error(
+                    None,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("the handler did not finish within {} ms", timeout.as_millis()),
+                ),
+            },
+        }
+    }));
+    async move {
+        let mut response = task.await.unwrap_or_else(|err| {
+            Response::error(
+                None,
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the request's task ended: {err}"),
+            )
+        });
+        response.request_id = Some(id);
+        log_answer(&response, Some((verb, &resource)), started);
+        response
+    }
+}
+
+fn log_answer(response: &Response, request: Option<(korv_proto::Verb, &str)>, started: Instant) {
+    let micros = started.elapsed().as_micros() as u64;
+    match request {
+        Some((verb, resource)) => {
+            debug!(%verb, resource, code = response.code.as_u16(), micros, "request")
+        }
+        None => debug!(
+            code = response.code.as_u16(),
+            micros, "request answered by the framework"
+        ),
+    }
+}

@@ -1,0 +1,490 @@
+//! The per-stream loop over an in-memory pipe, no SSH: every code the
+//! framework produces, concurrency, backpressure, EOF, timeouts, shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use korv_proto::{Frame, KorvCodec};
+use korv_server::{
+    ClientInfo, Error, KorvServer, Limits, Request, RequestId, Response, StatusCode, StreamService,
+    Verb,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
+
+/// A client end of an in-memory stream served by a `StreamService`.
+struct Pipe {
+    writer: WriteHalf<DuplexStream>,
+    reader: FramedRead<ReadHalf<DuplexStream>, KorvCodec>,
+    served: JoinHandle<std::io::Result<()>>,
+}
+
+impl Pipe {
+    fn open<S: Clone + Send + Sync + 'static>(service: &StreamService<S>) -> Pipe {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let service = service.clone();
+        let served = tokio::spawn(async move {
+            service
+                .serve_as(
+                    theirs,
+                    ClientInfo::new("alice", "SHA256:abc", "ssh-ed25519", "alice@laptop", None),
+                )
+                .await
+        });
+        let (reader, writer) = tokio::io::split(ours);
+        Pipe {
+            writer,
+            reader: FramedRead::new(reader, KorvCodec::new()),
+            served,
+        }
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    async fn send(&mut self, request: Value) {
+        let payload = request.to_string();
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload.as_bytes());
+        self.send_raw(&frame).await;
+    }
+
+    async fn recv(&mut self) -> Response {
+        let frame = tokio::time::timeout(Duration::from_secs(10), self.reader.next())
+            .await
+            .expect("a response within 10 s")
+            .expect("the stream is open")
+            .unwrap();
+        let Frame::Payload(payload) = frame else {
+            panic!("unexpected {frame:?}")
+        };
+        Response::from_payload(&payload).unwrap()
+    }
+
+    async fn call(&mut self, request: Value) -> Response {
+        self.send(request).await;
+        self.recv().await
+    }
+
+    /// Sends EOF, collects the remaining responses, and expects the server to close.
+    async fn finish(mut self) -> Vec<Response> {
+        self.writer.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), self.reader.next())
+            .await
+            .expect("the server closes after EOF")
+        {
+            let Frame::Payload(payload) = frame.unwrap() else {
+                panic!("bad frame")
+            };
+            rest.push(Response::from_payload(&payload).unwrap());
+        }
+        self.served.await.unwrap().unwrap();
+        rest
+    }
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    #[allow(dead_code)]
+    name: String,
+    #[allow(dead_code)]
+    age: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("database unreachable")]
+struct DbError(#[source] std::io::Error);
+
+fn app(limits: Limits) -> StreamService<Arc<AtomicUsize>> {
+    let running = Arc::new(AtomicUsize::new(0));
+    KorvServer::with_state(running)
+        .limits(limits)
+        .route(Verb::Get, "/hello", |_req: Request| async { (200, json!({"msg": "Hello World!"})) })
+        .route(Verb::Store, "/hello", |_req: Request| async { (201, json!({"stored": true})) })
+        .route(Verb::Delete, "/hello", |_req: Request| async { (204, Value::Null) })
+        .route(Verb::Get, "/users/{id}", |req: Request| async move {
+            json!({"id": req.param("id"), "user": req.client().user, "fp": req.client().fingerprint})
+        })
+        .route(Verb::Get, "/users/me", |_req: Request| async { json!("me") })
+        .route(Verb::Store, "/users", |req: Request| async move {
+            let _user: NewUser = req.body()?;
+            Ok::<_, anyhow::Error>((201, json!({"ok": true})))
+        })
+        .route(Verb::Get, "/sleep/{ms}", |req: Request, running: Arc<AtomicUsize>| async move {
+            let ms: u64 = req.param("ms").unwrap().parse().unwrap();
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            running.fetch_sub(1, Ordering::SeqCst);
+            json!({"slept": ms, "concurrent": now})
+        })
+        .route(Verb::Get, "/fail", |_req: Request| async {
+            Err::<Value, _>(DbError(std::io::Error::other("connection refused")))
+        })
+        .route(Verb::Get, "/missing", |_req: Request| async {
+            Err::<Value, _>(Error::new(404, "no such thing"))
+        })
+        .route(Verb::Get, "/panic", |_req: Request| async {
+            if true {
+                panic!("boom at the handler");
+            }
+            json!(null)
+        })
+        .route(Verb::Get, "/big", |_req: Request| async { json!("x".repeat(4096)) })
+        .route(Verb::Get, "/badcode", |_req: Request| async { (600, json!(null)) })
+        .into_stream_service()
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_frame: 2048,
+        request_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    }
+}
+
+fn get(id: i64, resource: &str) -> Value {
+    json!({"id": id, "verb": "GET", "resource": resource})
+}
+
+#[tokio::test]
+async fn a_handler_answers_200_with_the_request_id() {
+    let mut pipe = Pipe::open(&app(limits()));
+    let response = pipe.call(get(1, "/hello")).await;
+    assert_eq!(response.request_id, Some(RequestId::from(1)));
+    assert_eq!(response.code, StatusCode::OK);
+    assert_eq!(response.body, json!({"msg": "Hello World!"}));
+    let response = pipe
+        .call(json!({"id": "s", "verb": "STORE", "resource": "/hello", "body": 1}))
+        .await;
+    assert_eq!(
+        (response.request_id, response.code),
+        (Some(RequestId::from("s")), StatusCode::CREATED)
+    );
+    assert!(pipe.finish().await.is_empty());
+}
+
+#[tokio::test]
+async fn captures_and_the_client_reach_the_handler_and_static_routes_win() {
+    let mut pipe = Pipe::open(&app(limits()));
+    let response = pipe.call(get(1, "/users/42")).await;
+    assert_eq!(
+        response.body,
+        json!({"id": "42", "user": "alice", "fp": "SHA256:abc"})
+    );
+    assert_eq!(pipe.call(get(2, "/users/me")).await.body, json!("me"));
+}
+
+#[tokio::test]
+async fn malformed_payload_gets_400_and_the_stream_lives() {
+    let mut pipe = Pipe::open(&app(limits()));
+    let response = pipe
+        .call(json!({"id": 3, "verb": "get", "resource": "/hello"}))
+        .await;
+    assert_eq!(response.code, StatusCode::BAD_REQUEST);
+    assert_eq!(response.request_id, Some(RequestId::from(3)));
+    assert!(response.message().unwrap().contains("unknown verb"));
+    pipe.send_raw(b"\x00\x00\x00\x03{{{").await;
+    let response = pipe.recv().await;
+    assert_eq!(
+        (response.code, response.request_id),
+        (StatusCode::BAD_REQUEST, None)
+    );
+    assert_eq!(pipe.call(get(4, "/hello")).await.code, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_zero_length_frame_gets_400_with_null_id() {
+    let mut pipe = Pipe::open(&app(limits()));
+    pipe.send_raw(&[0, 0, 0, 0]).await;
+    let response = pipe.recv().await;
+    assert_eq!(
+        (response.code, response.request_id.clone()),
+        (StatusCode::BAD_REQUEST, None)
+    );
+    assert!(response.message().unwrap().contains("empty frame"));
+    assert_eq!(pipe.call(get(5, "/hello")).await.code, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_oversized_frame_gets_413_is_skipped_and_the_stream_goes_on() {
+    let mut pipe = Pipe::open(&app(limits()));
+    let big = json!({"id": 1, "verb": "STORE", "resource": "/hello", "body": "y".repeat(5000)})
+        .to_string();
+    let mut frame = (big.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(big.as_bytes());
+    pipe.send_raw(&frame).await;
+    let response = pipe.recv().await;
+    assert_eq!(response.code, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(response.request_id, None);
+    assert_eq!(response.body["max_frame_bytes"], json!(2048));
+    assert_eq!(
+        pipe.call(get(2, "/hello")).await.request_id,
+        Some(RequestId::from(2))
+    );
+}
+
+#[tokio::test]
+async fn no_route_is_404_and_a_wrong_verb_is_405_with_allow_in_order() {
+    let mut pipe = Pipe::open(&app(limits()));
+    let response = pipe.call(get(1, "/nowhere")).await;
+    assert_eq!(response.code, StatusCode::NOT_FOUND);
+    assert!(response.message().unwrap().contains("/nowhere"));
+    let response = pipe
+        .call(json!({"id": 2, "verb": "UPDATE", "resource": "/hello", "body": {}}))
+        .await;
+    assert_eq!(response.code, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.body["allow"], json!(["GET", "STORE", "DELETE"]));
+    assert!(response.message().unwrap().contains("UPDATE"));
+}
+
+#[tokio::test]
+async fn validation_comes_before_routing() {
+    let mut pipe = Pipe::open(&app(limits()));
+    let response = pipe
+        .call(json!({"id": 1, "verb": "STORE", "resource": "/nowhere"}))
+        .await;
+    assert_eq!(response.code, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_fit_the_handlers_type_is_a_400_naming_the_field() {
+    let mut pipe = Pipe::open(&app(limits()));
+    let response = pipe
+        .call(json!({"id": 1, "verb": "STORE", "resource": "/users", "body": {"name": "a", "age": "old"}}))
+        .await;
+    assert_eq!(response.code, StatusCode::BAD_REQUEST);
+    assert!(
+        response.message().unwrap().contains("`age`"),
+        "{:?}",
+        response.message()
+    );
+    let response = pipe.call(json!({"id": 2, "verb": "STORE", "resource": "/users", "body": {"name": "a", "age": 3}})).await;
+    assert_eq!(response.code, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_handler_error_is_a_500_with_the_error_and_each_cause() {
+    let mut pipe = Pipe::open(&app(limits()));
+    let response = pipe.call(get(7, "/fail")).await;
+    assert_eq!(response.code, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.request_id, Some(RequestId::from(7)));
+    assert_eq!(
+        response.body["traceback"],
+        json!(["database unreachable", "connection refused"])
+    );
+    assert!(response.message().unwrap().contains("database unreachable"));
+}
+
+#[tokio::test]
+async fn an_error_with_a_code_answers_with_that_code() {
+    let mut pipe = Pipe::open(&app(limits()));
+    let response = pipe.call(get(1, "/missing")).await;
+    assert_eq!(response.code, StatusCode::NOT_FOUND);
+    assert_eq!(response.message(), Some("no such thing"));
+}
+
+#[tokio::test]
+async fn a_panic_is_a_500_with_message_and_location_and_the_stream_lives() {
+    let mut pipe = Pipe::open(&app(limits()));
+    let response = pipe.call(get(8, "/panic")).await;
+    assert_eq!(response.code, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.request_id, Some(RequestId::from(8)));
+    let traceback = response.body["traceback"].as_array().unwrap();
+    assert_eq!(traceback[0], json!("panic: boom at the handler"));
+    assert!(
+        traceback[1].as_str().unwrap().contains("tests/stream.rs:"),
+        "{traceback:?}"
+    );
+    assert_eq!(pipe.call(get(9, "/hello")).await.code, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn tracebacks_can_be_turned_off() {
+    let service = KorvServer::new()
+        .tracebacks(false)
+        .route(Verb::Get, "/fail", |_req: Request| async {
+            Err::<Value, _>(anyhow::anyhow!("secret detail"))
+        })
+        .route(Verb::Get, "/panic", |_req: Request| async {
+            if true {
+                panic!("secret panic");
+            }
+            json!(null)
+        })
+        .into_stream_service();
+    let mut pipe = Pipe::open(&service);
+    for resource in ["/fail", "/panic"] {
+        let response = pipe.call(get(1, resource)).await;
+        assert_eq!(response.code, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.body, json!({"message": "internal server error"}));
+    }
+}
+
+#[tokio::test]
+async fn a_response_above_the_maximum_frame_is_a_500_response_too_large() {
+    let mut pipe = Pipe::open(&app(limits()));
+    let response = pipe.call(get(11, "/big")).await;
+    assert_eq!(response.code, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.request_id, Some(RequestId::from(11)));
+    assert_eq!(response.message(), Some("response too large"));
+}
+
+#[tokio::test]
+async fn an_invalid_status_code_from_a_handler_is_a_500() {
+    let mut pipe = Pipe::open(&app(limits()));
+    let response = pipe.call(get(1, "/badcode")).await;
+    assert_eq!(response.code, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(response.message().unwrap().contains("600"));
+}
+
+#[tokio::test]
+async fn a_slow_request_does_not_hold_up_a_fast_one() {
+    let mut pipe = Pipe::open(&app(limits()));
+    pipe.send(get(1, "/sleep/400")).await;
+    pipe.send(get(2, "/hello")).await;
+    let first = pipe.recv().await;
+    let second = pipe.recv().await;
+    assert_eq!(first.request_id, Some(RequestId::from(2)));
+    assert_eq!(second.request_id, Some(RequestId::from(1)));
+    assert_eq!(second.body["slept"], json!(400));
+}
+
+#[tokio::test]
+async fn eof_drains_the_requests_in_flight() {
+    let mut pipe = Pipe::open(&app(limits()));
+    for id in 0..20 {
+        pipe.send(get(id, "/sleep/100")).await;
+    }
+    let rest = pipe.finish().await;
+    let mut ids: Vec<i64> = rest
+        .iter()
+        .map(|r| r.request_id.as_ref().unwrap().as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..20).collect::<Vec<_>>());
+    assert!(rest.iter().all(|r| r.code == StatusCode::OK));
+}
+
+#[tokio::test]
+async fn in_flight_requests_are_capped_per_stream_by_backpressure() {
+    let service = app(Limits {
+        max_in_flight_per_stream: 3,
+        ..limits()
+    });
+    let mut pipe = Pipe::open(&service);
+    for id in 0..12 {
+        pipe.send(get(id, "/sleep/50")).await;
+    }
+    let rest = pipe.finish().await;
+    assert_eq!(rest.len(), 12);
+    let peak = rest
+        .iter()
+        .map(|r| r.body["concurrent"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(peak <= 3, "at most 3 handlers at once, saw {peak}");
+    assert!(peak >= 2, "handlers do run concurrently, saw {peak}");
+}
+
+#[tokio::test]
+async fn a_handler_past_the_request_timeout_gets_504() {
+    let service = app(Limits {
+        request_timeout: Duration::from_millis(100),
+        ..limits()
+    });
+    let mut pipe = Pipe::open(&service);
+    let response = pipe.call(get(5, "/sleep/5000")).await;
+    assert_eq!(response.code, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(response.request_id, Some(RequestId::from(5)));
+    assert!(response.message().unwrap().contains("100 ms"));
+    assert_eq!(pipe.call(get(6, "/hello")).await.code, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn shutdown_answers_new_requests_503_and_drains_in_flight_ones() {
+    let service = app(Limits {
+        shutdown_grace: Duration::from_secs(5),
+        ..limits()
+    });
+    let mut pipe = Pipe::open(&service);
+    pipe.send(get(1, "/sleep/300")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    service.shutdown_handle().shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = pipe.call(get(2, "/hello")).await;
+    assert_eq!(refused.code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.request_id, Some(RequestId::from(2)));
+    let drained = pipe.recv().await;
+    assert_eq!(
+        (drained.request_id, drained.code),
+        (Some(RequestId::from(1)), StatusCode::OK)
+    );
+    // With nothing left in flight the server closes the stream by itself.
+    let end = tokio::time::timeout(Duration::from_secs(5), pipe.reader.next())
+        .await
+        .unwrap();
+    assert!(end.is_none());
+}
+
+#[tokio::test]
+async fn requests_still_running_when_the_grace_period_ends_get_503() {
+    let service = app(Limits {
+        shutdown_grace: Duration::from_millis(200),
+        ..limits()
+    });
+    let mut pipe = Pipe::open(&service);
+    pipe.send(get(1, "/sleep/4000")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    service.shutdown_handle().shutdown();
+    let response = pipe.recv().await;
+    assert_eq!(
+        (response.request_id, response.code),
+        (Some(RequestId::from(1)), StatusCode::SERVICE_UNAVAILABLE)
+    );
+}
+
+#[tokio::test]
+async fn a_partial_frame_at_eof_is_dropped_and_the_stream_closes_cleanly() {
+    let mut pipe = Pipe::open(&app(limits()));
+    pipe.send(get(1, "/hello")).await;
+    pipe.send_raw(&[0, 0, 0, 50, b'{']).await;
+    let rest = pipe.finish().await;
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].request_id, Some(RequestId::from(1)));
+}
+
+#[test]
+#[should_panic(expected = "route conflict: GET \"/users/{name}\"")]
+fn registering_the_same_verb_and_pattern_twice_panics_with_a_message() {
+    let mut server = KorvServer::new();
+    server.add_callback(Verb::Get, "/users/{id}", |_r: Request| async { json!(1) });
+    server.add_callback(Verb::Get, "/users/{name}", |_r: Request| async { json!(2) });
+}
+
+#[test]
+fn try_add_callback_reports_conflicts_and_bad_patterns() {
+    let mut server = KorvServer::new();
+    server
+        .try_add_callback(Verb::Get, "/a", |_r: Request| async { json!(1) })
+        .unwrap();
+    server
+        .try_add_callback(Verb::Store, "/a", |_r: Request| async { json!(1) })
+        .unwrap();
+    let err = server
+        .try_add_callback(Verb::Get, "/a", |_r: Request| async { json!(1) })
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("already registered"), "{err}");
+    let err = server
+        .try_add_callback(Verb::Get, "a", |_r: Request| async { json!(1) })
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("must start with '/'"), "{err}");
+}
