@@ -95,6 +95,14 @@ impl Response {
         self.body.get("message").and_then(Value::as_str)
     }
 
+    /// The body deserialized into `T`.
+    ///
+    /// # Errors
+    /// The body does not have `T`'s shape.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.body)
+    }
+
     /// Parses a response frame's payload, as a client does.
     ///
     /// # Errors

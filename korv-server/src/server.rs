@@ -28,6 +28,7 @@ pub(crate) struct Shared<S> {
 
 /// Where host keys come from.
 #[derive(Debug, Clone)]
+#[allow(dead_code)] // read by the SSH layer
 pub(crate) enum HostKeySource {
     File(PathBuf),
     Key(Box<PrivateKey>),
@@ -35,6 +36,7 @@ pub(crate) enum HostKeySource {
 
 /// Where authorized keys come from.
 #[derive(Debug, Clone)]
+#[allow(dead_code)] // read by the SSH layer
 pub(crate) enum AuthorizedSource {
     /// An OpenSSH authorized_keys file, re-read when it changes.
     File(PathBuf),
