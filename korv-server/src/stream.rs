@@ -46,11 +46,51 @@ where
     S: Clone + Send + Sync + 'static,
     IO: AsyncRead + AsyncWrite + Send,
 {
-    let (reader, mut writer) = tokio::io::split(io);
+    let (reader, writer) = tokio::io::split(io);
+    // Writing runs beside reading, never in its way: over SSH a stream that
+    // stops reading while a write waits can stall the whole connection
+    // (russh delivers channel data through a bounded queue).
+    let (to_writer, from_reader) = tokio::sync::mpsc::unbounded_channel::<BytesMut>();
+    let (read_result, write_result) = tokio::join!(
+        read_loop(&shared, reader, &client, &shutdown, to_writer),
+        write_loop(writer, from_reader),
+    );
+    read_result.and(write_result)
+}
+
+/// Writes encoded responses as they come, coalescing whatever is queued into
+/// one write and one flush; at the end, shuts the writing side down (EOF).
+async fn write_loop<W: AsyncWrite>(
+    writer: W,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<BytesMut>,
+) -> io::Result<()> {
+    tokio::pin!(writer);
+    while let Some(mut batch) = queue.recv().await {
+        while let Ok(more) = queue.try_recv() {
+            batch.unsplit(more);
+        }
+        writer.write_all(&batch).await?;
+        writer.flush().await?;
+    }
+    writer.shutdown().await
+}
+
+async fn read_loop<S, R>(
+    shared: &Arc<Shared<S>>,
+    reader: R,
+    client: &Arc<ClientInfo>,
+    shutdown: &CancellationToken,
+    to_writer: tokio::sync::mpsc::UnboundedSender<BytesMut>,
+) -> io::Result<()>
+where
+    S: Clone + Send + Sync + 'static,
+    R: AsyncRead,
+{
     let mut codec = KorvCodec::builder()
         .max_frame(shared.limits.max_frame)
         .build();
-    let mut frames = FramedRead::with_capacity(reader, codec.clone(), READ_CAPACITY);
+    let frames = FramedRead::with_capacity(reader, codec.clone(), READ_CAPACITY);
+    tokio::pin!(frames);
     // Cancelled when the grace period ends or this stream goes away: the
     // handlers still running then stop and answer 503.
     let abort = CancellationToken::new();
@@ -64,18 +104,18 @@ where
     let max_in_flight = shared.limits.max_in_flight_per_stream.max(1);
 
     loop {
-        // Gather every answer that is ready, then write them in one go.
+        // Gather every answer that is ready, then hand them over in one go.
         while let Some(Some(response)) = in_flight.next().now_or_never() {
             encode(&mut codec, &response, &mut out);
         }
-        if !out.is_empty() {
-            writer.write_all(&out).await?;
-            writer.flush().await?;
-            out.clear();
-            continue;
+        if !out.is_empty() && to_writer.send(out.split()).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the stream's writer stopped",
+            ));
         }
         if in_flight.is_empty() && (!reading || shutting_down) {
-            break;
+            return Ok(());
         }
         tokio::select! {
             biased;
@@ -84,6 +124,9 @@ where
                 grace.as_mut().reset(tokio::time::Instant::now() + shared.limits.shutdown_grace);
             }
             () = &mut grace, if shutting_down && !abort.is_cancelled() => abort.cancel(),
+            () = to_writer.closed() => {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the stream's writer stopped"));
+            }
             Some(response) = in_flight.next(), if !in_flight.is_empty() => {
                 encode(&mut codec, &response, &mut out);
             }
@@ -92,20 +135,19 @@ where
                 Some(Err(err)) => return Err(into_io(err)),
                 Some(Ok(frame)) => {
                     let started = Instant::now();
-                    match dispatch(&shared, frame, shutting_down) {
+                    match dispatch(shared, frame, shutting_down) {
                         Dispatch::Now(response) => {
                             log_answer(&response, None, started);
                             encode(&mut codec, &response, &mut out);
                         }
                         Dispatch::Run(id, request, handler) => {
-                            in_flight.push(run_handler(&shared, &client, id, request, handler, abort.clone()));
+                            in_flight.push(run_handler(shared, client, id, request, handler, abort.clone()));
                         }
                     }
                 }
             },
         }
     }
-    writer.shutdown().await
 }
 
 fn into_io(err: korv_proto::ProtoError) -> io::Error {
