@@ -39,24 +39,52 @@
 //! - `authorized`: the OpenSSH authorized_keys file and its options.
 //! - `config`: [`Limits`], every limit with its default.
 
+mod authorized;
 mod config;
 mod handler;
 mod panic;
 mod router;
 mod server;
+mod ssh;
 mod stream;
 
 pub use config::Limits;
 pub use handler::{BodyError, BoxFuture, ClientInfo, Error, Handler, IntoResponse, Request};
 pub use korv_proto::{Headers, RequestId, Response, StatusCode, Verb};
 pub use router::{Params, RouteError};
-pub use server::{DEFAULT_PORT, KorvServer, ShutdownHandle, StreamService};
+pub use server::{BoundServer, DEFAULT_PORT, KorvServer, ShutdownHandle, StreamService};
 
-/// Errors of starting or running a server.
+/// Errors of starting or running a server. Each names the file or address
+/// at fault.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    /// Placeholder until the SSH layer lands.
-    #[error("{0}")]
-    Other(String),
+    /// No host key was configured.
+    #[error(
+        "no host key: add one with host_key_file(PATH) (make it with `ssh-keygen -t ed25519 -N '' -f PATH`)"
+    )]
+    NoHostKey,
+    /// No authorized keys were configured: nobody could log in.
+    #[error("no authorized keys: add an authorized_keys file or keys in memory")]
+    NoAuthorizedKeys,
+    /// A host key file cannot be read or parsed.
+    #[error("host key {path}: {reason}")]
+    HostKey {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The listen address cannot be bound (in use, not permitted, ...).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for a signal failed.
+    #[error("cannot wait for shutdown signals: {0}")]
+    Signal(#[source] std::io::Error),
 }

@@ -2,14 +2,17 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use korv_proto::Verb;
 use russh::keys::{PrivateKey, PublicKey};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::ServerError;
+use crate::authorized::AuthorizedKeys;
 use crate::config::Limits;
 use crate::handler::{ClientInfo, Handler, boxed};
 use crate::router::{RouteError, Router};
@@ -28,7 +31,6 @@ pub(crate) struct Shared<S> {
 
 /// Where host keys come from.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // read by the SSH layer
 pub(crate) enum HostKeySource {
     File(PathBuf),
     Key(Box<PrivateKey>),
@@ -36,7 +38,6 @@ pub(crate) enum HostKeySource {
 
 /// Where authorized keys come from.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // read by the SSH layer
 pub(crate) enum AuthorizedSource {
     /// An OpenSSH authorized_keys file, re-read when it changes.
     File(PathBuf),
@@ -203,6 +204,54 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
         self
     }
 
+    /// Loads the host keys, binds the listen address, and returns the bound
+    /// server, whose address is known (useful with port 0).
+    ///
+    /// # Errors
+    /// No host key or authorized keys; a host key file unreadable, malformed,
+    /// encrypted or readable by others; the address cannot be bound.
+    pub async fn bind(mut self) -> Result<BoundServer<S>, ServerError> {
+        let keys = load_host_keys(&self.host_keys)?;
+        let authorized = match self.authorized.take() {
+            Some(AuthorizedSource::File(path)) => AuthorizedKeys::from_file(path),
+            Some(AuthorizedSource::Keys(keys)) => AuthorizedKeys::from_keys(keys),
+            None => return Err(ServerError::NoAuthorizedKeys),
+        };
+        let addr = self.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let shared = self.into_shared();
+        let config = Arc::new(crate::ssh::russh_config(&shared, keys));
+        tracing::info!(addr = %local_addr, "korv server listening");
+        Ok(BoundServer {
+            shared,
+            listener,
+            local_addr,
+            config,
+            authorized: Arc::new(authorized),
+        })
+    }
+
+    /// Binds and serves until Ctrl-C or SIGTERM, then shuts down gracefully.
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind).
+    pub async fn serve(self) -> Result<(), ServerError> {
+        let bound = self.bind().await?;
+        let handle = bound.shutdown_handle();
+        tokio::spawn(async move {
+            if wait_for_signal().await.is_ok() {
+                tracing::info!("shutdown signal received");
+                handle.shutdown();
+            }
+        });
+        bound.run().await
+    }
+
     pub(crate) fn into_shared(self) -> Arc<Shared<S>> {
         Arc::new(Shared {
             router: self.router,
@@ -236,6 +285,94 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
             .serve_as(io, ClientInfo::local(user))
             .await
     }
+}
+
+/// A server bound to its address, ready to [`run`](Self::run).
+pub struct BoundServer<S> {
+    shared: Arc<Shared<S>>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Arc<russh::server::Config>,
+    authorized: Arc<AuthorizedKeys>,
+}
+
+impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle that starts a graceful shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            token: self.shared.shutdown.clone(),
+        }
+    }
+
+    /// Serves connections until the shutdown handle fires, then stops
+    /// accepting, drains the streams (in-flight requests get the grace period)
+    /// and returns.
+    ///
+    /// # Errors
+    /// None today; reserved for fatal listener errors.
+    pub async fn run(self) -> Result<(), ServerError> {
+        crate::ssh::accept_loop(self.shared, self.listener, self.config, self.authorized).await
+    }
+}
+
+async fn wait_for_signal() -> Result<(), ServerError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.map_err(ServerError::Signal),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map_err(ServerError::Signal)
+    }
+}
+
+fn load_host_keys(sources: &[HostKeySource]) -> Result<Vec<PrivateKey>, ServerError> {
+    if sources.is_empty() {
+        return Err(ServerError::NoHostKey);
+    }
+    sources
+        .iter()
+        .map(|source| match source {
+            HostKeySource::Key(key) => Ok((**key).clone()),
+            HostKeySource::File(path) => load_host_key_file(path),
+        })
+        .collect()
+}
+
+fn load_host_key_file(path: &Path) -> Result<PrivateKey, ServerError> {
+    let fail = |reason: String| ServerError::HostKey {
+        path: path.to_owned(),
+        reason,
+    };
+    let metadata = std::fs::metadata(path).map_err(|err| fail(format!("cannot read it: {err}")))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(fail(format!(
+                "permissions {mode:04o} are too open: others can read this private key; run `chmod 600 {}`",
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = metadata;
+    russh::keys::load_secret_key(path, None).map_err(|err| {
+        fail(format!(
+            "not a usable unencrypted OpenSSH private key: {err}"
+        ))
+    })
 }
 
 /// Serves Korv streams over any byte stream, sharing one set of routes. Cheap

@@ -1,0 +1,390 @@
+//! Real SSH on 127.0.0.1 with keys made by `ssh-keygen` and OpenSSH's `ssh`
+//! client: both channel kinds, every key type, and every refusal.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use korv_server::{KorvServer, Request, Response, ShutdownHandle, StatusCode, Verb};
+use serde_json::json;
+use tempfile::TempDir;
+
+struct Fixture {
+    dir: TempDir,
+    addr: SocketAddr,
+    shutdown: ShutdownHandle,
+}
+
+fn keygen(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("ssh-keygen")
+        .args(args)
+        .args(["-q", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(status.success());
+    path
+}
+
+fn public(path: &Path) -> String {
+    std::fs::read_to_string(path.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+impl Fixture {
+    /// A server with a fresh host key; `authorized` writes the authorized_keys text.
+    async fn start(authorized: impl FnOnce(&Path) -> String) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
+        let text = authorized(dir.path());
+        let authorized_keys = dir.path().join("authorized_keys");
+        std::fs::write(&authorized_keys, text).unwrap();
+        let bound = KorvServer::new()
+            .host_key_file(host)
+            .authorized_keys_file(&authorized_keys)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .route(Verb::Get, "/hello", |_r: Request| async { (200, json!({"msg": "Hello World!"})) })
+            .route(Verb::Get, "/whoami", |r: Request| async move {
+                let c = r.client();
+                json!({"user": c.user, "fp": c.fingerprint, "alg": c.algorithm, "comment": c.comment})
+            })
+            .bind()
+            .await
+            .unwrap();
+        let addr = bound.local_addr();
+        let shutdown = bound.shutdown_handle();
+        tokio::spawn(bound.run());
+        Fixture {
+            dir,
+            addr,
+            shutdown,
+        }
+    }
+
+    fn key(&self, name: &str, args: &[&str]) -> PathBuf {
+        keygen(self.dir.path(), name, args)
+    }
+
+    /// Runs `ssh` with `args` before the destination, feeding `input`.
+    async fn ssh(&self, identity: &Path, extra: &[&str], input: Vec<u8>) -> Output {
+        let mut command = Command::new("ssh");
+        command
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "LogLevel=ERROR",
+            ])
+            .args([
+                "-o",
+                "ConnectTimeout=10",
+                "-p",
+                &self.addr.port().to_string(),
+                "-i",
+            ])
+            .arg(identity)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        tokio::task::spawn_blocking(move || {
+            let mut child = command.spawn().expect("ssh runs");
+            child.stdin.take().unwrap().write_all(&input).unwrap();
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn request_via_w(&self, identity: &Path, frames: Vec<u8>) -> Output {
+        self.ssh(
+            identity,
+            &["-W", "localhost:8022", "alice@127.0.0.1"],
+            frames,
+        )
+        .await
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.shutdown.shutdown();
+    }
+}
+
+fn frame(value: serde_json::Value) -> Vec<u8> {
+    let payload = value.to_string();
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(payload.as_bytes());
+    out
+}
+
+fn responses(mut bytes: &[u8]) -> Vec<Response> {
+    let mut out = Vec::new();
+    while bytes.len() >= 4 {
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        out.push(Response::from_payload(&bytes[4..4 + len]).unwrap());
+        bytes = &bytes[4 + len..];
+    }
+    assert!(bytes.is_empty(), "trailing bytes");
+    out
+}
+
+fn assert_refused(output: &Output) {
+    assert_eq!(
+        output.status.code(),
+        Some(255),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn ssh_w_reaches_the_server_with_ed25519_ecdsa_and_rsa_4096_keys() {
+    let kinds: [(&str, &[&str]); 3] = [
+        ("ed", &["-t", "ed25519"]),
+        ("ec", &["-t", "ecdsa", "-b", "256"]),
+        ("rsa", &["-t", "rsa", "-b", "4096"]),
+    ];
+    let fixture = Fixture::start(|dir| {
+        kinds
+            .iter()
+            .map(|(name, args)| public(&keygen(dir, name, args)) + "\n")
+            .collect()
+    })
+    .await;
+    for (name, _) in kinds {
+        let key = fixture.dir.path().join(name);
+        let mut input = frame(json!({"id": 1, "verb": "GET", "resource": "/hello"}));
+        input.extend(frame(
+            json!({"id": "w", "verb": "GET", "resource": "/whoami"}),
+        ));
+        let output = fixture.request_via_w(&key, input).await;
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut answers = responses(&output.stdout);
+        answers.sort_by_key(|r| r.request_id.as_ref().unwrap().as_str().is_some());
+        assert_eq!(answers.len(), 2, "{name}");
+        assert_eq!(answers[0].body, json!({"msg": "Hello World!"}));
+        assert_eq!(answers[1].body["user"], json!("alice"));
+        assert_eq!(answers[1].body["comment"], json!(name));
+        assert!(
+            answers[1].body["fp"]
+                .as_str()
+                .unwrap()
+                .starts_with("SHA256:")
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_korv_subsystem_answers_and_exits_0() {
+    let fixture = Fixture::start(|dir| public(&keygen(dir, "ed", &["-t", "ed25519"]))).await;
+    let key = fixture.dir.path().join("ed");
+    let input = frame(json!({"id": 7, "verb": "GET", "resource": "/hello"}));
+    let output = fixture
+        .ssh(&key, &["-s", "alice@127.0.0.1", "korv"], input)
+        .await;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answers = responses(&output.stdout);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].code, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_last_response_of_a_burst_arrives_before_close() {
+    let fixture = Fixture::start(|dir| public(&keygen(dir, "ed", &["-t", "ed25519"]))).await;
+    let key = fixture.dir.path().join("ed");
+    let input: Vec<u8> = (0..500)
+        .flat_map(|id| frame(json!({"id": id, "verb": "GET", "resource": "/hello"})))
+        .collect();
+    let output = fixture.request_via_w(&key, input).await;
+    assert!(output.status.success());
+    assert_eq!(responses(&output.stdout).len(), 500);
+}
+
+#[tokio::test]
+async fn an_unauthorized_key_is_refused() {
+    let fixture = Fixture::start(|dir| public(&keygen(dir, "ed", &["-t", "ed25519"]))).await;
+    let stranger = fixture.key("stranger", &["-t", "ed25519"]);
+    let output = fixture
+        .request_via_w(
+            &stranger,
+            frame(json!({"id": 1, "verb": "GET", "resource": "/hello"})),
+        )
+        .await;
+    assert_refused(&output);
+}
+
+#[tokio::test]
+async fn password_and_keyboard_interactive_are_refused() {
+    let fixture = Fixture::start(|dir| public(&keygen(dir, "ed", &["-t", "ed25519"]))).await;
+    let key = fixture.dir.path().join("ed");
+    for method in ["password", "keyboard-interactive"] {
+        let output = fixture
+            .ssh(
+                &key,
+                &[
+                    "-o",
+                    &format!("PreferredAuthentications={method}"),
+                    "-W",
+                    "localhost:1",
+                    "alice@127.0.0.1",
+                ],
+                Vec::new(),
+            )
+            .await;
+        assert_refused(&output);
+    }
+}
+
+#[tokio::test]
+async fn exec_is_refused() {
+    let fixture = Fixture::start(|dir| public(&keygen(dir, "ed", &["-t", "ed25519"]))).await;
+    let key = fixture.dir.path().join("ed");
+    let output = fixture
+        .ssh(&key, &["alice@127.0.0.1", "true"], Vec::new())
+        .await;
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn another_subsystem_is_refused() {
+    let fixture = Fixture::start(|dir| public(&keygen(dir, "ed", &["-t", "ed25519"]))).await;
+    let key = fixture.dir.path().join("ed");
+    let output = fixture
+        .ssh(&key, &["-s", "alice@127.0.0.1", "sftp"], Vec::new())
+        .await;
+    assert!(!output.status.success());
+}
+
+#[tokio::test]
+async fn a_from_option_that_excludes_loopback_is_refused() {
+    let fixture = Fixture::start(|dir| {
+        format!(
+            "from=\"10.0.0.*\" {}",
+            public(&keygen(dir, "ed", &["-t", "ed25519"]))
+        )
+    })
+    .await;
+    let key = fixture.dir.path().join("ed");
+    assert_refused(&fixture.request_via_w(&key, Vec::new()).await);
+}
+
+#[tokio::test]
+async fn a_from_option_that_includes_loopback_is_accepted() {
+    let fixture = Fixture::start(|dir| {
+        format!(
+            "from=\"10.0.0.*,127.0.0.1\" {}",
+            public(&keygen(dir, "ed", &["-t", "ed25519"]))
+        )
+    })
+    .await;
+    let key = fixture.dir.path().join("ed");
+    let output = fixture
+        .request_via_w(
+            &key,
+            frame(json!({"id": 1, "verb": "GET", "resource": "/hello"})),
+        )
+        .await;
+    assert_eq!(responses(&output.stdout).len(), 1);
+}
+
+#[tokio::test]
+async fn an_expired_key_is_refused() {
+    let fixture = Fixture::start(|dir| {
+        format!(
+            "expiry-time=\"20200101\" {}",
+            public(&keygen(dir, "ed", &["-t", "ed25519"]))
+        )
+    })
+    .await;
+    let key = fixture.dir.path().join("ed");
+    assert_refused(&fixture.request_via_w(&key, Vec::new()).await);
+}
+
+#[tokio::test]
+async fn a_key_removed_from_authorized_keys_is_refused_on_the_next_connection() {
+    let fixture = Fixture::start(|dir| {
+        let a = public(&keygen(dir, "a", &["-t", "ed25519"]));
+        let b = public(&keygen(dir, "b", &["-t", "ed25519"]));
+        format!("{a}\n{b}\n")
+    })
+    .await;
+    let a = fixture.dir.path().join("a");
+    let hello = || frame(json!({"id": 1, "verb": "GET", "resource": "/hello"}));
+    assert_eq!(
+        responses(&fixture.request_via_w(&a, hello()).await.stdout).len(),
+        1
+    );
+    let b_only = public(&fixture.dir.path().join("b"));
+    std::fs::write(fixture.dir.path().join("authorized_keys"), b_only + "\n").unwrap();
+    assert_refused(&fixture.request_via_w(&a, hello()).await);
+    let b = fixture.dir.path().join("b");
+    assert_eq!(
+        responses(&fixture.request_via_w(&b, hello()).await.stdout).len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_host_key_readable_by_others_fails_fast_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = KorvServer::new()
+        .host_key_file(&host)
+        .authorized_keys_file(dir.path().join("none"))
+        .listen("127.0.0.1:0".parse().unwrap())
+        .bind()
+        .await
+        .err()
+        .unwrap();
+    let message = err.to_string();
+    assert!(
+        message.contains(&host.display().to_string()) && message.contains("too open"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_port_in_use_fails_fast_naming_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = KorvServer::new()
+        .host_key_file(&host)
+        .authorized_keys_file(dir.path().join("none"))
+        .listen(addr)
+        .bind()
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
