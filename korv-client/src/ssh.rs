@@ -1,0 +1,296 @@
+//! Connecting: TCP, the SSH handshake with the host key checked against
+//! known_hosts, public-key authentication, and the Korv channel.
+
+use std::sync::{Arc, Mutex};
+
+use russh::client::{self, AuthResult, Handle};
+use russh::keys::known_hosts::{known_host_keys_path, learn_known_hosts_path};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use tokio::net::TcpStream;
+
+use crate::{ChannelKind, ClientConfig, Error, HostKeyPolicy};
+
+/// Keeps the SSH connection open.
+pub(crate) struct Session {
+    _handle: Handle<HostCheck>,
+}
+
+pub(crate) struct HostCheck {
+    host: String,
+    port: u16,
+    known_hosts: std::path::PathBuf,
+    policy: HostKeyPolicy,
+    verdict: Arc<Mutex<Option<Error>>>,
+}
+
+fn display_host(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+impl HostCheck {
+    fn check(&self, key: &PublicKey) -> Result<(), Error> {
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let shown = display_host(&self.host, self.port);
+        let file = self.known_hosts.display().to_string();
+        if self.policy == HostKeyPolicy::InsecureAcceptAny {
+            return Ok(());
+        }
+        let recorded = known_host_keys_path(&self.host, self.port, &self.known_hosts)
+            .map_err(|err| Error::Protocol(format!("cannot read known_hosts {file}: {err}")))?;
+        if recorded.iter().any(|(_, k)| k.key_data() == key.key_data()) {
+            return Ok(());
+        }
+        if let Some((line, old)) = recorded
+            .iter()
+            .find(|(_, k)| k.algorithm() == key.algorithm())
+        {
+            // russh's line count skips comment lines: find the real line.
+            let line = real_line(&self.known_hosts, old).unwrap_or(*line);
+            return Err(Error::HostKeyChanged {
+                host: shown,
+                offered: fingerprint,
+                known_hosts: file,
+                line,
+            });
+        }
+        match self.policy {
+            HostKeyPolicy::AcceptNew => {
+                learn_known_hosts_path(&self.host, self.port, key, &self.known_hosts).map_err(
+                    |err| Error::Protocol(format!("cannot add the host key to {file}: {err}")),
+                )?;
+                tracing::info!(host = %shown, %fingerprint, known_hosts = %file, "new host key trusted and recorded");
+                Ok(())
+            }
+            _ => Err(Error::HostKeyUnknown {
+                host: shown,
+                fingerprint,
+                known_hosts: file,
+            }),
+        }
+    }
+}
+
+/// The 1-based line of known_hosts that records `key`.
+fn real_line(path: &std::path::Path, key: &PublicKey) -> Option<usize> {
+    let encoded = key.to_openssh().ok()?;
+    let base64 = encoded.split_whitespace().nth(1)?.to_owned();
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .position(|line| {
+            !line.starts_with('#') && line.split_whitespace().any(|field| field == base64)
+        })
+        .map(|index| index + 1)
+}
+
+impl client::Handler for HostCheck {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            if let Ok(mut verdict) = self.verdict.lock() {
+                *verdict = Some(Error::Protocol(
+                    "host certificates are not supported".into(),
+                ));
+            }
+            return Ok(false);
+        };
+        match self.check(key) {
+            Ok(()) => Ok(true),
+            Err(err) => {
+                if let Ok(mut verdict) = self.verdict.lock() {
+                    *verdict = Some(err);
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Connects and opens the Korv channel, as a byte stream.
+pub(crate) async fn connect(
+    config: &ClientConfig,
+) -> Result<(Session, russh::ChannelStream<client::Msg>), Error> {
+    tokio::time::timeout(config.connect_timeout, connect_inner(config))
+        .await
+        .map_err(|_| Error::Connect {
+            addr: format!("{}:{}", config.host, config.port),
+            cause: format!("no answer within {:?}", config.connect_timeout),
+        })?
+}
+
+async fn connect_inner(
+    config: &ClientConfig,
+) -> Result<(Session, russh::ChannelStream<client::Msg>), Error> {
+    let addr = format!("{}:{}", config.host, config.port);
+    let connect_error = |cause: String| Error::Connect {
+        addr: addr.clone(),
+        cause,
+    };
+    let socket = TcpStream::connect((config.host.as_str(), config.port))
+        .await
+        .map_err(|err| connect_error(err.to_string()))?;
+    let _ = socket.set_nodelay(true);
+    let verdict = Arc::new(Mutex::new(None));
+    let check = HostCheck {
+        host: config.host.clone(),
+        port: config.port,
+        known_hosts: config.known_hosts_path(),
+        policy: config.policy,
+        verdict: Arc::clone(&verdict),
+    };
+    let russh_config = Arc::new(client::Config {
+        nodelay: true,
+        window_size: 8 * 1024 * 1024,
+        ..client::Config::default()
+    });
+    let mut handle = match client::connect_stream(russh_config, socket, check).await {
+        Ok(handle) => handle,
+        Err(err) => {
+            if let Some(refusal) = verdict.lock().ok().and_then(|mut v| v.take()) {
+                return Err(refusal);
+            }
+            return Err(connect_error(format!("SSH handshake failed: {err}")));
+        }
+    };
+    authenticate(&mut handle, config).await?;
+    let channel = match config.channel {
+        ChannelKind::DirectTcpip => handle
+            .channel_open_direct_tcpip("localhost", u32::from(config.port), "127.0.0.1", 0)
+            .await
+            .map_err(|err| {
+                Error::Protocol(format!(
+                    "the server refused the direct-tcpip channel: {err}"
+                ))
+            })?,
+        ChannelKind::Subsystem => {
+            let channel = handle.channel_open_session().await.map_err(|err| {
+                Error::Protocol(format!("the server refused the session channel: {err}"))
+            })?;
+            channel
+                .request_subsystem(true, "korv")
+                .await
+                .map_err(|err| {
+                    Error::Protocol(format!("the server refused the korv subsystem: {err}"))
+                })?;
+            channel
+        }
+    };
+    Ok((Session { _handle: handle }, channel.into_stream()))
+}
+
+async fn authenticate(handle: &mut Handle<HostCheck>, config: &ClientConfig) -> Result<(), Error> {
+    let mut tried = Vec::new();
+    let mut problems = Vec::new();
+    for path in config.identity_paths() {
+        let shown = path.display().to_string();
+        let key = match russh::keys::load_secret_key(&path, config.passphrase.as_deref()) {
+            Ok(key) => key,
+            Err(russh::keys::Error::KeyIsEncrypted) => {
+                problems.push(Error::Identity {
+                    path: shown,
+                    reason: "the key is encrypted: supply its passphrase".into(),
+                });
+                continue;
+            }
+            Err(err) => {
+                problems.push(Error::Identity {
+                    path: shown,
+                    reason: err.to_string(),
+                });
+                continue;
+            }
+        };
+        let hash = if key.algorithm().is_rsa() {
+            handle
+                .best_supported_rsa_hash()
+                .await
+                .ok()
+                .flatten()
+                .flatten()
+                .or(Some(HashAlg::Sha256))
+        } else {
+            None
+        };
+        tried.push(format!(
+            "{shown} ({})",
+            key.public_key().fingerprint(HashAlg::Sha256)
+        ));
+        let result = handle
+            .authenticate_publickey(
+                &config.user,
+                PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+            )
+            .await
+            .map_err(|err| Error::Protocol(format!("authentication failed: {err}")))?;
+        if matches!(result, AuthResult::Success) {
+            return Ok(());
+        }
+    }
+    if let Some(socket) = config.agent_path()
+        && try_agent(handle, config, &socket, &mut tried).await
+    {
+        return Ok(());
+    }
+    if tried.is_empty() {
+        if let Some(problem) = problems.into_iter().next() {
+            return Err(problem);
+        }
+        return Err(Error::AuthRefused {
+            user: config.user.clone(),
+            tried: "none (no identity file and no ssh-agent)".into(),
+        });
+    }
+    Err(Error::AuthRefused {
+        user: config.user.clone(),
+        tried: tried.join(", "),
+    })
+}
+
+/// Tries every key of the ssh-agent at `socket`, recording each in `tried`;
+/// true when one is accepted. An agent that cannot be reached is skipped, as
+/// OpenSSH does.
+async fn try_agent(
+    handle: &mut Handle<HostCheck>,
+    config: &ClientConfig,
+    socket: &std::path::Path,
+    tried: &mut Vec<String>,
+) -> bool {
+    let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_uds(socket).await else {
+        tracing::debug!(socket = %socket.display(), "ssh-agent unreachable: skipped");
+        return false;
+    };
+    let identities = agent.request_identities().await.unwrap_or_default();
+    for identity in identities {
+        let key = identity.public_key().into_owned();
+        let hash = rsa_hash(handle, &key).await;
+        tried.push(format!("agent key {}", key.fingerprint(HashAlg::Sha256)));
+        if let Ok(AuthResult::Success) = handle
+            .authenticate_publickey_with(&config.user, key, hash, &mut agent)
+            .await
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// rsa-sha2-512/256 for RSA keys (never SHA-1), `None` for other keys.
+async fn rsa_hash(handle: &Handle<HostCheck>, key: &PublicKey) -> Option<HashAlg> {
+    if !key.algorithm().is_rsa() {
+        return None;
+    }
+    handle
+        .best_supported_rsa_hash()
+        .await
+        .ok()
+        .flatten()
+        .flatten()
+        .or(Some(HashAlg::Sha256))
+}

@@ -1,0 +1,457 @@
+//! End to end against korv-server on 127.0.0.1 over real SSH, with keys made
+//! by `ssh-keygen` in each test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use korv_client::{ChannelKind, ClientConfig, Error, HostKeyPolicy, KorvClient, StatusCode};
+use korv_server::{KorvServer, Limits, Request, ShutdownHandle, Verb};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+fn keygen(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("ssh-keygen")
+        .args(args)
+        .args(["-q", "-C", name, "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    path
+}
+
+fn public(path: &Path) -> String {
+    std::fs::read_to_string(path.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn app(limits: Limits) -> KorvServer {
+    let echo = |r: Request| async move {
+        json!({"verb": r.verb().as_str(), "resource": r.resource(), "body": r.body_value(), "n": r.header("n")})
+    };
+    let mut server = KorvServer::new().limits(limits);
+    for verb in Verb::ALL {
+        server.add_callback(verb, "/echo", echo);
+    }
+    server
+        .route(Verb::Get, "/sleep/{ms}", |r: Request| async move {
+            let ms: u64 = r.param("ms").unwrap().parse().unwrap();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            json!({"slept": ms})
+        })
+        .route(Verb::Get, "/n/{n}", |r: Request| async move {
+            json!({"n": r.param("n")})
+        })
+}
+
+struct Fixture {
+    dir: TempDir,
+    addr: SocketAddr,
+    host_pub: String,
+    key: PathBuf,
+    shutdown: ShutdownHandle,
+}
+
+impl Fixture {
+    async fn start(limits: Limits) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let host = keygen(dir.path(), "host", &["-t", "ed25519", "-N", ""]);
+        let key = keygen(dir.path(), "id_ed25519", &["-t", "ed25519", "-N", ""]);
+        let authorized = dir.path().join("authorized_keys");
+        std::fs::write(&authorized, public(&key) + "\n").unwrap();
+        let bound = app(limits)
+            .host_key_file(&host)
+            .authorized_keys_file(&authorized)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .bind()
+            .await
+            .unwrap();
+        let addr = bound.local_addr();
+        let shutdown = bound.shutdown_handle();
+        tokio::spawn(bound.run());
+        Fixture {
+            host_pub: public(&host),
+            dir,
+            addr,
+            key,
+            shutdown,
+        }
+    }
+
+    fn known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    fn trust(&self) {
+        std::fs::write(
+            self.known_hosts(),
+            format!("[127.0.0.1]:{} {}\n", self.addr.port(), self.host_pub),
+        )
+        .unwrap();
+    }
+
+    fn config(&self) -> ClientConfig {
+        ClientConfig::new("127.0.0.1")
+            .port(self.addr.port())
+            .user("alice")
+            .identity_file(&self.key)
+            .use_agent(false)
+            .known_hosts(self.known_hosts())
+    }
+
+    async fn client(&self) -> KorvClient {
+        self.trust();
+        KorvClient::connect(self.config()).await.unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.shutdown.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn all_four_verbs_round_trip() {
+    let fixture = Fixture::start(Limits::default()).await;
+    let client = fixture.client().await;
+    let r = client.get("/echo").await.unwrap();
+    assert_eq!(
+        (r.code, r.body["verb"].clone(), r.body["body"].clone()),
+        (StatusCode::OK, json!("GET"), Value::Null)
+    );
+    let r = client.store("/echo", &json!({"a": 1})).await.unwrap();
+    assert_eq!(
+        (r.body["verb"].clone(), r.body["body"].clone()),
+        (json!("STORE"), json!({"a": 1}))
+    );
+    let r = client.update("/echo", &[1, 2]).await.unwrap();
+    assert_eq!(
+        (r.body["verb"].clone(), r.body["body"].clone()),
+        (json!("UPDATE"), json!([1, 2]))
+    );
+    let r = client.delete("/echo").await.unwrap();
+    assert_eq!(r.body["verb"], json!("DELETE"));
+    let mut headers = korv_client::Headers::new();
+    headers.insert("n".into(), "7".into());
+    let r = client
+        .request::<Value>(Verb::Get, "/echo", None, headers)
+        .await
+        .unwrap();
+    assert_eq!(r.body["n"], json!("7"));
+    assert_eq!(
+        client.get("/nowhere").await.unwrap().code,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn the_subsystem_channel_works_too() {
+    let fixture = Fixture::start(Limits::default()).await;
+    fixture.trust();
+    let client = KorvClient::connect(fixture.config().channel(ChannelKind::Subsystem))
+        .await
+        .unwrap();
+    assert_eq!(client.get("/echo").await.unwrap().code, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_requests_share_one_client_and_each_gets_its_answer() {
+    let fixture = Fixture::start(Limits::default()).await;
+    let client = fixture.client().await;
+    let tasks: Vec<_> = (0..10_000)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let r = client.get(&format!("/n/{n}")).await.unwrap();
+                assert_eq!(
+                    r.body["n"],
+                    json!(n.to_string()),
+                    "answer matched to its request"
+                );
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn strict_refuses_an_unknown_host_with_its_fingerprint() {
+    let fixture = Fixture::start(Limits::default()).await;
+    let err = KorvClient::connect(fixture.config()).await.err().unwrap();
+    let Error::HostKeyUnknown {
+        fingerprint, host, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert!(fingerprint.starts_with("SHA256:"));
+    assert_eq!(host, &format!("[127.0.0.1]:{}", fixture.addr.port()));
+    assert!(err.to_string().contains("accept-new"), "{err}");
+}
+
+#[tokio::test]
+async fn accept_new_records_the_key_and_strict_then_accepts_it() {
+    let fixture = Fixture::start(Limits::default()).await;
+    let client = KorvClient::connect(fixture.config().host_key_policy(HostKeyPolicy::AcceptNew))
+        .await
+        .unwrap();
+    assert_eq!(client.get("/echo").await.unwrap().code, StatusCode::OK);
+    let text = std::fs::read_to_string(fixture.known_hosts()).unwrap();
+    assert!(
+        text.contains(&format!("[127.0.0.1]:{}", fixture.addr.port())),
+        "{text}"
+    );
+    KorvClient::connect(fixture.config()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_changed_host_key_is_refused_loudly_by_strict_and_accept_new() {
+    let fixture = Fixture::start(Limits::default()).await;
+    let other = keygen(fixture.dir.path(), "other", &["-t", "ed25519", "-N", ""]);
+    std::fs::write(
+        fixture.known_hosts(),
+        format!(
+            "# header\n[127.0.0.1]:{} {}\n",
+            fixture.addr.port(),
+            public(&other)
+        ),
+    )
+    .unwrap();
+    for policy in [HostKeyPolicy::Strict, HostKeyPolicy::AcceptNew] {
+        let err = KorvClient::connect(fixture.config().host_key_policy(policy))
+            .await
+            .err()
+            .unwrap();
+        let Error::HostKeyChanged { line, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(*line, 2);
+        assert!(err.to_string().contains("HAS CHANGED"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_hashed_known_hosts_entry_is_honoured() {
+    let fixture = Fixture::start(Limits::default()).await;
+    fixture.trust();
+    let status = Command::new("ssh-keygen")
+        .arg("-q")
+        .arg("-H")
+        .arg("-f")
+        .arg(fixture.known_hosts())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(fixture.known_hosts()).unwrap();
+    assert!(text.starts_with("|1|"), "{text}");
+    KorvClient::connect(fixture.config()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_plain_entry_for_port_22_does_not_vouch_for_another_port() {
+    let fixture = Fixture::start(Limits::default()).await;
+    std::fs::write(
+        fixture.known_hosts(),
+        format!("127.0.0.1 {}\n", fixture.host_pub),
+    )
+    .unwrap();
+    let err = KorvClient::connect(fixture.config()).await.err().unwrap();
+    assert!(matches!(err, Error::HostKeyUnknown { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_passphrase_protected_key_works_with_its_passphrase() {
+    let fixture = Fixture::start(Limits::default()).await;
+    let locked = keygen(
+        fixture.dir.path(),
+        "locked",
+        &["-t", "ed25519", "-N", "s3cret"],
+    );
+    let authorized = fixture.dir.path().join("authorized_keys");
+    std::fs::write(&authorized, public(&locked) + "\n").unwrap();
+    fixture.trust();
+    let only_locked = ClientConfig::new("127.0.0.1")
+        .port(fixture.addr.port())
+        .user("alice")
+        .use_agent(false)
+        .known_hosts(fixture.known_hosts())
+        .identity_file(&locked);
+    let err = KorvClient::connect(only_locked.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, Error::Identity { path, reason } if path.ends_with("locked") && reason.contains("passphrase")),
+        "{err}"
+    );
+    let client = KorvClient::connect(only_locked.passphrase("s3cret"))
+        .await
+        .unwrap();
+    assert_eq!(client.get("/echo").await.unwrap().code, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_unauthorized_key_is_refused_naming_the_keys_tried() {
+    let fixture = Fixture::start(Limits::default()).await;
+    fixture.trust();
+    let stranger = keygen(fixture.dir.path(), "stranger", &["-t", "ed25519", "-N", ""]);
+    let config = ClientConfig::new("127.0.0.1")
+        .port(fixture.addr.port())
+        .use_agent(false)
+        .known_hosts(fixture.known_hosts())
+        .identity_file(&stranger);
+    let err = KorvClient::connect(config).await.err().unwrap();
+    assert!(
+        matches!(err, Error::AuthRefused { ref tried, .. } if tried.contains("stranger")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_ssh_agent_authenticates() {
+    let fixture = Fixture::start(Limits::default()).await;
+    fixture.trust();
+    let socket = fixture.dir.path().join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "ssh-agent did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let added = Command::new("ssh-add")
+        .arg("-q")
+        .arg(&fixture.key)
+        .env("SSH_AUTH_SOCK", &socket)
+        .status()
+        .unwrap();
+    assert!(added.success());
+    let config = ClientConfig::new("127.0.0.1")
+        .port(fixture.addr.port())
+        .default_identities(false)
+        .agent_socket(&socket)
+        .known_hosts(fixture.known_hosts());
+    let result = KorvClient::connect(config).await;
+    agent.kill().unwrap();
+    let _ = agent.wait();
+    assert_eq!(
+        result.unwrap().get("/echo").await.unwrap().code,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_request_past_its_timeout_fails_and_its_late_answer_is_dropped() {
+    let fixture = Fixture::start(Limits::default()).await;
+    fixture.trust();
+    let client = KorvClient::connect(
+        fixture
+            .config()
+            .request_timeout(Some(Duration::from_millis(200))),
+    )
+    .await
+    .unwrap();
+    let err = client.get("/sleep/600").await.err().unwrap();
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = client.get("/n/5").await.unwrap();
+    assert_eq!(r.body["n"], json!("5"));
+}
+
+#[tokio::test]
+async fn a_server_that_vanishes_fails_requests_in_flight_promptly() {
+    // The server runs on a runtime of its own, which is then dropped: its
+    // sockets close without a goodbye.
+    let dir = tempfile::tempdir().unwrap();
+    let host = keygen(dir.path(), "host", &["-t", "ed25519", "-N", ""]);
+    let key = keygen(dir.path(), "id", &["-t", "ed25519", "-N", ""]);
+    std::fs::write(dir.path().join("ak"), public(&key)).unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+    let ak = dir.path().join("ak");
+    let server_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let bound = runtime
+            .block_on(
+                app(Limits::default())
+                    .host_key_file(&host)
+                    .authorized_keys_file(ak)
+                    .listen("127.0.0.1:0".parse().unwrap())
+                    .bind(),
+            )
+            .unwrap();
+        addr_tx.send(bound.local_addr()).unwrap();
+        runtime.spawn(bound.run());
+        let _ = kill_rx.recv();
+        runtime.shutdown_background();
+    });
+    let addr: SocketAddr = addr_rx.recv().unwrap();
+    let config = ClientConfig::new("127.0.0.1")
+        .port(addr.port())
+        .identity_file(&key)
+        .use_agent(false)
+        .host_key_policy(HostKeyPolicy::InsecureAcceptAny)
+        .request_timeout(None);
+    let client = KorvClient::connect(config).await.unwrap();
+    let in_flight: Vec<_> = (0..20)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.get("/sleep/30000").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped = Instant::now();
+    kill_tx.send(()).unwrap();
+    server_thread.join().unwrap();
+    for task in in_flight {
+        let err = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("failed promptly")
+            .unwrap()
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::Closed(_)), "{err}");
+    }
+    assert!(stopped.elapsed() < Duration::from_secs(5));
+    assert!(matches!(
+        client.get("/echo").await.err().unwrap(),
+        Error::Closed(_)
+    ));
+}
+
+#[tokio::test]
+async fn the_blocking_client_works_from_a_plain_thread() {
+    let fixture = Fixture::start(Limits::default()).await;
+    fixture.trust();
+    let config = fixture.config();
+    let answers = tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || {
+            let client = korv_client::blocking::KorvClient::connect(config).unwrap();
+            let get = client.get("/echo").unwrap();
+            let store = client.store("/echo", &json!({"x": 1})).unwrap();
+            let update = client.update("/echo", &json!(2)).unwrap();
+            let delete = client.delete("/echo").unwrap();
+            [get, store, update, delete].map(|r| r.body["verb"].as_str().unwrap().to_owned())
+        })
+        .join()
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers, ["GET", "STORE", "UPDATE", "DELETE"]);
+}
