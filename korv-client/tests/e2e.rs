@@ -455,3 +455,83 @@ async fn the_blocking_client_works_from_a_plain_thread() {
     .unwrap();
     assert_eq!(answers, ["GET", "STORE", "UPDATE", "DELETE"]);
 }
+
+#[tokio::test]
+async fn a_closed_port_is_a_connect_error_naming_the_address() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let config = ClientConfig::new("127.0.0.1")
+        .port(port)
+        .use_agent(false)
+        .default_identities(false);
+    let err = KorvClient::connect(config).await.err().unwrap();
+    let Error::Connect { addr, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(addr, &format!("127.0.0.1:{port}"));
+}
+
+/// Runs a server on a runtime of its own thread at `addr` until `kill` fires.
+fn server_thread(
+    addr: SocketAddr,
+    host: PathBuf,
+    authorized: PathBuf,
+) -> (
+    SocketAddr,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let bound = runtime
+            .block_on(
+                app(Limits::default())
+                    .host_key_file(&host)
+                    .authorized_keys_file(authorized)
+                    .listen(addr)
+                    .bind(),
+            )
+            .unwrap();
+        addr_tx.send(bound.local_addr()).unwrap();
+        runtime.spawn(bound.run());
+        let _ = kill_rx.recv();
+        runtime.shutdown_background();
+    });
+    (addr_rx.recv().unwrap(), kill_tx, thread)
+}
+
+#[tokio::test]
+async fn with_reconnect_on_the_next_request_after_the_server_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = keygen(dir.path(), "host", &["-t", "ed25519", "-N", ""]);
+    let key = keygen(dir.path(), "id", &["-t", "ed25519", "-N", ""]);
+    let ak = dir.path().join("ak");
+    std::fs::write(&ak, public(&key)).unwrap();
+    let (addr, kill, thread) =
+        server_thread("127.0.0.1:0".parse().unwrap(), host.clone(), ak.clone());
+    let config = ClientConfig::new("127.0.0.1")
+        .port(addr.port())
+        .identity_file(&key)
+        .use_agent(false)
+        .host_key_policy(HostKeyPolicy::InsecureAcceptAny)
+        .reconnect(true);
+    let client = KorvClient::connect(config).await.unwrap();
+    assert_eq!(client.get("/echo").await.unwrap().code, StatusCode::OK);
+    kill.send(()).unwrap();
+    thread.join().unwrap();
+    let started = Instant::now();
+    while client.get("/echo").await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the client never noticed the server went away"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, kill, thread) = server_thread(addr, host, ak);
+    assert_eq!(client.get("/echo").await.unwrap().code, StatusCode::OK);
+    kill.send(()).unwrap();
+    thread.join().unwrap();
+}
