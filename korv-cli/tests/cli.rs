@@ -1,0 +1,366 @@
+//! The `korv` binary against `korv serve` on a free port, with keys made by
+//! `ssh-keygen` in each test; and `korv serve --stdio` hosted by OpenSSH's sshd.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(addr: SocketAddr) {
+    let started = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing listens on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Server {
+    dir: TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let host = keygen(dir.path(), "host");
+        let id = keygen(dir.path(), "id");
+        std::fs::copy(id.with_extension("pub"), dir.path().join("authorized_keys")).unwrap();
+        let _ = host;
+        let mut server = Server {
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::cargo_bin("korv")
+            .unwrap()
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--host-key")
+            .arg(self.dir.path().join("host"))
+            .arg("--authorized-keys")
+            .arg(self.dir.path().join("authorized_keys"))
+            .arg("--data")
+            .arg(self.dir.path().join("store.redb"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for(([127, 0, 0, 1], self.port).into());
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let started = Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if started.elapsed() > Duration::from_secs(15) {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    fn trust(&self) {
+        let host_pub = std::fs::read_to_string(self.dir.path().join("host.pub")).unwrap();
+        std::fs::write(
+            self.known_hosts(),
+            format!("[127.0.0.1]:{} {host_pub}", self.port),
+        )
+        .unwrap();
+    }
+
+    /// `korv VERB ...` with the connection options, returning (exit code, stdout, stderr).
+    fn korv(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        let mut command = Command::cargo_bin("korv").unwrap();
+        command
+            .args(args)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "-i",
+            ])
+            .arg(self.dir.path().join("id"))
+            .arg("--known-hosts")
+            .arg(self.known_hosts())
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            std::io::Write::write_all(&mut input, text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    fn json(&self, args: &[&str]) -> (i32, Value) {
+        let (code, out, err) = self.korv(args, None);
+        let value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{e}: stdout {out:?} stderr {err:?}"));
+        (code, value)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn each_verb_with_bodies_from_argument_file_and_stdin() {
+    let server = Server::start();
+    server.trust();
+    assert_eq!(
+        server.json(&["get", "/hello"]),
+        (0, json!({"msg": "Hello World!"}))
+    );
+    assert_eq!(
+        server.json(&["store", "/notes/1", r#"{"text":"arg"}"#]),
+        (0, json!({"resource": "/notes/1"}))
+    );
+    let file = server.dir.path().join("body.json");
+    std::fs::write(&file, r#"{"text":"file"}"#).unwrap();
+    let at = format!("@{}", file.display());
+    assert_eq!(
+        server.json(&["update", "/notes/1", &at]),
+        (0, json!({"text": "file"}))
+    );
+    let (code, out, _) = server.korv(&["store", "/notes/2", "-"], Some(r#"{"text":"stdin"}"#));
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(out.trim()).unwrap(),
+        json!({"resource": "/notes/2"})
+    );
+    assert_eq!(
+        server.json(&["get", "/notes/"]),
+        (0, json!({"items": ["/notes/1", "/notes/2"]}))
+    );
+    assert_eq!(
+        server.json(&["delete", "/notes/1"]),
+        (0, json!({"text": "file"}))
+    );
+    let (code, body) = server.json(&["get", "/notes/1"]);
+    assert_eq!(code, 4);
+    assert!(body["message"].as_str().unwrap().contains("/notes/1"));
+    let (code, echo) = server.json(&["store", "/echo", "[1]", "-H", "x:y"]);
+    assert_eq!(
+        (code, echo["verb"].clone(), echo["body"].clone()),
+        (0, json!("STORE"), json!([1]))
+    );
+}
+
+#[test]
+fn exit_codes_follow_the_status_class_and_the_failure_kind() {
+    let server = Server::start();
+    server.trust();
+    assert_eq!(server.json(&["store", "/dup", "1"]).0, 0);
+    assert_eq!(server.json(&["store", "/dup", "1"]).0, 4, "409 is a 4xx");
+    assert_eq!(server.json(&["update", "/hello", "1"]).0, 4, "405 is a 4xx");
+    let (code, body) = server.json(&["get", "/boom"]);
+    assert_eq!(code, 5);
+    assert_eq!(body["traceback"].as_array().unwrap().len(), 2);
+    let (code, _, err) = server.korv(&["store", "/x", "{not json"], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not valid JSON"), "{err}");
+    let (code, _, err) = server.korv(&["store", "/x"], None);
+    assert_eq!(code, 2, "{err}");
+    let closed = format!("korv://127.0.0.1:{}/hello", free_port());
+    let (code, _, err) = server.korv(&["get", &closed], None);
+    assert_eq!(code, 1, "connection refused: {err}");
+    assert!(err.contains("cannot connect"), "{err}");
+    let (code, _, err) = server.korv(&["frobnicate"], None);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn an_unknown_host_is_refused_with_its_fingerprint_then_accept_new_trusts_it() {
+    let server = Server::start();
+    let (code, out, err) = server.korv(&["get", "/hello"], None);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("SHA256:") && err.contains("--accept-new"),
+        "{err}"
+    );
+    let (code, _, err) = server.korv(&["get", "/hello", "--accept-new"], None);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = server.korv(&["get", "/hello"], None);
+    assert_eq!(code, 0, "now known: {err}");
+}
+
+#[test]
+fn the_store_survives_a_server_restart() {
+    let mut server = Server::start();
+    server.trust();
+    assert_eq!(server.json(&["store", "/keep/me", r#"{"v":1}"#]).0, 0);
+    server.stop();
+    server.spawn();
+    assert_eq!(server.json(&["get", "/keep/me"]), (0, json!({"v": 1})));
+}
+
+#[test]
+fn whoami_and_the_subsystem_flag() {
+    let server = Server::start();
+    server.trust();
+    let (code, me) = server.json(&["get", "/whoami", "--subsystem"]);
+    assert_eq!(code, 0);
+    assert_eq!(me["comment"], json!("id"));
+    assert!(me["fingerprint"].as_str().unwrap().starts_with("SHA256:"));
+}
+
+#[test]
+fn korv_demo_exits_0() {
+    let out = Command::cargo_bin("korv")
+        .unwrap()
+        .arg("demo")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("every answer was as expected"));
+}
+
+#[test]
+fn bench_with_1000_requests_reports_1000_answers() {
+    let server = Server::start();
+    server.trust();
+    let (code, report) = server.json(&[
+        "bench",
+        "/hello",
+        "--requests",
+        "1000",
+        "--concurrency",
+        "16",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(report["answered"], json!(1000));
+    assert_eq!(report["codes"]["200"], json!(1000));
+    assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn serve_stdio_hosted_by_openssh_sshd_answers_the_subsystem() {
+    let sshd = Path::new("/usr/sbin/sshd");
+    assert!(
+        sshd.exists(),
+        "openssh-server is needed (.ci/run installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let host = keygen(dir.path(), "sshd_host");
+    let id = keygen(dir.path(), "id");
+    let authorized = dir.path().join("authorized_keys");
+    std::fs::copy(id.with_extension("pub"), &authorized).unwrap();
+    let korv = assert_cmd::cargo::cargo_bin("korv");
+    let port = free_port();
+    let config = dir.path().join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\nSubsystem korv {} serve --stdio --data {}\n",
+            host.display(),
+            authorized.display(),
+            dir.path().join("sshd.pid").display(),
+            korv.display(),
+            dir.path().join("store.redb").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let mut daemon = Command::new(sshd)
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(([127, 0, 0, 1], port).into());
+    let known_hosts = dir.path().join("known_hosts");
+    let host_pub = std::fs::read_to_string(host.with_extension("pub")).unwrap();
+    std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let out = Command::cargo_bin("korv")
+        .unwrap()
+        .args([
+            "get",
+            "--subsystem",
+            &format!("korv://{user}@127.0.0.1:{port}/hello"),
+            "-i",
+        ])
+        .arg(&id)
+        .arg("--known-hosts")
+        .arg(&known_hosts)
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .unwrap();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!({"msg": "Hello World!"})
+    );
+}
