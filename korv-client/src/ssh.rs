@@ -207,17 +207,7 @@ async fn authenticate(handle: &mut Handle<HostCheck>, config: &ClientConfig) -> 
                 continue;
             }
         };
-        let hash = if key.algorithm().is_rsa() {
-            handle
-                .best_supported_rsa_hash()
-                .await
-                .ok()
-                .flatten()
-                .flatten()
-                .or(Some(HashAlg::Sha256))
-        } else {
-            None
-        };
+        let hash = rsa_hash(handle, key.public_key()).await;
         tried.push(format!(
             "{shown} ({})",
             key.public_key().fingerprint(HashAlg::Sha256)

@@ -381,26 +381,8 @@ async fn a_server_that_vanishes_fails_requests_in_flight_promptly() {
     let host = keygen(dir.path(), "host", &["-t", "ed25519", "-N", ""]);
     let key = keygen(dir.path(), "id", &["-t", "ed25519", "-N", ""]);
     std::fs::write(dir.path().join("ak"), public(&key)).unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
-    let ak = dir.path().join("ak");
-    let server_thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let bound = runtime
-            .block_on(
-                app(Limits::default())
-                    .host_key_file(&host)
-                    .authorized_keys_file(ak)
-                    .listen("127.0.0.1:0".parse().unwrap())
-                    .bind(),
-            )
-            .unwrap();
-        addr_tx.send(bound.local_addr()).unwrap();
-        runtime.spawn(bound.run());
-        let _ = kill_rx.recv();
-        runtime.shutdown_background();
-    });
-    let addr: SocketAddr = addr_rx.recv().unwrap();
+    let (addr, kill_tx, thread) =
+        server_thread("127.0.0.1:0".parse().unwrap(), host, dir.path().join("ak"));
     let config = ClientConfig::new("127.0.0.1")
         .port(addr.port())
         .identity_file(&key)
@@ -417,7 +399,7 @@ async fn a_server_that_vanishes_fails_requests_in_flight_promptly() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let stopped = Instant::now();
     kill_tx.send(()).unwrap();
-    server_thread.join().unwrap();
+    thread.join().unwrap();
     for task in in_flight {
         let err = tokio::time::timeout(Duration::from_secs(5), task)
             .await
