@@ -144,14 +144,18 @@ pub(crate) async fn run(verb: Verb, args: RequestArgs, verbose: u8) -> anyhow::R
         "{}",
         crate::output::render(&response.body, terminal && !args.compact, terminal)
     );
-    let code = response.code.as_u16();
-    Ok(ExitCode::from(match code {
+    Ok(ExitCode::from(exit_code(response.code.as_u16())))
+}
+
+/// 0 for 2xx; 3, 4, 5 for 3xx, 4xx, 5xx (as httpie's `--check-status`); 1 otherwise.
+pub(crate) fn exit_code(status: u16) -> u8 {
+    match status {
         200..=299 => 0,
         300..=399 => 3,
         400..=499 => 4,
         500..=599 => 5,
         _ => 1,
-    }))
+    }
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -241,6 +245,14 @@ mod tests {
             panic!()
         };
         args.connect
+    }
+
+    #[test]
+    fn exit_codes_follow_the_status_class() {
+        assert_eq!(
+            [200, 201, 299, 301, 304, 400, 404, 409, 500, 504, 101].map(exit_code),
+            [0, 0, 0, 3, 3, 4, 4, 4, 5, 5, 1]
+        );
     }
 
     #[test]

@@ -299,6 +299,29 @@ async fn a_passphrase_protected_key_works_with_its_passphrase() {
 }
 
 #[tokio::test]
+async fn an_rsa_4096_key_signs_with_rsa_sha2() {
+    let fixture = Fixture::start(Limits::default()).await;
+    let rsa = keygen(
+        fixture.dir.path(),
+        "id_rsa",
+        &["-t", "rsa", "-b", "4096", "-N", ""],
+    );
+    std::fs::write(
+        fixture.dir.path().join("authorized_keys"),
+        public(&rsa) + "\n",
+    )
+    .unwrap();
+    fixture.trust();
+    let config = ClientConfig::new("127.0.0.1")
+        .port(fixture.addr.port())
+        .use_agent(false)
+        .known_hosts(fixture.known_hosts())
+        .identity_file(&rsa);
+    let client = KorvClient::connect(config).await.unwrap();
+    assert_eq!(client.get("/echo").await.unwrap().code, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn an_unauthorized_key_is_refused_naming_the_keys_tried() {
     let fixture = Fixture::start(Limits::default()).await;
     fixture.trust();
