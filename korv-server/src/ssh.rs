@@ -133,7 +133,18 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     let streams = Arc::clone(&connection.streams);
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
     let _ = socket.set_nodelay(true);
-    let session = match russh::server::run_stream(config, socket, connection).await {
+    // One deadline from accept to authentication, covering the SSH version
+    // exchange too: a client that sends nothing is closed when it passes.
+    let auth_deadline = tokio::time::sleep(auth_timeout);
+    tokio::pin!(auth_deadline);
+    let started = tokio::select! {
+        started = russh::server::run_stream(config, socket, connection) => started,
+        () = &mut auth_deadline => {
+            info!(%peer, "no SSH handshake before the authentication deadline: closing");
+            return;
+        }
+    };
+    let session = match started {
         Ok(session) => session,
         Err(err) => {
             debug!(%peer, %err, "SSH handshake failed");
@@ -142,8 +153,6 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     };
     let handle = session.handle();
     tokio::pin!(session);
-    let auth_deadline = tokio::time::sleep(auth_timeout);
-    tokio::pin!(auth_deadline);
     let mut draining = false;
     loop {
         tokio::select! {

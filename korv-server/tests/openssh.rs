@@ -388,3 +388,80 @@ async fn a_port_in_use_fails_fast_naming_the_address() {
         .unwrap();
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_auth_deadline() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
+    let limits = korv_server::Limits {
+        auth_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let bound = KorvServer::new()
+        .limits(limits)
+        .host_key_file(host)
+        .authorized_keys_file(dir.path().join("none"))
+        .listen("127.0.0.1:0".parse().unwrap())
+        .bind()
+        .await
+        .unwrap();
+    let addr = bound.local_addr();
+    let shutdown = bound.shutdown_handle();
+    tokio::spawn(bound.run());
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut sink = Vec::new();
+    // The server sends its version line, then closes: read to EOF.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        socket.read_to_end(&mut sink),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "the silent connection was not closed within 5 s"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= std::time::Duration::from_millis(250),
+        "closed too early: {elapsed:?}"
+    );
+    assert!(sink.starts_with(b"SSH-2.0-"));
+    shutdown.shutdown();
+}
+
+#[tokio::test]
+async fn beyond_the_unauthenticated_limit_new_connections_are_closed_at_once() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
+    let limits = korv_server::Limits {
+        max_unauthenticated: 2,
+        ..Default::default()
+    };
+    let bound = KorvServer::new()
+        .limits(limits)
+        .host_key_file(host)
+        .authorized_keys_file(dir.path().join("none"))
+        .listen("127.0.0.1:0".parse().unwrap())
+        .bind()
+        .await
+        .unwrap();
+    let addr = bound.local_addr();
+    let shutdown = bound.shutdown_handle();
+    tokio::spawn(bound.run());
+    let _held: Vec<_> =
+        futures_util::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(addr))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        third.read_to_end(&mut sink),
+    )
+    .await;
+    assert!(read.is_ok(), "the third connection was not closed at once");
+    assert!(sink.is_empty(), "no SSH banner for a refused connection");
+    shutdown.shutdown();
+}
