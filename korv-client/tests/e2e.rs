@@ -491,19 +491,27 @@ fn server_thread(
     let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let bound = runtime
-            .block_on(
-                app(Limits::default())
-                    .host_key_file(&host)
-                    .authorized_keys_file(authorized)
-                    .listen(addr)
-                    .bind(),
-            )
-            .unwrap();
+        // A port just given up may take a moment to be free again.
+        let started = Instant::now();
+        let bound = loop {
+            let server = app(Limits::default())
+                .host_key_file(&host)
+                .authorized_keys_file(&authorized)
+                .listen(addr);
+            match runtime.block_on(server.bind()) {
+                Ok(bound) => break bound,
+                Err(err) if started.elapsed() < Duration::from_secs(5) => {
+                    eprintln!("retrying bind: {err}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(err) => panic!("{err}"),
+            }
+        };
         addr_tx.send(bound.local_addr()).unwrap();
         runtime.spawn(bound.run());
         let _ = kill_rx.recv();
-        runtime.shutdown_background();
+        // Drops every task and socket without an SSH goodbye, and waits for it.
+        runtime.shutdown_timeout(Duration::from_secs(2));
     });
     (addr_rx.recv().unwrap(), kill_tx, thread)
 }
@@ -539,4 +547,44 @@ async fn with_reconnect_on_the_next_request_after_the_server_comes_back() {
     assert_eq!(client.get("/echo").await.unwrap().code, StatusCode::OK);
     kill.send(()).unwrap();
     thread.join().unwrap();
+}
+
+#[tokio::test]
+async fn graceful_shutdown_over_ssh_finishes_in_flight_requests_then_closes() {
+    let fixture = Fixture::start(Limits {
+        shutdown_grace: Duration::from_secs(5),
+        ..Limits::default()
+    })
+    .await;
+    let client = fixture.client().await;
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get("/sleep/500").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fixture.shutdown.shutdown();
+    let answer = slow.await.unwrap().unwrap();
+    assert_eq!(
+        (answer.code, answer.body.clone()),
+        (StatusCode::OK, json!({"slept": 500}))
+    );
+    let started = Instant::now();
+    loop {
+        match client.get("/echo").await {
+            Err(Error::Closed(_)) => break,
+            Ok(r) => assert_eq!(
+                r.code,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "only 503 while closing"
+            ),
+            Err(other) => panic!("{other}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the server did not close the connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // No new connections are accepted either.
+    assert!(KorvClient::connect(fixture.config()).await.is_err());
 }
