@@ -226,7 +226,8 @@ where
     S: Clone + Send + Sync + 'static,
 {
     let verb = request.verb;
-    let resource = request.resource.clone();
+    // Only a debug log needs the resource after the request moves on.
+    let resource = tracing::enabled!(tracing::Level::DEBUG).then(|| request.resource.clone());
     let request = Request::new(request, params, Arc::clone(client));
     let future = handler(request, shared.state.clone());
     let timeout = shared.limits.request_timeout;
@@ -265,7 +266,7 @@ where
             )
         });
         response.request_id = Some(id);
-        log_answer(&response, Some((verb, &resource)), started);
+        log_answer(&response, resource.as_deref().map(|r| (verb, r)), started);
         response
     }
 }

@@ -389,15 +389,10 @@ async fn a_port_in_use_fails_fast_naming_the_address() {
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
 
-#[tokio::test]
-async fn a_connection_that_sends_nothing_is_closed_at_the_auth_deadline() {
-    use tokio::io::AsyncReadExt;
+/// A server with no authorized keys and the given limits, for raw TCP tests.
+async fn bare_server(limits: korv_server::Limits) -> (SocketAddr, ShutdownHandle, TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
-    let limits = korv_server::Limits {
-        auth_timeout: std::time::Duration::from_millis(300),
-        ..Default::default()
-    };
     let bound = KorvServer::new()
         .limits(limits)
         .host_key_file(host)
@@ -409,6 +404,17 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_auth_deadline() {
     let addr = bound.local_addr();
     let shutdown = bound.shutdown_handle();
     tokio::spawn(bound.run());
+    (addr, shutdown, dir)
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_auth_deadline() {
+    use tokio::io::AsyncReadExt;
+    let (addr, shutdown, _dir) = bare_server(korv_server::Limits {
+        auth_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     let started = std::time::Instant::now();
     let mut sink = Vec::new();
@@ -434,23 +440,11 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_auth_deadline() {
 #[tokio::test]
 async fn beyond_the_unauthenticated_limit_new_connections_are_closed_at_once() {
     use tokio::io::AsyncReadExt;
-    let dir = tempfile::tempdir().unwrap();
-    let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
-    let limits = korv_server::Limits {
+    let (addr, shutdown, _dir) = bare_server(korv_server::Limits {
         max_unauthenticated: 2,
         ..Default::default()
-    };
-    let bound = KorvServer::new()
-        .limits(limits)
-        .host_key_file(host)
-        .authorized_keys_file(dir.path().join("none"))
-        .listen("127.0.0.1:0".parse().unwrap())
-        .bind()
-        .await
-        .unwrap();
-    let addr = bound.local_addr();
-    let shutdown = bound.shutdown_handle();
-    tokio::spawn(bound.run());
+    })
+    .await;
     let _held: Vec<_> =
         futures_util::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(addr))).await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
