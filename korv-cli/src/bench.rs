@@ -28,6 +28,10 @@ pub(crate) struct BenchArgs {
     /// How long to run (`10s`, `500ms`, `2m`); ignored with --requests.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) duration: Duration,
+    /// Run this long first without recording (connections warm, caches
+    /// full); --duration is measured after it.
+    #[arg(long, default_value = "0s", value_parser = parse_warmup)]
+    pub(crate) warmup: Duration,
     /// Send exactly this many requests instead of running for --duration.
     #[arg(long)]
     pub(crate) requests: Option<u64>,
@@ -37,6 +41,10 @@ pub(crate) struct BenchArgs {
     /// The verb.
     #[arg(long, default_value = "GET", value_parser = parse_verb)]
     pub(crate) verb: Verb,
+    /// Load-generator threads (default: one per connection, at most one
+    /// per core, like wrk). Fewer threads than connections share them.
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
     /// Print the results as JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -44,10 +52,27 @@ pub(crate) struct BenchArgs {
     pub(crate) connect: ConnectArgs,
 }
 
+impl BenchArgs {
+    /// The load generator's runtime threads.
+    pub(crate) fn worker_threads(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.threads
+            .unwrap_or_else(|| self.connections.min(cores))
+            .max(1)
+    }
+}
+
 fn parse_verb(text: &str) -> Result<Verb, String> {
     text.to_ascii_uppercase()
         .parse()
         .map_err(|e| format!("{e}"))
+}
+
+fn parse_warmup(text: &str) -> Result<Duration, String> {
+    if text.trim().trim_end_matches(['s', 'm']).trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -133,8 +158,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let started = Instant::now();
-    let deadline = started + args.duration;
+    let warm_until = Instant::now() + args.warmup;
+    let started = warm_until;
+    let deadline = warm_until + args.duration;
     let mut workers = Vec::new();
     for client in &clients {
         for _ in 0..args.concurrency {
@@ -146,6 +172,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let verb = args.verb;
             workers.push(tokio::spawn(async move {
                 let mut tally = Tally::new()?;
+                // Answers to the same request are the same size: measure the
+                // first of each code rather than re-encode every answer.
+                let mut sizes = BTreeMap::<u16, u64>::new();
+                while Instant::now() < warm_until {
+                    let _ = client
+                        .request(verb, &path, body.as_ref(), Default::default())
+                        .await;
+                }
                 loop {
                     match total {
                         Some(n) if issued.fetch_add(1, Ordering::Relaxed) >= n => break,
@@ -160,8 +194,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     tally.latency.saturating_record(micros);
                     match result {
                         Ok(response) => {
-                            *tally.codes.entry(response.code.as_u16()).or_default() += 1;
-                            tally.bytes += body_bytes + response_size(&response.body);
+                            let code = response.code.as_u16();
+                            *tally.codes.entry(code).or_default() += 1;
+                            let size = *sizes
+                                .entry(code)
+                                .or_insert_with(|| response_size(&response.body));
+                            tally.bytes += body_bytes + size;
                         }
                         Err(err) => *tally.errors.entry(err.to_string()).or_default() += 1,
                     }
@@ -179,7 +217,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 match total {
                     Some(_) => bar.set_position(done.load(Ordering::Relaxed)),
-                    None => bar.set_position(started.elapsed().as_millis() as u64),
+                    None => bar.set_position(
+                        Instant::now()
+                            .saturating_duration_since(started)
+                            .as_millis() as u64,
+                    ),
                 }
             }
         })

@@ -34,7 +34,13 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| filter.into()),
         )
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // A load generator gets its own thread count: one closed loop per thread
+    // measures the server, not the generator's cross-thread wake-ups.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let cli::Command::Bench(args) = &cli.command {
+        builder.worker_threads(args.worker_threads());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("korv: error: cannot start the async runtime: {err}");

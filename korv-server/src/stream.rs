@@ -232,7 +232,7 @@ where
     let future = handler(request, shared.state.clone());
     let timeout = shared.limits.request_timeout;
     let started = Instant::now();
-    let task = tokio::spawn(TRACEBACKS.scope(shared.tracebacks, async move {
+    let mut task = Box::pin(TRACEBACKS.scope(shared.tracebacks, async move {
         tokio::select! {
             biased;
             () = abort.cancelled() => Response::error(
@@ -257,14 +257,26 @@ where
             },
         }
     }));
+    // The fast path: most handlers finish on their first poll (no I/O to
+    // wait for). Those answer right here, without a task, a wake-up and a
+    // trip through the scheduler. A handler that has to wait moves to its
+    // own task, which polls it again and so re-registers its wakers: the
+    // no-op waker of this first poll is never relied on.
+    let outcome = match (&mut task).now_or_never() {
+        Some(response) => Ok(response),
+        None => Err(tokio::spawn(task)),
+    };
     async move {
-        let mut response = task.await.unwrap_or_else(|err| {
-            Response::error(
-                None,
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the request's task ended: {err}"),
-            )
-        });
+        let mut response = match outcome {
+            Ok(response) => response,
+            Err(task) => task.await.unwrap_or_else(|err| {
+                Response::error(
+                    None,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the request's task ended: {err}"),
+                )
+            }),
+        };
         response.request_id = Some(id);
         log_answer(&response, resource.as_deref().map(|r| (verb, r)), started);
         response
