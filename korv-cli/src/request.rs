@@ -174,6 +174,16 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("serving stdin/stdout")?;
         return Ok(ExitCode::SUCCESS);
     }
+    // Each connection is a file descriptor: let `max_connections` (1024 by
+    // default) be the limit rather than the usual soft limit of 1024 files.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < 2048 => tracing::warn!(
+            limit,
+            "the open-file limit is low: connections beyond it are refused (raise it with `ulimit -n`)"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
+    }
     let mut listen = args.listen;
     if let Some(port) = args.port {
         listen.set_port(port);

@@ -189,6 +189,11 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
                 break;
             }
             () = &mut auth_deadline, if !authenticated.load(Ordering::Acquire) => {
+                // The condition above was read when this wait began; the
+                // client may have authenticated since.
+                if authenticated.load(Ordering::Acquire) {
+                    continue;
+                }
                 info!(%peer, "authentication deadline passed: closing");
                 disconnect(&handle, "authentication timed out").await;
                 break;

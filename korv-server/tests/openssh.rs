@@ -459,3 +459,78 @@ async fn beyond_the_unauthenticated_limit_new_connections_are_closed_at_once() {
     assert!(sink.is_empty(), "no SSH banner for a refused connection");
     shutdown.shutdown();
 }
+
+#[tokio::test]
+async fn an_authenticated_connection_outlives_the_auth_deadline() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
+    let id = keygen(dir.path(), "id", &["-t", "ed25519"]);
+    let authorized_keys = dir.path().join("authorized_keys");
+    std::fs::write(&authorized_keys, public(&id)).unwrap();
+    let deadline = std::time::Duration::from_millis(500);
+    let bound = KorvServer::new()
+        .limits(korv_server::Limits {
+            auth_timeout: deadline,
+            ..Default::default()
+        })
+        .host_key_file(host)
+        .authorized_keys_file(&authorized_keys)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .route(Verb::Get, "/hello", |_r: Request| async {
+            (200, json!({"msg": "Hello World!"}))
+        })
+        .bind()
+        .await
+        .unwrap();
+    let port = bound.local_addr().port();
+    let shutdown = bound.shutdown_handle();
+    tokio::spawn(bound.run());
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-o", "BatchMode=yes"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
+            .args(["-p", &port.to_string(), "-i"])
+            .arg(&id)
+            .args(["-W", "localhost:8022", "alice@127.0.0.1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut ask = |id: u64| {
+            stdin
+                .write_all(&frame(
+                    json!({"id": id, "verb": "GET", "resource": "/hello"}),
+                ))
+                .ok()?;
+            let mut len = [0; 4];
+            stdout.read_exact(&mut len).ok()?;
+            let mut payload = vec![0; u32::from_be_bytes(len) as usize];
+            stdout.read_exact(&mut payload).ok()?;
+            Some(Response::from_payload(&payload).unwrap())
+        };
+        let first = ask(1);
+        // Well past the deadline, on the same authenticated connection.
+        std::thread::sleep(deadline * 3);
+        let second = ask(2);
+        drop(stdin);
+        let _ = child.wait();
+        (first, second)
+    })
+    .await
+    .unwrap();
+    shutdown.shutdown();
+    let (first, second) = answers;
+    assert_eq!(first.expect("the first answer").code, StatusCode::OK);
+    let second = second.expect("the connection was closed at the authentication deadline");
+    assert_eq!(second.code, StatusCode::OK);
+    assert_eq!(second.request_id, Some(korv_server::RequestId::from(2_u64)));
+}

@@ -2,10 +2,15 @@
 //!
 //! ```text
 //! cargo xtask test      # fmt check, clippy (warnings are errors), every test
+//! cargo xtask bench     # Korv against its peers; rewrites BENCHMARKS.md
+//! cargo xtask soak      # korv serve under valid and malformed frames, 60 s
 //! ```
 //!
 //! Each step is printed before it runs; the first failure stops the run with
 //! a message naming the step and how to reproduce it.
+
+mod bench;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -15,6 +20,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("bench") => bench::bench(&args[1..]),
+        Some("soak") => soak::soak(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -35,6 +42,8 @@ fn print_help() {
         "cargo xtask TASK\n\n\
          Tasks:\n  \
          test    cargo fmt --check, cargo clippy -D warnings, cargo test --workspace\n  \
+         soak    [--minutes N] korv serve under a full-speed mix of valid and malformed frames\n  \
+         bench   [--quick] Korv against HTTPS, OpenSSH and plain TCP; writes BENCHMARKS.md\n  \
          help    this text"
     );
 }
