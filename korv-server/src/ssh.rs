@@ -55,7 +55,10 @@ pub(crate) fn russh_config<S>(shared: &Shared<S>, keys: Vec<PrivateKey>) -> Conf
         // The largest russh accepts: fewer packets (and fewer MACs) per
         // large body than the default 32 KiB.
         maximum_packet_size: 65535,
-        channel_buffer_size: 1024,
+        // Packets russh queues per channel before the connection waits for
+        // the stream to read: with 64 KiB packets, at most 8 MiB (one
+        // window) held per channel.
+        channel_buffer_size: 128,
         preferred,
         ..Config::default()
     }

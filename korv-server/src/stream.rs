@@ -5,8 +5,10 @@
 //!
 //! - Every frame gets exactly one response: malformed ones at once (400, 413),
 //!   unroutable ones at once (404, 405), the rest from their handler task.
-//! - Up to `max_in_flight_per_stream` handlers run at once; beyond it the loop
-//!   stops reading, which pushes back on the client through SSH flow control.
+//! - Up to `max_in_flight_per_stream` requests are in flight at once (running,
+//!   or answered and not yet written); beyond it the loop stops reading,
+//!   which pushes back on the client through SSH flow control. A client that
+//!   never reads its answers therefore stops being read.
 //! - Responses that are ready together are written together, with one flush.
 //! - At the client's EOF the loop finishes what is in flight, writes it, then
 //!   shuts its writing side down (EOF).
@@ -15,6 +17,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -23,6 +26,7 @@ use futures_util::{FutureExt, StreamExt};
 use korv_proto::{Frame, KorvCodec, Request as WireRequest, RequestId, Response, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -50,27 +54,48 @@ where
     // Writing runs beside reading, never in its way: over SSH a stream that
     // stops reading while a write waits can stall the whole connection
     // (russh delivers channel data through a bounded queue).
-    let (to_writer, from_reader) = tokio::sync::mpsc::unbounded_channel::<BytesMut>();
+    let (to_writer, from_reader) = tokio::sync::mpsc::unbounded_channel::<Batch>();
+    let unwritten = Unwritten::default();
     let (read_result, write_result) = tokio::join!(
-        read_loop(&shared, reader, &client, &shutdown, to_writer),
-        write_loop(writer, from_reader),
+        read_loop(&shared, reader, &client, &shutdown, to_writer, &unwritten),
+        write_loop(writer, from_reader, &unwritten),
     );
     read_result.and(write_result)
+}
+
+/// Encoded answers handed to the writer, and how many.
+struct Batch {
+    bytes: BytesMut,
+    answers: usize,
+}
+
+/// Answers handed to the writer and not yet written. A request counts
+/// against `max_in_flight_per_stream` until its answer is written, so a
+/// client that sends requests but never reads answers stops being read
+/// (flow control) instead of making the server queue answers without end.
+#[derive(Default)]
+struct Unwritten {
+    answers: AtomicUsize,
+    written: Notify,
 }
 
 /// Writes encoded responses as they come, coalescing whatever is queued into
 /// one write and one flush; at the end, shuts the writing side down (EOF).
 async fn write_loop<W: AsyncWrite>(
     writer: W,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<BytesMut>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Batch>,
+    unwritten: &Unwritten,
 ) -> io::Result<()> {
     tokio::pin!(writer);
     while let Some(mut batch) = queue.recv().await {
         while let Ok(more) = queue.try_recv() {
-            batch.unsplit(more);
+            batch.bytes.unsplit(more.bytes);
+            batch.answers += more.answers;
         }
-        writer.write_all(&batch).await?;
+        writer.write_all(&batch.bytes).await?;
         writer.flush().await?;
+        unwritten.answers.fetch_sub(batch.answers, Ordering::AcqRel);
+        unwritten.written.notify_one();
     }
     writer.shutdown().await
 }
@@ -80,7 +105,8 @@ async fn read_loop<S, R>(
     reader: R,
     client: &Arc<ClientInfo>,
     shutdown: &CancellationToken,
-    to_writer: tokio::sync::mpsc::UnboundedSender<BytesMut>,
+    to_writer: tokio::sync::mpsc::UnboundedSender<Batch>,
+    unwritten: &Unwritten,
 ) -> io::Result<()>
 where
     S: Clone + Send + Sync + 'static,
@@ -97,6 +123,8 @@ where
     let _abort_on_drop = abort.clone().drop_guard();
     let mut in_flight = FuturesUnordered::new();
     let mut out = BytesMut::new();
+    // Answers encoded into `out` and not yet handed to the writer.
+    let mut encoded = 0_usize;
     let mut reading = true;
     let mut shutting_down = false;
     let grace = tokio::time::sleep(shared.limits.shutdown_grace);
@@ -107,13 +135,22 @@ where
         // Gather every answer that is ready, then hand them over in one go.
         while let Some(Some(response)) = in_flight.next().now_or_never() {
             encode(&mut codec, &response, &mut out);
+            encoded += 1;
         }
-        if !out.is_empty() && to_writer.send(out.split()).is_err() {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the stream's writer stopped",
-            ));
+        if encoded > 0 {
+            unwritten.answers.fetch_add(encoded, Ordering::AcqRel);
+            let batch = Batch {
+                bytes: out.split(),
+                answers: std::mem::take(&mut encoded),
+            };
+            if to_writer.send(batch).is_err() {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the stream's writer stopped",
+                ));
+            }
         }
+        let room = in_flight.len() + unwritten.answers.load(Ordering::Acquire) < max_in_flight;
         if in_flight.is_empty() && (!reading || shutting_down) {
             return Ok(());
         }
@@ -129,8 +166,10 @@ where
             }
             Some(response) = in_flight.next(), if !in_flight.is_empty() => {
                 encode(&mut codec, &response, &mut out);
+                encoded += 1;
             }
-            frame = frames.next(), if reading && in_flight.len() < max_in_flight => match frame {
+            () = unwritten.written.notified(), if reading && !room => {}
+            frame = frames.next(), if reading && room => match frame {
                 None => reading = false,
                 Some(Err(err)) => return Err(into_io(err)),
                 Some(Ok(frame)) => {
@@ -139,6 +178,7 @@ where
                         Dispatch::Now(response) => {
                             log_answer(&response, None, started);
                             encode(&mut codec, &response, &mut out);
+                            encoded += 1;
                         }
                         Dispatch::Run(id, request, handler) => {
                             in_flight.push(run_handler(shared, client, id, request, handler, abort.clone()));

@@ -488,3 +488,69 @@ fn try_add_callback_reports_conflicts_and_bad_patterns() {
         .unwrap();
     assert!(err.to_string().contains("must start with '/'"), "{err}");
 }
+
+#[tokio::test]
+async fn a_client_that_never_reads_answers_stops_being_read() {
+    // Answers the client does not read count against the in-flight limit:
+    // the server stops reading instead of queueing answers without end.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = KorvServer::with_state(Arc::clone(&calls))
+        .limits(Limits {
+            max_in_flight_per_stream: 4,
+            ..limits()
+        })
+        .route(
+            Verb::Get,
+            "/count",
+            |_r: Request, calls: Arc<AtomicUsize>| async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                json!("x".repeat(200))
+            },
+        )
+        .into_stream_service();
+    // 1 KiB of pipe each way: a few answers fill the client's unread side.
+    let (ours, theirs) = tokio::io::duplex(1024);
+    let served = tokio::spawn(async move {
+        service
+            .serve_as(
+                theirs,
+                ClientInfo::new("alice", "SHA256:abc", "ssh-ed25519", "", None),
+            )
+            .await
+    });
+    let (reader, mut writer) = tokio::io::split(ours);
+    let sending = tokio::spawn(async move {
+        for id in 0..1000 {
+            let payload = get(id, "/count").to_string();
+            let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(payload.as_bytes());
+            writer.write_all(&frame).await.unwrap();
+        }
+        writer.shutdown().await.unwrap();
+    });
+    // Give the server ample time to read everything it is willing to.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let handled = calls.load(Ordering::SeqCst);
+    assert!(
+        handled <= 4 + 1024 / 200 + 2,
+        "the server handled {handled} requests for a client that reads nothing"
+    );
+    assert!(
+        !sending.is_finished(),
+        "the client's writes should be held back"
+    );
+    // Once the client reads, every request is answered, in full.
+    let mut frames = FramedRead::new(reader, KorvCodec::new());
+    let mut answered = 0;
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), frames.next())
+        .await
+        .expect("answers keep coming")
+    {
+        assert!(matches!(frame.unwrap(), Frame::Payload(_)));
+        answered += 1;
+    }
+    assert_eq!(answered, 1000);
+    assert_eq!(calls.load(Ordering::SeqCst), 1000);
+    sending.await.unwrap();
+    served.await.unwrap().unwrap();
+}

@@ -257,6 +257,7 @@ fn run(korv: &Path, dir: &Path, duration: Duration, streams: usize) -> Result<()
         "rss_kib_final": final_rss,
         "rss_kib_peak_after_warmup": peak_after_warm,
         "rss_growth_percent": growth,
+        "rss_kib_samples": samples.iter().map(|(_, rss, _)| *rss).collect::<Vec<_>>(),
     });
     println!(
         "{}",
