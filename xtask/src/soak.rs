@@ -163,7 +163,6 @@ fn run(korv: &Path, dir: &Path, duration: Duration, streams: usize) -> Result<()
     let started = Instant::now();
     let warmup = (duration / 5).max(Duration::from_secs(5)).min(duration / 2);
     let mut samples = Vec::new();
-    let mut warm_rss = None;
     while started.elapsed() < duration {
         std::thread::sleep(Duration::from_secs(1).min(duration.saturating_sub(started.elapsed())));
         let rss = crate::bench::rss_kib(pid)?;
@@ -172,9 +171,6 @@ fn run(korv: &Path, dir: &Path, duration: Duration, streams: usize) -> Result<()
             .map(|w| w.3.sent.load(Ordering::Relaxed))
             .sum();
         samples.push((started.elapsed().as_secs_f64(), rss, sent));
-        if warm_rss.is_none() && started.elapsed() >= warmup {
-            warm_rss = Some(rss);
-        }
         if workers
             .iter()
             .any(|w| w.1.is_finished() || w.2.is_finished())
@@ -183,7 +179,11 @@ fn run(korv: &Path, dir: &Path, duration: Duration, streams: usize) -> Result<()
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let final_rss = crate::bench::rss_kib(pid)?;
+    samples.push((
+        started.elapsed().as_secs_f64(),
+        crate::bench::rss_kib(pid)?,
+        0,
+    ));
     let mut sent = 0;
     let mut answered = 0;
     let mut problems = Vec::new();
@@ -239,22 +239,31 @@ fn run(korv: &Path, dir: &Path, duration: Duration, streams: usize) -> Result<()
     }
     drop(server);
     let elapsed = started.elapsed().as_secs_f64();
-    let warm = warm_rss.unwrap_or(final_rss);
+    // Medians of the first and the last few samples after the warm-up: a
+    // leak moves both ends apart, a passing burst moves neither.
+    let after: Vec<u64> = samples
+        .iter()
+        .filter(|(t, _, _)| *t >= warmup.as_secs_f64())
+        .map(|(_, rss, _)| *rss)
+        .collect();
+    let window = (after.len() / 5).max(3).min(after.len());
+    let warm = median(after.get(..window).unwrap_or_default());
+    let final_rss = median(after.get(after.len() - window..).unwrap_or_default());
     let peak_after_warm = samples
         .iter()
         .filter(|(t, _, _)| *t >= warmup.as_secs_f64())
         .map(|(_, rss, _)| *rss)
         .max()
         .unwrap_or(final_rss);
-    let growth = (final_rss as f64 - warm as f64) / warm as f64 * 100.0;
+    let growth = (final_rss as f64 - warm as f64) / warm.max(1) as f64 * 100.0;
     let report = json!({
         "seconds": elapsed,
         "streams": streams,
         "frames_sent": sent,
         "answers": answered,
         "frames_per_second": sent as f64 / elapsed,
-        "rss_kib_after_warmup": warm,
-        "rss_kib_final": final_rss,
+        "rss_kib_after_warmup_median": warm,
+        "rss_kib_final_median": final_rss,
         "rss_kib_peak_after_warmup": peak_after_warm,
         "rss_growth_percent": growth,
         "rss_kib_samples": samples.iter().map(|(_, rss, _)| *rss).collect::<Vec<_>>(),
@@ -474,4 +483,10 @@ fn read_answers(stdout: std::process::ChildStdout, ledger: &Ledger) -> Result<()
             }
         }
     }
+}
+
+fn median(values: &[u64]) -> u64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0)
 }
