@@ -1,0 +1,413 @@
+//! The closed-loop load driver shared by every kind of peer, and its report.
+//!
+//! Each worker keeps exactly one request in flight: it sends the next one
+//! when the previous answer has arrived. The run has two phases on one clock:
+//! a warm-up, whose answers are not recorded, then the measured window. An
+//! answer belongs to the window it *arrives* in, so requests sent near the
+//! end of the warm-up and answered inside the window count there. Workers
+//! send no new request once the window has ended; the window's length is the
+//! time until the last worker's last answer, as `korv bench` measures it.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+/// What one answered request brought back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Answer {
+    /// The status code (HTTP) or response code (Korv).
+    pub(crate) code: u16,
+    /// Bytes of the response body.
+    pub(crate) bytes: u64,
+}
+
+/// A request that got no answer: a transport failure, a timeout, a response
+/// that could not be read.
+#[derive(Debug, Clone)]
+pub(crate) struct CallError {
+    /// What went wrong; identical messages are counted together.
+    pub(crate) message: String,
+    /// Whether the connection is unusable afterwards: the worker then stops
+    /// rather than spinning on a dead connection.
+    pub(crate) fatal: bool,
+}
+
+impl CallError {
+    /// An error after which the connection is unusable.
+    pub(crate) fn fatal(cause: impl Display) -> CallError {
+        CallError {
+            message: cause.to_string(),
+            fatal: true,
+        }
+    }
+
+    /// An error that leaves the connection usable.
+    pub(crate) fn transient(cause: impl Display) -> CallError {
+        CallError {
+            message: cause.to_string(),
+            fatal: false,
+        }
+    }
+}
+
+/// One worker's way of making the request under test, over its connection.
+pub(crate) trait Caller: Send + 'static {
+    /// Sends the request and waits for its whole answer.
+    fn call(&mut self) -> impl Future<Output = Result<Answer, CallError>> + Send;
+}
+
+/// The run's phases.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    /// Unrecorded load before the measured window (may be zero).
+    pub(crate) warmup: Duration,
+    /// The measured window.
+    pub(crate) duration: Duration,
+}
+
+/// What the workers saw, merged.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    latency: Histogram<u64>,
+    codes: BTreeMap<u16, u64>,
+    errors: BTreeMap<String, u64>,
+    bytes: u64,
+}
+
+impl Tally {
+    fn new() -> anyhow::Result<Tally> {
+        Ok(Tally {
+            // 1 µs to 60 s, 3 significant digits, as `korv bench`.
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            codes: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            bytes: 0,
+        })
+    }
+
+    fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
+        self.latency.add(&other.latency)?;
+        for (code, n) in other.codes {
+            *self.codes.entry(code).or_default() += n;
+        }
+        for (error, n) in other.errors {
+            *self.errors.entry(error).or_default() += n;
+        }
+        self.bytes += other.bytes;
+        Ok(())
+    }
+
+    fn error(&mut self, message: String) {
+        *self.errors.entry(message).or_default() += 1;
+    }
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    tally: Tally,
+    seconds: f64,
+}
+
+/// Makes one unrecorded request on every worker, all at once, so that every
+/// connection is known to work (and, for `stdio`, the SSH handshake is over)
+/// before the clock starts. Returns the workers in the same order.
+///
+/// # Errors
+/// The first worker whose request failed.
+async fn prime<C: Caller>(callers: Vec<C>) -> anyhow::Result<Vec<C>> {
+    let tasks: Vec<_> = callers
+        .into_iter()
+        .map(|mut caller| {
+            tokio::spawn(async move {
+                let result = caller.call().await;
+                (caller, result)
+            })
+        })
+        .collect();
+    let mut ready = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (caller, result) = task.await?;
+        if let Err(err) = result {
+            anyhow::bail!("the first request failed: {}", err.message);
+        }
+        ready.push(caller);
+    }
+    Ok(ready)
+}
+
+/// Runs `callers` (one per request in flight) through the warm-up and the
+/// measured window. `request_bytes` is the size of the request body, counted
+/// with each answer's response body for MB/s.
+///
+/// # Errors
+/// A first request failed (see [`prime`]), or a worker task panicked.
+pub(crate) async fn measure<C: Caller>(
+    callers: Vec<C>,
+    window: Window,
+    request_bytes: u64,
+) -> anyhow::Result<Outcome> {
+    let callers = prime(callers).await?;
+    let start = Instant::now();
+    let recording = start + window.warmup;
+    let end = recording + window.duration;
+    let workers: Vec<_> = callers
+        .into_iter()
+        .map(|caller| tokio::spawn(work(caller, recording, end, request_bytes)))
+        .collect();
+    let mut tally = Tally::new()?;
+    for worker in workers {
+        tally.merge(worker.await??)?;
+    }
+    let seconds = recording.elapsed().as_secs_f64().max(1e-9);
+    Ok(Outcome { tally, seconds })
+}
+
+/// One worker's closed loop. Ends at `end`, or at a fatal error.
+async fn work<C: Caller>(
+    mut caller: C,
+    recording: Instant,
+    end: Instant,
+    request_bytes: u64,
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally::new()?;
+    loop {
+        let sent = Instant::now();
+        if sent >= end {
+            break;
+        }
+        let result = caller.call().await;
+        let answered = Instant::now();
+        if answered < recording {
+            // Warm-up: not recorded, except an error that stops the worker,
+            // which the report must show.
+            if let Err(err) = result
+                && err.fatal
+            {
+                tally.error(format!("during warm-up: {}", err.message));
+                break;
+            }
+            continue;
+        }
+        let micros = u64::try_from(answered.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
+        tally.latency.saturating_record(micros.max(1));
+        match result {
+            Ok(answer) => {
+                *tally.codes.entry(answer.code).or_default() += 1;
+                tally.bytes += request_bytes + answer.bytes;
+            }
+            Err(err) => {
+                tally.error(err.message);
+                if err.fatal {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(tally)
+}
+
+/// How the run is described in the report.
+#[derive(Debug, Clone)]
+pub(crate) struct Labels {
+    /// The path requested.
+    pub(crate) resource: String,
+    /// The verb (Korv) or method (HTTP) used.
+    pub(crate) verb: String,
+    /// Connections opened.
+    pub(crate) connections: usize,
+    /// Requests in flight on each connection.
+    pub(crate) concurrency: usize,
+}
+
+impl Outcome {
+    /// Transport failures counted.
+    pub(crate) fn errors(&self) -> u64 {
+        self.tally.errors.values().sum()
+    }
+
+    /// The report, with the keys of `korv bench --json`.
+    pub(crate) fn report(&self, labels: &Labels) -> Value {
+        let tally = &self.tally;
+        let answered: u64 = tally.codes.values().sum();
+        let errors = self.errors();
+        let q = |p: f64| tally.latency.value_at_quantile(p);
+        json!({
+            "resource": labels.resource,
+            "verb": labels.verb,
+            "connections": labels.connections,
+            "concurrency": labels.concurrency,
+            "seconds": self.seconds,
+            "requests": answered + errors,
+            "answered": answered,
+            "errors": errors,
+            "requests_per_second": answered as f64 / self.seconds,
+            "mb_per_second": tally.bytes as f64 / self.seconds / 1e6,
+            "latency_us": {
+                "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+                "max": tally.latency.max(),
+            },
+            "codes": tally.codes.iter()
+                .map(|(code, n)| (code.to_string(), json!(n)))
+                .collect::<serde_json::Map<_, _>>(),
+            "error_counts": tally.errors,
+        })
+    }
+
+    /// A few lines for people.
+    pub(crate) fn summary(&self, labels: &Labels, kind: &str) -> String {
+        let tally = &self.tally;
+        let answered: u64 = tally.codes.values().sum();
+        let q = |p: f64| tally.latency.value_at_quantile(p);
+        let mut text = format!(
+            "{kind} {} {}: {} requests in {:.2}s over {} connection(s) x {} in flight\n",
+            labels.verb,
+            labels.resource,
+            answered + self.errors(),
+            self.seconds,
+            labels.connections,
+            labels.concurrency,
+        );
+        text += &format!(
+            "  {:.0} requests/s, {:.2} MB/s\n",
+            answered as f64 / self.seconds,
+            tally.bytes as f64 / self.seconds / 1e6
+        );
+        text += &format!(
+            "  latency µs: p50 {} p90 {} p99 {} p99.9 {} max {}\n",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            tally.latency.max()
+        );
+        for (code, n) in &tally.codes {
+            text += &format!("  {code}: {n}\n");
+        }
+        for (error, n) in &tally.errors {
+            text += &format!("  error ({n}): {error}\n");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers instantly; fails every `fail_every`-th call.
+    struct Fake {
+        calls: u64,
+        fail_every: u64,
+        fatal: bool,
+    }
+
+    impl Caller for Fake {
+        async fn call(&mut self) -> Result<Answer, CallError> {
+            self.calls += 1;
+            tokio::task::yield_now().await;
+            if self.fail_every > 0 && self.calls.is_multiple_of(self.fail_every) {
+                return Err(CallError {
+                    message: "boom".into(),
+                    fatal: self.fatal,
+                });
+            }
+            Ok(Answer {
+                code: 200,
+                bytes: 10,
+            })
+        }
+    }
+
+    fn labels() -> Labels {
+        Labels {
+            resource: "/hello".into(),
+            verb: "GET".into(),
+            connections: 1,
+            concurrency: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_answers_bytes_and_keys() {
+        let callers = (0..2)
+            .map(|_| Fake {
+                calls: 0,
+                fail_every: 0,
+                fatal: false,
+            })
+            .collect();
+        let window = Window {
+            warmup: Duration::from_millis(20),
+            duration: Duration::from_millis(50),
+        };
+        let outcome = measure(callers, window, 5).await.unwrap();
+        let report = outcome.report(&labels());
+        let answered = report["answered"].as_u64().unwrap();
+        assert!(answered > 0);
+        assert_eq!(report["errors"], 0);
+        assert_eq!(report["codes"]["200"].as_u64(), Some(answered));
+        let mb = report["mb_per_second"].as_f64().unwrap();
+        let expected = (answered * 15) as f64 / report["seconds"].as_f64().unwrap() / 1e6;
+        assert!((mb - expected).abs() < 1e-9);
+        let mut keys: Vec<_> = report.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "answered",
+                "codes",
+                "concurrency",
+                "connections",
+                "error_counts",
+                "errors",
+                "latency_us",
+                "mb_per_second",
+                "requests",
+                "requests_per_second",
+                "resource",
+                "seconds",
+                "verb"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fatal_error_stops_its_worker_and_is_counted() {
+        let callers = vec![Fake {
+            calls: 0,
+            fail_every: 3,
+            fatal: true,
+        }];
+        let window = Window {
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(5),
+        };
+        let started = Instant::now();
+        let outcome = measure(callers, window, 0).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1), "stopped early");
+        let report = outcome.report(&labels());
+        assert_eq!(report["errors"], 1);
+        assert_eq!(report["error_counts"]["boom"], 1);
+        // Call 1 primed, call 2 answered, call 3 failed.
+        assert_eq!(report["answered"], 1);
+    }
+
+    #[tokio::test]
+    async fn a_failing_first_request_is_an_error() {
+        let callers = vec![Fake {
+            calls: 0,
+            fail_every: 1,
+            fatal: false,
+        }];
+        let window = Window {
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(10),
+        };
+        assert!(measure(callers, window, 0).await.is_err());
+    }
+}
