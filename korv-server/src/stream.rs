@@ -63,12 +63,16 @@ where
     read_result.and(write_result)
 }
 
-/// Encoded answers handed to the writer, and how many.
+/// Encoded answers handed to the writer, and how many. `parts` is not one
+/// part per answer: the framework's own answers share one.
 struct Batch {
-    bytes: BytesMut,
+    parts: Vec<BytesMut>,
     answers: usize,
 }
 
+/// Answers at least this large are written as they are; smaller ones are
+/// gathered, so that many small answers leave in one SSH packet.
+const GATHER_BELOW: usize = 16 * 1024;
 /// Answers handed to the writer and not yet written. A request counts
 /// against `max_in_flight_per_stream` until its answer is written, so a
 /// client that sends requests but never reads answers stops being read
@@ -87,12 +91,27 @@ async fn write_loop<W: AsyncWrite>(
     unwritten: &Unwritten,
 ) -> io::Result<()> {
     tokio::pin!(writer);
+    let mut gathered = BytesMut::new();
     while let Some(mut batch) = queue.recv().await {
         while let Ok(more) = queue.try_recv() {
-            batch.bytes.unsplit(more.bytes);
+            batch.parts.extend(more.parts);
             batch.answers += more.answers;
         }
-        writer.write_all(&batch.bytes).await?;
+        for part in batch.parts {
+            if part.len() < GATHER_BELOW {
+                gathered.unsplit(part);
+                continue;
+            }
+            if !gathered.is_empty() {
+                writer.write_all(&gathered).await?;
+                gathered.clear();
+            }
+            writer.write_all(&part).await?;
+        }
+        if !gathered.is_empty() {
+            writer.write_all(&gathered).await?;
+            gathered.clear();
+        }
         writer.flush().await?;
         unwritten.answers.fetch_sub(batch.answers, Ordering::AcqRel);
         unwritten.written.notify_one();
@@ -125,6 +144,8 @@ where
     let mut out = BytesMut::new();
     // Answers encoded into `out` and not yet handed to the writer.
     let mut encoded = 0_usize;
+    // Handlers' answers (each its own encoded frame) not yet handed over.
+    let mut parts: Vec<BytesMut> = Vec::new();
     let mut reading = true;
     let mut shutting_down = false;
     let grace = tokio::time::sleep(shared.limits.shutdown_grace);
@@ -133,16 +154,19 @@ where
 
     loop {
         // Gather every answer that is ready, then hand them over in one go.
-        while let Some(Some(response)) = in_flight.next().now_or_never() {
-            encode(&mut codec, &response, &mut out);
-            encoded += 1;
+        while let Some(Some(answer)) = in_flight.next().now_or_never() {
+            parts.push(answer);
         }
-        if encoded > 0 {
-            unwritten.answers.fetch_add(encoded, Ordering::AcqRel);
+        if encoded > 0 || !parts.is_empty() {
+            let answers = std::mem::take(&mut encoded) + parts.len();
+            if !out.is_empty() {
+                parts.push(out.split());
+            }
             let batch = Batch {
-                bytes: out.split(),
-                answers: std::mem::take(&mut encoded),
+                answers,
+                parts: std::mem::take(&mut parts),
             };
+            unwritten.answers.fetch_add(batch.answers, Ordering::AcqRel);
             if to_writer.send(batch).is_err() {
                 return Err(io::Error::new(
                     io::ErrorKind::BrokenPipe,
@@ -164,10 +188,7 @@ where
             () = to_writer.closed() => {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the stream's writer stopped"));
             }
-            Some(response) = in_flight.next(), if !in_flight.is_empty() => {
-                encode(&mut codec, &response, &mut out);
-                encoded += 1;
-            }
+            Some(answer) = in_flight.next(), if !in_flight.is_empty() => parts.push(answer),
             () = unwritten.written.notified(), if reading && !room => {}
             frame = frames.next(), if reading && room => match frame {
                 None => reading = false,
@@ -180,8 +201,8 @@ where
                             encode(&mut codec, &response, &mut out);
                             encoded += 1;
                         }
-                        Dispatch::Run(id, request, handler) => {
-                            in_flight.push(run_handler(shared, client, id, request, handler, abort.clone()));
+                        Dispatch::Run(run) => {
+                            in_flight.push(run_handler(shared, client, run, abort.clone(), &codec));
                         }
                     }
                 }
@@ -206,12 +227,20 @@ fn encode(codec: &mut KorvCodec, response: &Response, out: &mut BytesMut) {
 
 enum Dispatch<S> {
     Now(Response),
-    Run(
-        RequestId,
-        WireRequest,
-        (Arc<crate::handler::BoxedHandler<S>>, crate::router::Params),
-    ),
+    Run(Run<S>),
 }
+
+/// A request to hand to its handler.
+struct Run<S> {
+    id: RequestId,
+    request: WireRequest,
+    handler: (Arc<crate::handler::BoxedHandler<S>>, crate::router::Params),
+    /// Small enough to try on this task first.
+    inline: bool,
+}
+
+/// Requests with a payload up to this size may run on the stream's task.
+const INLINE_MAX_PAYLOAD: usize = 16 * 1024;
 
 /// Validates and routes one frame: an answer now, or a handler to run.
 fn dispatch<S>(shared: &Shared<S>, frame: Frame, shutting_down: bool) -> Dispatch<S> {
@@ -235,7 +264,12 @@ fn dispatch<S>(shared: &Shared<S>, frame: Frame, shutting_down: bool) -> Dispatc
         ));
     }
     match shared.router.route(request.verb, &request.resource) {
-        Routed::Found(handler, params) => Dispatch::Run(id, request, (handler, params)),
+        Routed::Found(handler, params) => Dispatch::Run(Run {
+            id,
+            request,
+            handler: (handler, params),
+            inline: payload.len() <= INLINE_MAX_PAYLOAD,
+        }),
         Routed::NotAllowed(allow) => Dispatch::Now(Response::new(
             id,
             StatusCode::METHOD_NOT_ALLOWED,
@@ -252,19 +286,32 @@ fn dispatch<S>(shared: &Shared<S>, frame: Frame, shutting_down: bool) -> Dispatc
     }
 }
 
-/// Spawns a handler with its timeout, panic capture and abort; resolves to
-/// its response with the request's id.
+/// Runs a handler with its timeout, panic capture and abort; resolves to its
+/// answer, with the request's id, encoded.
+///
+/// Small requests are polled once right here: most handlers finish on their
+/// first poll (no I/O to wait for), and those answer without a task, a
+/// wake-up and a trip through the scheduler. A handler that has to wait, and
+/// every large request, runs in its own task, so that its JSON work (parsing
+/// a large body, encoding a large answer) runs beside this stream's reading.
+/// The task polls the handler again and so re-registers its wakers: the
+/// no-op waker of the first poll is never relied on.
 fn run_handler<S>(
     shared: &Arc<Shared<S>>,
     client: &Arc<ClientInfo>,
-    id: RequestId,
-    request: WireRequest,
-    (handler, params): (Arc<crate::handler::BoxedHandler<S>>, crate::router::Params),
+    run: Run<S>,
     abort: CancellationToken,
-) -> impl std::future::Future<Output = Response> + use<S>
+    codec: &KorvCodec,
+) -> impl std::future::Future<Output = BytesMut> + use<S>
 where
     S: Clone + Send + Sync + 'static,
 {
+    let Run {
+        id,
+        request,
+        handler: (handler, params),
+        inline,
+    } = run;
     let verb = request.verb;
     // Only a debug log needs the resource after the request moves on.
     let resource = tracing::enabled!(tracing::Level::DEBUG).then(|| request.resource.clone());
@@ -272,8 +319,10 @@ where
     let future = handler(request, shared.state.clone());
     let timeout = shared.limits.request_timeout;
     let started = Instant::now();
+    let mut task_codec = codec.clone();
+    let task_id = id.clone();
     let mut task = Box::pin(TRACEBACKS.scope(shared.tracebacks, async move {
-        tokio::select! {
+        let mut response = tokio::select! {
             biased;
             () = abort.cancelled() => Response::error(
                 None,
@@ -295,31 +344,35 @@ where
                     format!("the handler did not finish within {} ms", timeout.as_millis()),
                 ),
             },
-        }
+        };
+        response.request_id = Some(task_id);
+        log_answer(&response, resource.as_deref().map(|r| (verb, r)), started);
+        let mut out = BytesMut::new();
+        encode(&mut task_codec, &response, &mut out);
+        out
     }));
-    // The fast path: most handlers finish on their first poll (no I/O to
-    // wait for). Those answer right here, without a task, a wake-up and a
-    // trip through the scheduler. A handler that has to wait moves to its
-    // own task, which polls it again and so re-registers its wakers: the
-    // no-op waker of this first poll is never relied on.
-    let outcome = match (&mut task).now_or_never() {
-        Some(response) => Ok(response),
-        None => Err(tokio::spawn(task)),
+    let outcome = match inline {
+        true => match (&mut task).now_or_never() {
+            Some(encoded) => Ok(encoded),
+            None => Err(tokio::spawn(task)),
+        },
+        false => Err(tokio::spawn(task)),
     };
+    let mut codec = codec.clone();
     async move {
-        let mut response = match outcome {
-            Ok(response) => response,
+        match outcome {
+            Ok(encoded) => encoded,
             Err(task) => task.await.unwrap_or_else(|err| {
-                Response::error(
-                    None,
+                let response = Response::error(
+                    Some(id),
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("the request's task ended: {err}"),
-                )
+                );
+                let mut out = BytesMut::new();
+                encode(&mut codec, &response, &mut out);
+                out
             }),
-        };
-        response.request_id = Some(id);
-        log_answer(&response, resource.as_deref().map(|r| (verb, r)), started);
-        response
+        }
     }
 }
 

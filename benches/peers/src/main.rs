@@ -15,6 +15,7 @@
 //! and reports like `korv bench --json`.
 
 mod http;
+mod idle;
 mod load;
 mod routes;
 mod serve;
@@ -55,6 +56,9 @@ enum Command {
     Server(ServerArgs),
     /// Closed-loop load against a peer; prints a summary or one JSON line.
     Load(LoadArgs),
+    /// Hold idle authenticated Korv connections (for the server's memory per
+    /// connection); prints `ready N`, then waits for stdin to close.
+    Idle(idle::IdleArgs),
 }
 
 /// The servers.
@@ -273,10 +277,14 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Load(args) = &cli.command {
+        // As `korv bench`: one thread per connection, at most one per core,
+        // so every system's load generator has the same shape.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.worker_threads(args.connections.clamp(1, cores));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("korv-peers: error: cannot start the async runtime: {err}");
@@ -289,6 +297,7 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Load(args) => run_load(args).await,
+            Command::Idle(args) => idle::run(args).await,
         }
     });
     match result {
