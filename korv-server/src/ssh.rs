@@ -154,6 +154,7 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     let handle = session.handle();
     tokio::pin!(session);
     let mut draining = false;
+    let mut deadline_passed = false;
     loop {
         tokio::select! {
             result = &mut session => {
@@ -162,10 +163,16 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
                 }
                 break;
             }
-            () = &mut auth_deadline, if !authenticated.load(Ordering::Acquire) => {
-                info!(%peer, "authentication deadline passed: closing");
-                disconnect(&handle, "authentication timed out").await;
-                break;
+            // `select!` checks a branch's condition only when it is entered,
+            // so the flag is read again when the deadline fires: a connection
+            // that authenticated meanwhile is kept.
+            () = &mut auth_deadline, if !deadline_passed => {
+                deadline_passed = true;
+                if !authenticated.load(Ordering::Acquire) {
+                    info!(%peer, "authentication deadline passed: closing");
+                    disconnect(&handle, "authentication timed out").await;
+                    break;
+                }
             }
             () = shutdown.cancelled(), if !draining => draining = true,
             _ = poll.tick(), if draining => {
