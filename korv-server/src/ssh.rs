@@ -476,6 +476,19 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         Ok(())
     }
 
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
     async fn env_request(
         &mut self,
         channel: ChannelId,
