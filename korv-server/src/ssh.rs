@@ -94,6 +94,7 @@ pub(crate) async fn accept_loop<S: Clone + Send + Sync + 'static>(
             peer,
             client: None,
             streams: Arc::new(AtomicUsize::new(0)),
+            running: Arc::new(AtomicUsize::new(0)),
             pending: HashMap::new(),
             unauth_permit: Some(unauth_permit),
             authenticated: Arc::new(AtomicBool::new(false)),
@@ -130,7 +131,7 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     let authenticated = Arc::clone(&connection.authenticated);
     let shutdown = connection.shared.shutdown.clone();
     let auth_timeout = connection.shared.limits.auth_timeout;
-    let streams = Arc::clone(&connection.streams);
+    let running = Arc::clone(&connection.running);
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
     let _ = socket.set_nodelay(true);
     // One deadline from accept to authentication, covering the SSH version
@@ -176,8 +177,10 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
             }
             () = shutdown.cancelled(), if !draining => draining = true,
             _ = poll.tick(), if draining => {
-                // Streams drain by themselves; close the connection once they have.
-                if streams.load(Ordering::Acquire) == 0 {
+                // Streams drain by themselves; close the connection once they
+                // have. Session channels still waiting for their subsystem
+                // request hold nothing to drain.
+                if running.load(Ordering::Acquire) == 0 {
                     disconnect(&handle, "server shutting down").await;
                     break;
                 }
@@ -198,7 +201,10 @@ struct Connection<S> {
     authorized: Arc<AuthorizedKeys>,
     peer: SocketAddr,
     client: Option<Arc<ClientInfo>>,
+    /// Channels admitted: running streams plus pending session channels.
     streams: Arc<AtomicUsize>,
+    /// Streams running (spawned and not yet ended).
+    running: Arc<AtomicUsize>,
     /// Session channels waiting for their subsystem request.
     pending: HashMap<ChannelId, Channel<Msg>>,
     unauth_permit: Option<OwnedSemaphorePermit>,
@@ -246,6 +252,8 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         };
         let shared = Arc::clone(&self.shared);
         let streams = Arc::clone(&self.streams);
+        let running = Arc::clone(&self.running);
+        running.fetch_add(1, Ordering::AcqRel);
         let id = channel.id();
         let stream = channel.into_stream();
         self.tracker.spawn(async move {
@@ -259,6 +267,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
             }
             let _ = handle.close(id).await;
             streams.fetch_sub(1, Ordering::AcqRel);
+            running.fetch_sub(1, Ordering::AcqRel);
         });
     }
 }
