@@ -13,6 +13,7 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
@@ -99,6 +100,7 @@ pub(crate) async fn accept_loop<S: Clone + Send + Sync + 'static>(
             unauth_permit: Some(unauth_permit),
             authenticated: Arc::new(AtomicBool::new(false)),
             tracker: tracker.clone(),
+            gone: CancellationToken::new(),
         };
         tracker.spawn(serve_connection(
             Arc::clone(&config),
@@ -132,6 +134,9 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     let shutdown = connection.shared.shutdown.clone();
     let auth_timeout = connection.shared.limits.auth_timeout;
     let running = Arc::clone(&connection.running);
+    // However this function ends, the connection is gone: its streams stop
+    // and their handlers are cancelled, as no answer can reach the client.
+    let _streams_end = connection.gone.clone().drop_guard();
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
     let _ = socket.set_nodelay(true);
     // One deadline from accept to authentication, covering the SSH version
@@ -210,6 +215,8 @@ struct Connection<S> {
     unauth_permit: Option<OwnedSemaphorePermit>,
     authenticated: Arc<AtomicBool>,
     tracker: TaskTracker,
+    /// Cancelled when the connection has ended.
+    gone: CancellationToken,
 }
 
 impl<S: Clone + Send + Sync + 'static> Connection<S> {
@@ -254,13 +261,19 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         let streams = Arc::clone(&self.streams);
         let running = Arc::clone(&self.running);
         running.fetch_add(1, Ordering::AcqRel);
+        let gone = self.gone.clone();
         let id = channel.id();
         let stream = channel.into_stream();
         self.tracker.spawn(async move {
             let shutdown = shared.shutdown.clone();
-            let result = crate::stream::run_stream(shared, stream, client, shutdown).await;
-            if let Err(err) = result {
-                debug!(%err, "stream ended with an error");
+            tokio::select! {
+                result = crate::stream::run_stream(shared, stream, client, shutdown) => {
+                    if let Err(err) = result {
+                        debug!(%err, "stream ended with an error");
+                    }
+                }
+                // Dropping the stream cancels the handlers it runs.
+                () = gone.cancelled() => debug!("connection lost: stream and requests in flight dropped"),
             }
             if exit_status {
                 let _ = handle.exit_status_request(id, 0).await;
