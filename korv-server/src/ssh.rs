@@ -13,6 +13,7 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
@@ -123,10 +124,12 @@ pub(crate) async fn accept_loop<S: Clone + Send + Sync + 'static>(
             peer,
             client: None,
             streams: Arc::new(AtomicUsize::new(0)),
+            running: Arc::new(AtomicUsize::new(0)),
             pending: HashMap::new(),
             unauth_permit: Some(unauth_permit),
             authenticated: Arc::new(AtomicBool::new(false)),
             tracker: tracker.clone(),
+            gone: CancellationToken::new(),
         };
         tracker.spawn(serve_connection(
             Arc::clone(&config),
@@ -159,7 +162,10 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     let authenticated = Arc::clone(&connection.authenticated);
     let shutdown = connection.shared.shutdown.clone();
     let auth_timeout = connection.shared.limits.auth_timeout;
-    let streams = Arc::clone(&connection.streams);
+    let running = Arc::clone(&connection.running);
+    // However this function ends, the connection is gone: its streams stop
+    // and their handlers are cancelled, as no answer can reach the client.
+    let _streams_end = connection.gone.clone().drop_guard();
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
     let _ = socket.set_nodelay(true);
     // One deadline from accept to authentication, covering the SSH version
@@ -183,6 +189,7 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     let handle = session.handle();
     tokio::pin!(session);
     let mut draining = false;
+    let mut deadline_passed = false;
     loop {
         tokio::select! {
             result = &mut session => {
@@ -191,20 +198,23 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
                 }
                 break;
             }
-            () = &mut auth_deadline, if !authenticated.load(Ordering::Acquire) => {
-                // The condition above was read when this wait began; the
-                // client may have authenticated since.
-                if authenticated.load(Ordering::Acquire) {
-                    continue;
+            // `select!` checks a branch's condition only when it is entered,
+            // so the flag is read again when the deadline fires: a connection
+            // that authenticated meanwhile is kept.
+            () = &mut auth_deadline, if !deadline_passed => {
+                deadline_passed = true;
+                if !authenticated.load(Ordering::Acquire) {
+                    info!(%peer, "authentication deadline passed: closing");
+                    disconnect(&handle, "authentication timed out").await;
+                    break;
                 }
-                info!(%peer, "authentication deadline passed: closing");
-                disconnect(&handle, "authentication timed out").await;
-                break;
             }
             () = shutdown.cancelled(), if !draining => draining = true,
             _ = poll.tick(), if draining => {
-                // Streams drain by themselves; close the connection once they have.
-                if streams.load(Ordering::Acquire) == 0 {
+                // Streams drain by themselves; close the connection once they
+                // have. Session channels still waiting for their subsystem
+                // request hold nothing to drain.
+                if running.load(Ordering::Acquire) == 0 {
                     disconnect(&handle, "server shutting down").await;
                     break;
                 }
@@ -225,12 +235,17 @@ struct Connection<S> {
     authorized: Arc<AuthorizedKeys>,
     peer: SocketAddr,
     client: Option<Arc<ClientInfo>>,
+    /// Channels admitted: running streams plus pending session channels.
     streams: Arc<AtomicUsize>,
+    /// Streams running (spawned and not yet ended).
+    running: Arc<AtomicUsize>,
     /// Session channels waiting for their subsystem request.
     pending: HashMap<ChannelId, Channel<Msg>>,
     unauth_permit: Option<OwnedSemaphorePermit>,
     authenticated: Arc<AtomicBool>,
     tracker: TaskTracker,
+    /// Cancelled when the connection has ended.
+    gone: CancellationToken,
 }
 
 impl<S: Clone + Send + Sync + 'static> Connection<S> {
@@ -273,19 +288,28 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         };
         let shared = Arc::clone(&self.shared);
         let streams = Arc::clone(&self.streams);
+        let running = Arc::clone(&self.running);
+        running.fetch_add(1, Ordering::AcqRel);
+        let gone = self.gone.clone();
         let id = channel.id();
         let stream = channel.into_stream();
         self.tracker.spawn(async move {
             let shutdown = shared.shutdown.clone();
-            let result = crate::stream::run_stream(shared, stream, client, shutdown).await;
-            if let Err(err) = result {
-                debug!(%err, "stream ended with an error");
+            tokio::select! {
+                result = crate::stream::run_stream(shared, stream, client, shutdown) => {
+                    if let Err(err) = result {
+                        debug!(%err, "stream ended with an error");
+                    }
+                }
+                // Dropping the stream cancels the handlers it runs.
+                () = gone.cancelled() => debug!("connection lost: stream and requests in flight dropped"),
             }
             if exit_status {
                 let _ = handle.exit_status_request(id, 0).await;
             }
             let _ = handle.close(id).await;
             streams.fetch_sub(1, Ordering::AcqRel);
+            running.fetch_sub(1, Ordering::AcqRel);
         });
     }
 }
@@ -497,6 +521,19 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         _pix_width: u32,
         _pix_height: u32,
         _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         session.channel_failure(channel)?;

@@ -1,0 +1,421 @@
+//! Durability of `korv serve`'s document store under SIGKILL: the real binary
+//! serves a STORE/UPDATE/DELETE load from several `korv-client` workers, is
+//! killed at a random moment, and is restarted on the same data file. Every
+//! change that was answered 2xx must be there with exactly its content; a
+//! change whose answer was lost may or may not have happened, but a document
+//! is always either absent or exactly one of the bodies sent for it.
+//!
+//! `KORV_DURABILITY_KILLS` sets the number of kills (default 20) and
+//! `KORV_DURABILITY_SEED` the seed of the kill moments and body sizes (printed
+//! by every run).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use korv_client::{ClientConfig, KorvClient, Response, StatusCode};
+use serde_json::{Value, json};
+
+const WORKERS: usize = 8;
+
+fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// SplitMix64: small, seedable, good enough to pick moments and sizes.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn range(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low + 1)
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number"))
+    })
+}
+
+/// The real `korv serve` on a data file, a host key and authorized keys.
+struct Serve {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl Serve {
+    fn new() -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        keygen(dir.path(), "host");
+        let id = keygen(dir.path(), "id");
+        std::fs::copy(id.with_extension("pub"), dir.path().join("authorized_keys")).unwrap();
+        let port = free_port();
+        let host_pub = std::fs::read_to_string(dir.path().join("host.pub")).unwrap();
+        std::fs::write(
+            dir.path().join("known_hosts"),
+            format!("[127.0.0.1]:{port} {host_pub}"),
+        )
+        .unwrap();
+        Serve {
+            dir,
+            port,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join(format!("serve-{}.log", self.starts))
+    }
+
+    /// Starts the server and waits until it listens.
+    fn start(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_korv"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--host-key")
+            .arg(self.dir.path().join("host"))
+            .arg("--authorized-keys")
+            .arg(self.dir.path().join("authorized_keys"))
+            .arg("--data")
+            .arg(self.dir.path().join("store.redb"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let started = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "korv serve exited with {status} on start {}: {}",
+                    self.starts,
+                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "korv serve did not listen within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+    }
+
+    fn config(&self) -> ClientConfig {
+        ClientConfig::new("127.0.0.1")
+            .port(self.port)
+            .identity_file(self.dir.path().join("id"))
+            .use_agent(false)
+            .known_hosts(self.dir.path().join("known_hosts"))
+            .request_timeout(Some(Duration::from_secs(10)))
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A document's state: absent, or exactly this body.
+#[derive(Debug, Clone, PartialEq)]
+enum Doc {
+    Absent,
+    Body(Value),
+}
+
+/// What the test knows of one resource.
+#[derive(Debug, Clone)]
+struct Known {
+    /// The state after the last change answered 2xx.
+    acked: Doc,
+    /// The state if the change whose answer was lost took effect.
+    unanswered: Option<Doc>,
+}
+
+/// What one worker did in one round.
+struct Work {
+    /// Resource and what is known of it, for every resource it touched.
+    known: Vec<(String, Known)>,
+    /// Changes answered 2xx.
+    acked: usize,
+    /// Why it stopped (the connection's end, as the client reported it).
+    stopped: String,
+}
+
+fn body(worker: usize, key: u64, version: u64, pad: usize) -> Value {
+    json!({"worker": worker, "key": key, "version": version, "pad": "x".repeat(pad)})
+}
+
+/// One worker's load: on fresh resources `/docs/w{worker}-{key}`, STORE, two
+/// UPDATEs, then (for every other resource) DELETE; until the connection is
+/// lost or `deadline`.
+async fn work(
+    client: KorvClient,
+    worker: usize,
+    first_key: u64,
+    mut rng: Rng,
+    deadline: Instant,
+) -> Work {
+    let mut known = Vec::new();
+    let mut acked = 0;
+    let mut key = first_key;
+    let stopped = 'load: loop {
+        let path = format!("/docs/w{worker}-{key}");
+        let mut state = Known {
+            acked: Doc::Absent,
+            unanswered: None,
+        };
+        let steps = if key.is_multiple_of(2) { 4 } else { 3 };
+        for version in 0..steps {
+            if Instant::now() > deadline {
+                known.push((path, state));
+                break 'load "the deadline passed: the server was never killed".to_owned();
+            }
+            let pad = rng.range(0, 6000) as usize;
+            let (after, result, want) = match version {
+                0 => {
+                    let b = body(worker, key, 0, pad);
+                    (Doc::Body(b.clone()), client.store(&path, &b).await, 201)
+                }
+                3 => (Doc::Absent, client.delete(&path).await, 200),
+                v => {
+                    let b = body(worker, key, v, pad);
+                    (Doc::Body(b.clone()), client.update(&path, &b).await, 200)
+                }
+            };
+            match result {
+                Ok(Response { code, body, .. }) => {
+                    assert_eq!(code, want, "{path} version {version}: {body}");
+                    if let Doc::Body(b) = &after {
+                        if version > 0 {
+                            assert_eq!(&body, b, "UPDATE answers the new document");
+                        }
+                    } else if let Doc::Body(before) = &state.acked {
+                        assert_eq!(&body, before, "DELETE answers the removed document");
+                    }
+                    state.acked = after;
+                    acked += 1;
+                }
+                Err(err) => {
+                    state.unanswered = Some(after);
+                    known.push((path, state));
+                    break 'load err.to_string();
+                }
+            }
+        }
+        known.push((path, state));
+        key += 1;
+    };
+    Work {
+        known,
+        acked,
+        stopped,
+    }
+}
+
+/// Reads every resource back and checks it; returns the settled states
+/// (what was read, now durable) and the count of lost answers whose change
+/// turned out to have happened.
+async fn verify(
+    serve: &Serve,
+    known: &BTreeMap<String, Known>,
+    round: usize,
+) -> (BTreeMap<String, Known>, usize) {
+    let client = KorvClient::connect(serve.config()).await.unwrap();
+    // All at once over one connection: the server reads at most its
+    // per-stream limit at a time and holds back the rest.
+    let tasks: Vec<_> = known
+        .keys()
+        .cloned()
+        .map(|path| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let r = client.get(&path).await.unwrap();
+                (path, r)
+            })
+        })
+        .collect();
+    let mut reads = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        reads.push(task.await.unwrap());
+    }
+    let mut settled = BTreeMap::new();
+    let mut took_effect = 0;
+    for (path, r) in reads {
+        let found = match r.code.as_u16() {
+            200 => Doc::Body(r.body),
+            404 => Doc::Absent,
+            other => panic!(
+                "after kill {round}: GET {path} answered {other}: {}",
+                r.body
+            ),
+        };
+        let k = &known[&path];
+        let allowed = found == k.acked || k.unanswered.as_ref() == Some(&found);
+        assert!(
+            allowed,
+            "after kill {round}: {path} is {}; acknowledged: {}; unanswered change: {}",
+            short(&found),
+            short(&k.acked),
+            k.unanswered.as_ref().map_or("none".into(), short)
+        );
+        if k.unanswered.as_ref() == Some(&found) && found != k.acked {
+            took_effect += 1;
+        }
+        settled.insert(
+            path,
+            Known {
+                acked: found,
+                unanswered: None,
+            },
+        );
+    }
+    // The listing holds exactly the documents that are there: nothing else
+    // appeared.
+    let listing = client.get("/docs/").await.unwrap();
+    assert_eq!(listing.code, StatusCode::OK);
+    let listed: HashSet<String> = listing.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    let present: HashSet<String> = settled
+        .iter()
+        .filter(|(_, k)| k.acked != Doc::Absent)
+        .map(|(p, _)| p.clone())
+        .collect();
+    assert_eq!(listed, present, "after kill {round}: the listing");
+    (settled, took_effect)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_changes_survive_sigkill_and_nothing_is_half_written() {
+    let kills = env_number("KORV_DURABILITY_KILLS").unwrap_or(20) as usize;
+    let seed = env_number("KORV_DURABILITY_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
+    println!("KORV_DURABILITY_SEED={seed} KORV_DURABILITY_KILLS={kills}");
+    let mut rng = Rng(seed);
+    let started = Instant::now();
+    let mut serve = Serve::new();
+    serve.start();
+    let mut known: BTreeMap<String, Known> = BTreeMap::new();
+    let mut next_key = [0u64; WORKERS];
+    let (mut acked_total, mut lost_total, mut took_effect_total) = (0, 0, 0);
+    for round in 1..=kills {
+        let mut clients = Vec::new();
+        for _ in 0..WORKERS {
+            clients.push(KorvClient::connect(serve.config()).await.unwrap());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let workers: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(w, client)| {
+                let worker_rng = Rng(rng.next());
+                tokio::spawn(work(client, w, next_key[w], worker_rng, deadline))
+            })
+            .collect();
+        let kill_after = Duration::from_millis(rng.range(100, 500));
+        tokio::time::sleep(kill_after).await;
+        serve.kill();
+        let mut acked = 0;
+        let mut lost = 0;
+        for (w, worker) in workers.into_iter().enumerate() {
+            let done = worker.await.unwrap();
+            assert!(
+                done.stopped.contains("closed"),
+                "worker {w} stopped with: {}",
+                done.stopped
+            );
+            acked += done.acked;
+            for (path, k) in done.known {
+                lost += usize::from(k.unanswered.is_some());
+                next_key[w] = next_key[w].max(key_of(&path) + 1);
+                known.insert(path, k);
+            }
+        }
+        serve.start();
+        let (settled, took_effect) = verify(&serve, &known, round).await;
+        known = settled;
+        acked_total += acked;
+        lost_total += lost;
+        took_effect_total += took_effect;
+        println!(
+            "kill {round} after {kill_after:?}: {acked} changes acknowledged, {lost} answers lost \
+             ({took_effect} of those changes had happened); {} resources checked",
+            known.len()
+        );
+    }
+    println!(
+        "{kills} kills in {:?}: {acked_total} acknowledged changes, all present and exact; \
+         {lost_total} lost answers, {took_effect_total} of them applied, the rest not; \
+         {} resources, {} documents at the end",
+        started.elapsed(),
+        known.len(),
+        known.values().filter(|k| k.acked != Doc::Absent).count()
+    );
+    assert!(acked_total > 0, "no change was acknowledged");
+}
+
+/// A document in a few words (its padding can be long).
+fn short(doc: &Doc) -> String {
+    match doc {
+        Doc::Absent => "absent".into(),
+        Doc::Body(body) => {
+            let pad = body["pad"].as_str().map_or(0, str::len);
+            let mut rest = body.clone();
+            if let Some(fields) = rest.as_object_mut() {
+                fields.remove("pad");
+            }
+            format!("{rest} with {pad} bytes of padding")
+        }
+    }
+}
+
+fn key_of(path: &str) -> u64 {
+    path.rsplit('-').next().unwrap().parse().unwrap()
+}
