@@ -17,9 +17,10 @@ pub struct Limits {
     /// request frame is answered `413` and skipped; a larger response becomes a
     /// `500` "response too large".
     pub max_frame: usize,
-    /// Requests of one stream in flight at once: running, or answered but
-    /// not yet written to the client. Default 128. Beyond it the server stops
-    /// reading the stream (SSH flow control) until one answer is written.
+    /// Requests of one stream that run at once. Default 128. Beyond it the
+    /// server stops reading the stream (SSH flow control) until one finishes.
+    /// Answers not yet written are bounded apart: at 8 × `max_frame` bytes
+    /// waiting for a client that does not read them, the stream is closed.
     pub max_in_flight_per_stream: usize,
     /// Streams (channels) one SSH connection may hold open. Default 16. Beyond
     /// it channel opens are refused with "resource shortage".

@@ -5,10 +5,10 @@
 //!
 //! - Every frame gets exactly one response: malformed ones at once (400, 413),
 //!   unroutable ones at once (404, 405), the rest from their handler task.
-//! - Up to `max_in_flight_per_stream` requests are in flight at once (running,
-//!   or answered and not yet written); beyond it the loop stops reading,
-//!   which pushes back on the client through SSH flow control. A client that
-//!   never reads its answers therefore stops being read.
+//! - Up to `max_in_flight_per_stream` handlers run at once; beyond it the loop
+//!   stops reading, which pushes back on the client through SSH flow control.
+//! - Answers waiting to be written are bounded (8 maximum frames): a client
+//!   that keeps sending without reading its answers has its stream closed.
 //! - Responses that are ready together are written together, with one flush.
 //! - At the client's EOF the loop finishes what is in flight, writes it, then
 //!   shuts its writing side down (EOF).
@@ -26,7 +26,6 @@ use futures_util::{FutureExt, StreamExt};
 use korv_proto::{Frame, KorvCodec, Request as WireRequest, RequestId, Response, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -55,47 +54,46 @@ where
     // stops reading while a write waits can stall the whole connection
     // (russh delivers channel data through a bounded queue).
     let (to_writer, from_reader) = tokio::sync::mpsc::unbounded_channel::<Batch>();
-    let unwritten = Unwritten::default();
-    let (read_result, write_result) = tokio::join!(
+    let unwritten = AtomicUsize::new(0);
+    // The first error ends both: a reader that gives up on a client that
+    // does not read must not leave the writer blocked on that client.
+    tokio::try_join!(
         read_loop(&shared, reader, &client, &shutdown, to_writer, &unwritten),
         write_loop(writer, from_reader, &unwritten),
-    );
-    read_result.and(write_result)
+    )
+    .map(|_| ())
 }
 
-/// Encoded answers handed to the writer, and how many. `parts` is not one
-/// part per answer: the framework's own answers share one.
+/// Encoded answers handed to the writer, and their size.
 struct Batch {
     parts: Vec<BytesMut>,
-    answers: usize,
+    bytes: usize,
 }
 
 /// Answers at least this large are written as they are; smaller ones are
 /// gathered, so that many small answers leave in one SSH packet.
 const GATHER_BELOW: usize = 16 * 1024;
-/// Answers handed to the writer and not yet written. A request counts
-/// against `max_in_flight_per_stream` until its answer is written, so a
-/// client that sends requests but never reads answers stops being read
-/// (flow control) instead of making the server queue answers without end.
-#[derive(Default)]
-struct Unwritten {
-    answers: AtomicUsize,
-    written: Notify,
-}
+/// Bytes of answers a stream may have waiting to be written, in units of
+/// the maximum frame. Reading stops at `max_in_flight_per_stream` running
+/// handlers, but not for unwritten answers: over russh a stream that stops
+/// reading can block the connection's session, and with it the writes that
+/// would let it read again. A client that keeps sending without reading
+/// its answers has its stream closed at this bound instead.
+const MAX_UNWRITTEN_FRAMES: usize = 8;
 
 /// Writes encoded responses as they come, coalescing whatever is queued into
 /// one write and one flush; at the end, shuts the writing side down (EOF).
 async fn write_loop<W: AsyncWrite>(
     writer: W,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Batch>,
-    unwritten: &Unwritten,
+    unwritten: &AtomicUsize,
 ) -> io::Result<()> {
     tokio::pin!(writer);
     let mut gathered = BytesMut::new();
     while let Some(mut batch) = queue.recv().await {
         while let Ok(more) = queue.try_recv() {
             batch.parts.extend(more.parts);
-            batch.answers += more.answers;
+            batch.bytes += more.bytes;
         }
         for part in batch.parts {
             if part.len() < GATHER_BELOW {
@@ -113,8 +111,7 @@ async fn write_loop<W: AsyncWrite>(
             gathered.clear();
         }
         writer.flush().await?;
-        unwritten.answers.fetch_sub(batch.answers, Ordering::AcqRel);
-        unwritten.written.notify_one();
+        unwritten.fetch_sub(batch.bytes, Ordering::AcqRel);
     }
     writer.shutdown().await
 }
@@ -125,7 +122,7 @@ async fn read_loop<S, R>(
     client: &Arc<ClientInfo>,
     shutdown: &CancellationToken,
     to_writer: tokio::sync::mpsc::UnboundedSender<Batch>,
-    unwritten: &Unwritten,
+    unwritten: &AtomicUsize,
 ) -> io::Result<()>
 where
     S: Clone + Send + Sync + 'static,
@@ -142,8 +139,6 @@ where
     let _abort_on_drop = abort.clone().drop_guard();
     let mut in_flight = FuturesUnordered::new();
     let mut out = BytesMut::new();
-    // Answers encoded into `out` and not yet handed to the writer.
-    let mut encoded = 0_usize;
     // Handlers' answers (each its own encoded frame) not yet handed over.
     let mut parts: Vec<BytesMut> = Vec::new();
     let mut reading = true;
@@ -151,22 +146,37 @@ where
     let grace = tokio::time::sleep(shared.limits.shutdown_grace);
     tokio::pin!(grace);
     let max_in_flight = shared.limits.max_in_flight_per_stream.max(1);
+    let max_unwritten = shared
+        .limits
+        .max_frame
+        .saturating_mul(MAX_UNWRITTEN_FRAMES)
+        .max(64 * 1024);
 
     loop {
         // Gather every answer that is ready, then hand them over in one go.
         while let Some(Some(answer)) = in_flight.next().now_or_never() {
             parts.push(answer);
         }
-        if encoded > 0 || !parts.is_empty() {
-            let answers = std::mem::take(&mut encoded) + parts.len();
-            if !out.is_empty() {
-                parts.push(out.split());
+        if !out.is_empty() {
+            parts.push(out.split());
+        }
+        if !parts.is_empty() {
+            let bytes = parts.iter().map(BytesMut::len).sum();
+            let waiting = unwritten.fetch_add(bytes, Ordering::AcqRel) + bytes;
+            if waiting > max_unwritten {
+                tracing::warn!(
+                    waiting,
+                    "closing a stream whose client sends requests but does not read its answers"
+                );
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{waiting} bytes of answers wait for a client that does not read them"),
+                ));
             }
             let batch = Batch {
-                answers,
+                bytes,
                 parts: std::mem::take(&mut parts),
             };
-            unwritten.answers.fetch_add(batch.answers, Ordering::AcqRel);
             if to_writer.send(batch).is_err() {
                 return Err(io::Error::new(
                     io::ErrorKind::BrokenPipe,
@@ -174,7 +184,6 @@ where
                 ));
             }
         }
-        let room = in_flight.len() + unwritten.answers.load(Ordering::Acquire) < max_in_flight;
         if in_flight.is_empty() && (!reading || shutting_down) {
             return Ok(());
         }
@@ -189,8 +198,7 @@ where
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the stream's writer stopped"));
             }
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => parts.push(answer),
-            () = unwritten.written.notified(), if reading && !room => {}
-            frame = frames.next(), if reading && room => match frame {
+            frame = frames.next(), if reading && in_flight.len() < max_in_flight => match frame {
                 None => reading = false,
                 Some(Err(err)) => return Err(into_io(err)),
                 Some(Ok(frame)) => {
@@ -199,7 +207,6 @@ where
                         Dispatch::Now(response) => {
                             log_answer(&response, None, started);
                             encode(&mut codec, &response, &mut out);
-                            encoded += 1;
                         }
                         Dispatch::Run(run) => {
                             in_flight.push(run_handler(shared, client, run, abort.clone(), &codec));
