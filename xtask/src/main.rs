@@ -7,6 +7,8 @@
 //! Each step is printed before it runs; the first failure stops the run with
 //! a message naming the step and how to reproduce it.
 
+mod fuzz;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -15,6 +17,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -35,6 +38,7 @@ fn print_help() {
         "cargo xtask TASK\n\n\
          Tasks:\n  \
          test    cargo fmt --check, cargo clippy -D warnings, cargo test --workspace\n  \
+         fuzz    run each fuzz target for N seconds (default 60): fuzz [--seconds N]\n  \
          help    this text"
     );
 }
