@@ -1,6 +1,6 @@
 //! Requests, their ids and verbs, and the one validation step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -418,36 +418,71 @@ fn describe_json_error(err: &serde_json::Error) -> String {
     }
 }
 
-/// The request object's members as read, before validation.
+/// The request object's members as read, before validation. They are kept as
+/// raw JSON text, which is read without recursion and without converting
+/// numbers, so that a member too deep or a number too large for a `Value`
+/// is a `400` of that member, with the request's id, not of the payload.
 #[derive(Default)]
 struct RawFields {
-    id: Option<Value>,
-    verb: Option<Value>,
-    resource: Option<Value>,
+    id: Option<Box<RawValue>>,
+    verb: Option<Box<RawValue>>,
+    resource: Option<Box<RawValue>>,
     body: Option<Box<RawValue>>,
-    headers: Option<Value>,
+    headers: Option<Box<RawValue>>,
     duplicate: Option<String>,
+}
+
+/// A member's raw text as a `Value`, or why it cannot be one.
+fn member_value(name: &str, raw: Option<Box<RawValue>>) -> Result<Option<Value>, String> {
+    raw.map(|raw| {
+        serde_json::from_str(raw.get()).map_err(|err| {
+            format!(
+                "`{name}` could not be read ({err}): found {}",
+                truncate(raw.get(), 40)
+            )
+        })
+    })
+    .transpose()
+}
+
+/// The id in a member's raw text: `-0`, which JSON has no integer for, is 0.
+fn id_from_raw(raw: &RawValue) -> Result<RequestId, String> {
+    if raw.get() == "-0" {
+        return Ok(RequestId::from(0));
+    }
+    let found = match serde_json::from_str::<Value>(raw.get()) {
+        Ok(value) => match RequestId::from_json(&value) {
+            Some(id) => return Ok(id),
+            None => describe_value(&value),
+        },
+        Err(_) => truncate(raw.get(), 40),
+    };
+    Err(format!(
+        "`id` must be an integer from -2^63 to 2^64-1 or a string, found {found}"
+    ))
 }
 
 impl RawFields {
     fn validate(self) -> Result<Request, Rejection> {
         let id = match self.id {
             None => return Err(Rejection::new(None, "missing `id`")),
-            Some(value) => RequestId::from_json(&value).ok_or_else(|| {
-                Rejection::new(
-                    None,
-                    format!(
-                        "`id` must be an integer from -2^63 to 2^64-1 or a string, found {}",
-                        describe_value(&value)
-                    ),
-                )
-            })?,
+            Some(raw) => id_from_raw(&raw).map_err(|message| Rejection::new(None, message))?,
         };
         let reject = |message: String| Err(Rejection::new(Some(id.clone()), message));
         if let Some(name) = self.duplicate {
             return reject(format!("duplicate member {name:?} in the request object"));
         }
-        let verb = match self.verb {
+        let (verb, resource, headers) = match (
+            member_value("verb", self.verb),
+            member_value("resource", self.resource),
+            member_value("headers", self.headers),
+        ) {
+            (Ok(verb), Ok(resource), Ok(headers)) => (verb, resource, headers),
+            (Err(message), _, _) | (_, Err(message), _) | (_, _, Err(message)) => {
+                return reject(message);
+            }
+        };
+        let verb = match verb {
             None => return reject("missing `verb`".into()),
             Some(Value::String(text)) => match text.parse::<Verb>() {
                 Ok(verb) => verb,
@@ -460,7 +495,7 @@ impl RawFields {
                 ));
             }
         };
-        let resource = match self.resource {
+        let resource = match resource {
             None => return reject("missing `resource`".into()),
             Some(Value::String(resource)) => resource,
             Some(other) => {
@@ -482,8 +517,8 @@ impl RawFields {
                 resource.len()
             ));
         }
-        let headers = match self.headers {
-            None | Some(Value::Null) => Headers::new(),
+        let headers = match headers {
+            None => Headers::new(),
             Some(Value::Object(map)) => {
                 let mut headers = Headers::new();
                 for (name, value) in map {
@@ -605,7 +640,7 @@ impl<'de> Visitor<'de> for TopVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFields, A::Error> {
         let mut fields = RawFields::default();
         let mut seen_known = [false; 5];
-        let mut seen_other: Vec<String> = Vec::new();
+        let mut seen_other: HashSet<String> = HashSet::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let slot = match key {
                 Key::Id => Some(0),
@@ -621,13 +656,8 @@ impl<'de> Visitor<'de> for TopVisitor {
                     None => true,
                 },
                 None => {
-                    let name = key.name();
-                    if seen_other.iter().any(|seen| seen == name) {
-                        false
-                    } else {
-                        seen_other.push(name.to_owned());
-                        true
-                    }
+                    // A set: a payload may hold a million unknown members.
+                    seen_other.insert(key.name().to_owned())
                 }
             };
             if !first {

@@ -330,8 +330,9 @@ fn rejects_deeply_nested_json_without_overflowing_the_stack() {
         "[".repeat(100_000),
         "]".repeat(100_000)
     );
-    let (id, _) = rejected(deep_headers.as_bytes());
-    assert_eq!(id, None);
+    let (id, message) = rejected(deep_headers.as_bytes());
+    assert_eq!(id, Some(RequestId::from(1)));
+    assert!(message.contains("`headers`"), "{message}");
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! a message naming the step and how to reproduce it.
 
 mod bench;
+mod fuzz;
 mod soak;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench::bench(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -44,6 +46,7 @@ fn print_help() {
          test    cargo fmt --check, cargo clippy -D warnings, cargo test --workspace\n  \
          soak    [--minutes N] korv serve under a full-speed mix of valid and malformed frames\n  \
          bench   [--quick] Korv against HTTPS, OpenSSH and plain TCP; writes BENCHMARKS.md\n  \
+         fuzz    run each fuzz target for N seconds (default 60): fuzz [--seconds N]\n  \
          help    this text"
     );
 }
