@@ -140,7 +140,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.verb.requires_body() && body.is_none() {
         return Err(UsageError(format!("{} needs --body", args.verb)).into());
     }
-    let body_bytes = body.as_ref().map_or(0, |b| b.to_string().len() as u64);
+    // Encoded once: every request sends the same bytes (as the peers' load
+    // generators do), instead of re-encoding a `Value` per request.
+    let body = body
+        .map(|b| serde_json::value::to_raw_value(&b))
+        .transpose()?
+        .map(Arc::new);
+    let body_bytes = body.as_ref().map_or(0, |b| b.get().len() as u64);
     let config = crate::request::client_config(&target, &args.connect);
     let mut clients = Vec::new();
     for _ in 0..args.connections {
@@ -177,7 +183,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 let mut sizes = BTreeMap::<u16, u64>::new();
                 while Instant::now() < warm_until {
                     let _ = client
-                        .request(verb, &path, body.as_ref(), Default::default())
+                        .request(verb, &path, body.as_deref(), Default::default())
                         .await;
                 }
                 loop {
@@ -188,7 +194,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     }
                     let sent = Instant::now();
                     let result = client
-                        .request(verb, &path, body.as_ref(), Default::default())
+                        .request(verb, &path, body.as_deref(), Default::default())
                         .await;
                     let micros = sent.elapsed().as_micros().max(1) as u64;
                     tally.latency.saturating_record(micros);
