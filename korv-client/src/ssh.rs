@@ -291,10 +291,10 @@ async fn rsa_hash(handle: &Handle<HostCheck>, key: &PublicKey) -> Option<HashAlg
         .or(Some(HashAlg::Sha256))
 }
 
-/// Ciphers, best first. The client's order decides the cipher: AES-GCM
-/// where the CPU has AES instructions (several times faster than
-/// chacha20-poly1305 there), chacha20 first otherwise. The server ranks
-/// them the same way for other clients.
+/// Ciphers, best first. The client's order decides the cipher (RFC 4253:
+/// the first of the client's list the server also has), so this is the one
+/// place Korv chooses: AES-GCM where the CPU has AES instructions (several
+/// times faster than chacha20-poly1305 there), chacha20 first otherwise.
 fn cipher_preference() -> Vec<russh::cipher::Name> {
     use russh::cipher::{AES_128_GCM, AES_256_CTR, AES_256_GCM, CHACHA20_POLY1305};
     if aes_instructions() {

@@ -40,7 +40,6 @@ pub(crate) fn russh_config<S>(shared: &Shared<S>, keys: Vec<PrivateKey>) -> Conf
         .cloned()
         .collect::<Vec<_>>()
         .into();
-    preferred.cipher = cipher_preference().into();
     Config {
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         auth_rejection_time: std::time::Duration::from_millis(250),
@@ -63,28 +62,6 @@ pub(crate) fn russh_config<S>(shared: &Shared<S>, keys: Vec<PrivateKey>) -> Conf
         preferred,
         ..Config::default()
     }
-}
-
-/// Ciphers, best first: AES-GCM where the CPU has AES instructions (it is
-/// then several times faster than chacha20-poly1305), chacha20 first
-/// otherwise. No CBC, no SHA-1.
-fn cipher_preference() -> Vec<russh::cipher::Name> {
-    use russh::cipher::{AES_128_GCM, AES_256_CTR, AES_256_GCM, CHACHA20_POLY1305};
-    if aes_instructions() {
-        vec![AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305, AES_256_CTR]
-    } else {
-        vec![CHACHA20_POLY1305, AES_128_GCM, AES_256_GCM, AES_256_CTR]
-    }
-}
-
-fn aes_instructions() -> bool {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    return std::arch::is_x86_feature_detected!("aes")
-        && std::arch::is_x86_feature_detected!("pclmulqdq");
-    #[cfg(target_arch = "aarch64")]
-    return std::arch::is_aarch64_feature_detected!("aes");
-    #[allow(unreachable_code)]
-    false
 }
 
 /// Accepts connections until `shared.shutdown` fires, then drains.
