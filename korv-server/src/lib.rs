@@ -39,17 +39,21 @@
 //! - `authorized`: the OpenSSH authorized_keys file and its options.
 //! - `config`: [`Limits`], every limit with its default.
 
+mod admission;
 mod authorized;
 mod config;
 mod handler;
+mod ipnet;
 mod panic;
 mod router;
 mod server;
 mod ssh;
 mod stream;
 
+pub use admission::AdmissionStats;
 pub use config::Limits;
 pub use handler::{BodyError, BoxFuture, ClientInfo, Error, Handler, IntoResponse, Request};
+pub use ipnet::{IpNet, IpNetError};
 pub use korv_proto::{Headers, RequestId, Response, StatusCode, Verb};
 pub use router::{Params, RouteError};
 pub use server::{BoundServer, DEFAULT_PORT, KorvServer, ShutdownHandle, StreamService};
