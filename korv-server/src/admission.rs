@@ -102,7 +102,7 @@ impl fmt::Display for Source {
 
 /// Why a new connection was closed before its SSH handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub(crate) enum Denied {
     /// `max_connections` connections are open.
     ConnectionLimit,
     /// The source is serving a penalty.
@@ -113,18 +113,18 @@ pub(crate) enum Refusal {
     Full,
 }
 
-impl Refusal {
+impl Denied {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Refusal::ConnectionLimit => "connection limit reached",
-            Refusal::Penalised => "source penalised",
-            Refusal::PerSource => "source at its unauthenticated limit",
-            Refusal::Full => "unauthenticated limit reached",
+            Denied::ConnectionLimit => "connection limit reached",
+            Denied::Penalised => "source penalised",
+            Denied::PerSource => "source at its unauthenticated limit",
+            Denied::Full => "unauthenticated limit reached",
         }
     }
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for Denied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -278,20 +278,20 @@ impl Table {
 
     /// Gives a place to a new connection from `ip`, evicting another if the
     /// rules allow it, or says why not.
-    pub(crate) fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<Admitted, Refusal> {
+    pub(crate) fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<Admitted, Denied> {
         let source = Source::of(ip);
         let exempt = self.policy.is_exempt(ip);
         if !exempt && self.penalties.is_blocked(source, now) {
-            return Err(self.refused(Refusal::Penalised));
+            return Err(self.refused(Denied::Penalised));
         }
         let held = self.held(source);
         if !exempt && held >= self.policy.max_per_source {
-            return Err(self.refused(Refusal::PerSource));
+            return Err(self.refused(Denied::PerSource));
         }
         let mut evicted = None;
         if self.places.len() >= self.policy.max_unauthenticated {
             let Some(victim) = self.victim(source, held) else {
-                return Err(self.refused(Refusal::Full));
+                return Err(self.refused(Denied::Full));
             };
             if let Some(place) = self.remove(victim) {
                 place.evict.cancel();
@@ -318,12 +318,12 @@ impl Table {
     }
 
     /// Counts a refusal made by the caller (the connection limit).
-    pub(crate) fn refused(&mut self, refusal: Refusal) -> Refusal {
+    pub(crate) fn refused(&mut self, refusal: Denied) -> Denied {
         let counter = match refusal {
-            Refusal::ConnectionLimit => &mut self.stats.refused_connection_limit,
-            Refusal::Penalised => &mut self.stats.refused_penalised,
-            Refusal::PerSource => &mut self.stats.refused_per_source,
-            Refusal::Full => &mut self.stats.refused_full,
+            Denied::ConnectionLimit => &mut self.stats.refused_connection_limit,
+            Denied::Penalised => &mut self.stats.refused_penalised,
+            Denied::PerSource => &mut self.stats.refused_per_source,
+            Denied::Full => &mut self.stats.refused_full,
         };
         *counter += 1;
         refusal
@@ -591,7 +591,7 @@ impl Penalties {
 /// What gets a (rate-limited) log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Event {
-    Refused(Refusal),
+    Refused(Denied),
     Evicted,
     PenaltyStarted,
 }
@@ -601,10 +601,10 @@ impl Event {
 
     fn index(self) -> usize {
         match self {
-            Event::Refused(Refusal::ConnectionLimit) => 0,
-            Event::Refused(Refusal::Penalised) => 1,
-            Event::Refused(Refusal::PerSource) => 2,
-            Event::Refused(Refusal::Full) => 3,
+            Event::Refused(Denied::ConnectionLimit) => 0,
+            Event::Refused(Denied::Penalised) => 1,
+            Event::Refused(Denied::PerSource) => 2,
+            Event::Refused(Denied::Full) => 3,
             Event::Evicted => 4,
             Event::PenaltyStarted => 5,
         }
@@ -659,7 +659,7 @@ impl Admission {
     }
 
     /// A place for a new connection from `peer`, or why not (logged).
-    pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, Refusal> {
+    pub(crate) fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, Denied> {
         let now = Instant::now();
         let mut table = self.lock();
         match table.admit(peer, now) {
@@ -693,7 +693,7 @@ impl Admission {
     }
 
     /// Counts and logs a refusal decided elsewhere (the connection limit).
-    pub(crate) fn refuse(&self, refusal: Refusal, peer: IpAddr) {
+    pub(crate) fn refuse(&self, refusal: Denied, peer: IpAddr) {
         let now = Instant::now();
         let mut table = self.lock();
         table.refused(refusal);
@@ -707,7 +707,27 @@ impl Admission {
     }
 }
 
-fn log_refusal(refusal: Refusal, peer: IpAddr, count: Option<u64>) {
+/// Reads a running server's [`AdmissionStats`]; from
+/// `BoundServer::admission_monitor`. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AdmissionMonitor {
+    admission: Arc<Admission>,
+}
+
+impl AdmissionMonitor {
+    pub(crate) fn new(admission: &Arc<Admission>) -> AdmissionMonitor {
+        AdmissionMonitor {
+            admission: Arc::clone(admission),
+        }
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> AdmissionStats {
+        self.admission.stats()
+    }
+}
+
+fn log_refusal(refusal: Denied, peer: IpAddr, count: Option<u64>) {
     if let Some(count) = count {
         warn!(
             %peer,
@@ -832,7 +852,7 @@ mod tests {
             .collect();
         assert_eq!(
             table.admit(ip("10.0.0.1"), now).unwrap_err(),
-            Refusal::PerSource
+            Denied::PerSource
         );
         // Another source, even an IPv6 one, is not affected.
         table.admit(ip("10.0.0.2"), now).unwrap();
@@ -853,7 +873,7 @@ mod tests {
         table.admit(ip("2001:db8::ffff:2"), now).unwrap();
         assert_eq!(
             table.admit(ip("2001:db8::3"), now).unwrap_err(),
-            Refusal::PerSource
+            Denied::PerSource
         );
         table.admit(ip("2001:db8:0:1::3"), now).unwrap();
     }
@@ -885,7 +905,7 @@ mod tests {
         for _ in 0..4 {
             table.admit(ip("10.0.0.1"), now).unwrap();
         }
-        assert_eq!(table.admit(ip("10.0.0.1"), now).unwrap_err(), Refusal::Full);
+        assert_eq!(table.admit(ip("10.0.0.1"), now).unwrap_err(), Denied::Full);
         table.check();
     }
 
@@ -898,8 +918,8 @@ mod tests {
         for source in ["10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.2"] {
             table.admit(ip(source), now).unwrap();
         }
-        assert_eq!(table.admit(ip("10.0.0.1"), now).unwrap_err(), Refusal::Full);
-        assert_eq!(table.admit(ip("10.0.0.2"), now).unwrap_err(), Refusal::Full);
+        assert_eq!(table.admit(ip("10.0.0.1"), now).unwrap_err(), Denied::Full);
+        assert_eq!(table.admit(ip("10.0.0.2"), now).unwrap_err(), Denied::Full);
         // A new source evicts the oldest silent one.
         let fresh = table.admit(ip("10.0.0.3"), now).unwrap();
         assert_eq!(fresh.evicted, Some(Source::of(ip("10.0.0.1"))));
@@ -922,7 +942,7 @@ mod tests {
         assert!(ids[0].evict.is_cancelled());
         table.version_received(second.id);
         // Now 2 and 2: a third from 10.0.0.2 would make it the heavier.
-        assert_eq!(table.admit(ip("10.0.0.2"), now).unwrap_err(), Refusal::Full);
+        assert_eq!(table.admit(ip("10.0.0.2"), now).unwrap_err(), Denied::Full);
         // A new source evicts from the heaviest (2 places > 1), oldest first.
         let third = table.admit(ip("10.0.0.3"), now).unwrap();
         assert_eq!(third.evicted, Some(Source::of(ip("10.0.0.1"))));
@@ -938,7 +958,7 @@ mod tests {
             for source in 0..36 {
                 let attacker = IpAddr::from([10, 1, 0, source]);
                 match table.admit(attacker, now + round * MS) {
-                    Ok(_) | Err(Refusal::Full) => {}
+                    Ok(_) | Err(Denied::Full) => {}
                     Err(other) => panic!("{other}"),
                 }
             }
@@ -970,7 +990,7 @@ mod tests {
             let admitted = table.admit(IpAddr::from([10, 0, 0, n]), now).unwrap();
             table.version_received(admitted.id);
         }
-        assert_eq!(table.admit(ip("10.0.0.9"), now).unwrap_err(), Refusal::Full);
+        assert_eq!(table.admit(ip("10.0.0.9"), now).unwrap_err(), Denied::Full);
         assert_eq!(table.stats(now).refused_full, 1);
     }
 
@@ -1013,7 +1033,7 @@ mod tests {
     }
 
     /// Admits one connection from `source` at `at` and ends it without a version.
-    fn offend(table: &mut Table, source: &str, at: Instant) -> Result<Option<Duration>, Refusal> {
+    fn offend(table: &mut Table, source: &str, at: Instant) -> Result<Option<Duration>, Denied> {
         let id = table.admit(ip(source), at)?.id;
         Ok(table.release(id, at).and_then(|ended| ended.penalty))
     }
@@ -1029,7 +1049,7 @@ mod tests {
         assert_eq!(offend(&mut table, "10.0.0.1", start), Ok(Some(4 * S)));
         assert_eq!(
             table.admit(ip("10.0.0.1"), start + 3 * S).unwrap_err(),
-            Refusal::Penalised
+            Denied::Penalised
         );
         // Other sources are not affected.
         table.admit(ip("10.0.0.2"), start + S).unwrap();
@@ -1067,7 +1087,7 @@ mod tests {
             penalties.push(penalty.as_secs());
             assert_eq!(
                 table.admit(ip("10.0.0.1"), now + penalty - MS).unwrap_err(),
-                Refusal::Penalised
+                Denied::Penalised
             );
             now += penalty;
         }
@@ -1176,7 +1196,7 @@ mod tests {
     fn log_lines_are_one_per_kind_per_interval_and_count_what_they_skipped() {
         let start = Instant::now();
         let mut log = EventLog::new(Duration::from_secs(10));
-        let full = Event::Refused(Refusal::Full);
+        let full = Event::Refused(Denied::Full);
         assert_eq!(log.note(full, start), Some(1));
         for n in 1..1000 {
             assert_eq!(log.note(full, start + n * 5 * MS), None);
@@ -1198,7 +1218,7 @@ mod tests {
         let mut slots: Vec<Slot> = (0..4)
             .map(|_| admission.admit(ip("10.0.0.1")).unwrap())
             .collect();
-        assert_eq!(admission.admit(ip("10.0.0.1")).unwrap_err(), Refusal::Full);
+        assert_eq!(admission.admit(ip("10.0.0.1")).unwrap_err(), Denied::Full);
         slots[0].version_received();
         slots[0].authenticated();
         assert_eq!(admission.stats().unauthenticated, 3);
@@ -1210,7 +1230,7 @@ mod tests {
         // A newcomer from elsewhere evicts the oldest silent one, slots[2].
         let newcomer = admission.admit(ip("10.0.0.2")).unwrap();
         assert!(slots[2].evicted().is_cancelled());
-        admission.refuse(Refusal::ConnectionLimit, ip("10.0.0.3"));
+        admission.refuse(Denied::ConnectionLimit, ip("10.0.0.3"));
         drop(slots);
         drop(newcomer);
         let stats = admission.stats();

@@ -50,7 +50,7 @@ mod server;
 mod ssh;
 mod stream;
 
-pub use admission::AdmissionStats;
+pub use admission::{AdmissionMonitor, AdmissionStats};
 pub use config::Limits;
 pub use handler::{BodyError, BoxFuture, ClientInfo, Error, Handler, IntoResponse, Request};
 pub use ipnet::{IpNet, IpNetError};
