@@ -1233,7 +1233,7 @@ mod tests {
         admission.refuse(Denied::ConnectionLimit, ip("10.0.0.3"));
         drop(slots);
         drop(newcomer);
-        let stats = admission.stats();
+        let stats = AdmissionMonitor::new(&admission).stats();
         assert_eq!((stats.unauthenticated, stats.sources), (0, 0));
         assert_eq!(stats.authenticated, 1);
         assert_eq!(stats.auth_failed, 1, "slots[1]");
