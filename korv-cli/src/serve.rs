@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use korv_server::routing::{any, get};
 use korv_server::{Error, KorvServer, Request, StatusCode, Verb};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, HashAlg, PrivateKey};
@@ -70,17 +71,15 @@ pub(crate) fn ensure_default_host_key(dir: &Path) -> anyhow::Result<(PathBuf, St
 
 /// The server with every route of `korv serve`.
 pub(crate) fn app(store: Store) -> KorvServer<Store> {
-    let mut server = KorvServer::with_state(store);
-    for verb in Verb::ALL {
-        server.add_callback(verb, "/echo", echo);
-    }
-    server
-        .route(Verb::Get, "/hello", |_r: Request| async {
-            (200, json!({"msg": "Hello World!"}))
-        })
-        .route(Verb::Get, "/delay/{ms}", delay)
-        .route(Verb::Get, "/boom", boom)
-        .route(Verb::Get, "/whoami", whoami)
+    KorvServer::with_state(store)
+        .route("/echo", any(echo))
+        .route(
+            "/hello",
+            get(|_r: Request| async { (200, json!({"msg": "Hello World!"})) }),
+        )
+        .route("/delay/{ms}", get(delay))
+        .route("/boom", get(boom))
+        .route("/whoami", get(whoami))
         .fallback(document)
 }
 

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use korv_server::{KorvServer, Request, Response, ShutdownHandle, StatusCode, Verb};
+use korv_server::routing::get;
+use korv_server::{KorvServer, Request, Response, ShutdownHandle, StatusCode};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -47,11 +48,11 @@ impl Fixture {
             .host_key_file(host)
             .authorized_keys_file(&authorized_keys)
             .listen("127.0.0.1:0".parse().unwrap())
-            .route(Verb::Get, "/hello", |_r: Request| async { (200, json!({"msg": "Hello World!"})) })
-            .route(Verb::Get, "/whoami", |r: Request| async move {
+            .route("/hello", get(|_r: Request| async { (200, json!({"msg": "Hello World!"})) }))
+            .route("/whoami", get(|r: Request| async move {
                 let c = r.client();
                 json!({"user": c.user, "fp": c.fingerprint, "alg": c.algorithm, "comment": c.comment})
-            })
+            }))
             .bind()
             .await
             .unwrap();
@@ -477,9 +478,10 @@ async fn an_authenticated_connection_outlives_the_auth_deadline() {
         .host_key_file(host)
         .authorized_keys_file(&authorized_keys)
         .listen("127.0.0.1:0".parse().unwrap())
-        .route(Verb::Get, "/hello", |_r: Request| async {
-            (200, json!({"msg": "Hello World!"}))
-        })
+        .route(
+            "/hello",
+            get(|_r: Request| async { (200, json!({"msg": "Hello World!"})) }),
+        )
         .bind()
         .await
         .unwrap();
