@@ -29,14 +29,14 @@ pub const DEFAULT_PORT: u16 = 8022;
 
 /// Where host keys come from.
 #[derive(Debug, Clone)]
-pub(crate) enum HostKeySource {
+enum HostKeySource {
     File(PathBuf),
     Key(Box<PrivateKey>),
 }
 
 /// Where authorized keys come from.
 #[derive(Debug, Clone)]
-pub(crate) enum AuthorizedSource {
+enum AuthorizedSource {
     /// An OpenSSH authorized_keys file, re-read when it changes.
     File(PathBuf),
     /// Keys given in memory, with their comments.
@@ -66,13 +66,13 @@ pub(crate) enum AuthorizedSource {
 /// # }
 /// ```
 pub struct KorvServer<S = ()> {
-    pub(crate) router: Router<S>,
-    pub(crate) state: S,
-    pub(crate) limits: Limits,
-    pub(crate) tracebacks: bool,
-    pub(crate) listen: SocketAddr,
-    pub(crate) host_keys: Vec<HostKeySource>,
-    pub(crate) authorized: Option<AuthorizedSource>,
+    router: Router<S>,
+    state: S,
+    limits: Limits,
+    tracebacks: bool,
+    listen: SocketAddr,
+    host_keys: Vec<HostKeySource>,
+    authorized: Option<AuthorizedSource>,
 }
 
 impl Default for KorvServer<()> {
@@ -498,7 +498,7 @@ impl<S: Clone + Send + Sync + 'static> StreamService<S> {
 /// requests, in-flight requests finish within the grace period.
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
-    pub(crate) token: CancellationToken,
+    token: CancellationToken,
 }
 
 impl ShutdownHandle {

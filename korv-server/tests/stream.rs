@@ -494,6 +494,73 @@ fn try_route_reports_conflicts_and_bad_patterns() {
     assert!(err.to_string().contains("must start with '/'"), "{err}");
 }
 
+#[test]
+fn a_verb_given_twice_for_one_pattern_is_a_conflict() {
+    let one = |_r: Request| async { json!(1) };
+    let err = KorvServer::new()
+        .try_route("/a", routing::get(one).store(one).get(one))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("route conflict: GET \"/a\" is already registered"),
+        "{err}"
+    );
+    let err = KorvServer::new()
+        .route("/a/{id}", routing::store(one))
+        .try_route("/a/{name}", routing::any(one))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("STORE \"/a/{name}\" is already registered (as \"/a/{id}\")"),
+        "{err}"
+    );
+}
+
+#[test]
+fn route_panics_with_the_conflict() {
+    let one = |_r: Request| async { json!(1) };
+    let server = KorvServer::new().route("/a", routing::delete(one));
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        server.route("/a", routing::update(one).delete(one))
+    }))
+    .err()
+    .expect("a conflicting route panics");
+    let message = panic.downcast_ref::<String>().unwrap();
+    assert!(
+        message.contains("route conflict: DELETE \"/a\""),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn any_serves_every_verb_and_routes_on_one_pattern_add_up() {
+    let verb = |r: Request| async move { json!(r.verb().as_str()) };
+    let service = KorvServer::new()
+        .route("/any", routing::any(verb))
+        .route("/some", routing::get(verb))
+        .route("/some", routing::update(verb))
+        .into_stream_service();
+    let mut pipe = Pipe::open(&service);
+    for (id, verb) in (0..).zip(Verb::ALL) {
+        let request = json!({"id": id, "verb": verb.as_str(), "resource": "/any", "body": 1});
+        let response = pipe.call(request).await;
+        assert_eq!(response.code, StatusCode::OK);
+        assert_eq!(response.body, json!(verb.as_str()));
+    }
+    let response = pipe
+        .call(json!({"id": 9, "verb": "UPDATE", "resource": "/some", "body": 1}))
+        .await;
+    assert_eq!(response.body, json!("UPDATE"));
+    let response = pipe
+        .call(json!({"id": 10, "verb": "DELETE", "resource": "/some"}))
+        .await;
+    assert_eq!(response.code, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.body["allow"], json!(["GET", "UPDATE"]));
+    assert!(pipe.finish().await.is_empty());
+}
+
 #[tokio::test]
 async fn a_client_that_never_reads_answers_has_its_stream_closed_at_the_bound() {
     // Answers waiting for a client that does not read them are bounded (8
