@@ -44,9 +44,6 @@
 //! tests need no clock; [`Admission`] wraps it in a mutex, reads the clock
 //! and logs; [`Slot`] is a connection's place, released when it is dropped.
 
-// The listener wires these in; until then only the tests use some of them.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
@@ -708,7 +705,8 @@ impl Admission {
 }
 
 /// Reads a running server's [`AdmissionStats`]; from
-/// `BoundServer::admission_monitor`. Cheap to clone.
+/// [`BoundServer::admission_monitor`](crate::BoundServer::admission_monitor).
+/// Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AdmissionMonitor {
     admission: Arc<Admission>,
