@@ -1,4 +1,4 @@
-//! The frame codec: the contract's test vectors byte for byte, oversized and
+//! The frame codec: the test vectors of `docs/PROTOCOL.md` byte for byte, oversized and
 //! empty frames, chunked input, end of stream, and encoding limits.
 
 use bytes::{BufMut, BytesMut};
