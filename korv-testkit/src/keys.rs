@@ -54,23 +54,26 @@ pub fn keygen_with_passphrase(dir: &Path, name: &str, kind: KeyKind, passphrase:
 /// example because `dir/name` exists already.
 pub fn try_keygen(dir: &Path, name: &str, kind: KeyKind, passphrase: &str) -> io::Result<PathBuf> {
     let path = dir.join(name);
-    let status = Command::new("ssh-keygen")
+    let output = Command::new("ssh-keygen")
         .args(kind.args())
         .args(["-q", "-N", passphrase, "-C", name, "-f"])
         .arg(&path)
         // Without a terminal, a question (such as "Overwrite?") fails at once.
         .stdin(Stdio::null())
-        .status()
+        .output()
         .map_err(|err| {
             io::Error::new(
                 err.kind(),
                 format!("cannot run ssh-keygen (install openssh-client): {err}"),
             )
         })?;
-    if !status.success() {
+    if !output.status.success() {
         return Err(io::Error::other(format!(
-            "ssh-keygen failed ({status}) for {}",
-            path.display()
+            "ssh-keygen failed ({}) for {}: {}{}",
+            output.status,
+            path.display(),
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim(),
         )));
     }
     Ok(path)
