@@ -25,7 +25,7 @@ use korv_testkit::net::try_free_port;
 use korv_testkit::process::wait_until_listening;
 
 use crate::bench::processes::{rss_kib, spawn_quiet};
-use crate::{cargo, step, target_dir};
+use crate::workspace::{cargo, step, target_dir};
 
 /// Frames a stream may have unanswered before its writer waits.
 const MAX_OUTSTANDING: u64 = 2048;

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::{cargo, root, step, target_dir};
+use crate::workspace::{cargo, root, step, target_dir};
 
 use plan::{System, Timing};
 use processes::Servers;
