@@ -60,7 +60,7 @@ fn app_with(limits: Limits) -> StreamService<()> {
         .into_stream_service()
 }
 
-/// The server with the contract's default limits (8 MiB frames).
+/// The server with the default limits (8 MiB frames).
 fn app() -> StreamService<()> {
     app_with(Limits {
         request_timeout: Duration::from_secs(30),
