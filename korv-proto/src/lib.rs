@@ -63,7 +63,7 @@ pub use status::StatusCode;
 #[non_exhaustive]
 pub enum ProtoError {
     /// Reading or writing the underlying byte stream failed.
-    #[error("i/o error on the Korv stream: {0}")]
+    #[error("i/o error on the Korv stream")]
     Io(#[from] std::io::Error),
     /// An outgoing frame would exceed the maximum frame size.
     #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
