@@ -12,8 +12,7 @@
 //! servers exempt nothing.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant};
 use korv_client::{ClientConfig, KorvClient, StatusCode};
 use korv_server::routing::get;
 use korv_server::{AdmissionMonitor, AdmissionStats, KorvServer, Limits, Request, ShutdownHandle};
+use korv_testkit::keys::{KeyKind, keygen, known_hosts_line, public_key};
 use russh::client::AuthResult;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use serde_json::json;
@@ -42,24 +42,6 @@ const ATTACK_BOUND: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- fixture
 
-fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let status = Command::new("ssh-keygen")
-        .args(["-t", "ed25519", "-q", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(status.success());
-    path
-}
-
-fn public(path: &Path) -> String {
-    std::fs::read_to_string(path.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 /// A server on a runtime of its own thread, stopped on drop. Alice's key is
 /// authorized; the stranger's is not.
 struct Server {
@@ -77,11 +59,11 @@ struct Server {
 impl Server {
     fn start(limits: Limits) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let host = keygen(dir.path(), "host");
-        let alice = keygen(dir.path(), "alice");
-        let stranger = keygen(dir.path(), "stranger");
+        let host = keygen(dir.path(), "host", KeyKind::Ed25519);
+        let alice = keygen(dir.path(), "alice", KeyKind::Ed25519);
+        let stranger = keygen(dir.path(), "stranger", KeyKind::Ed25519);
         let authorized = dir.path().join("authorized_keys");
-        std::fs::write(&authorized, format!("{}\n", public(&alice))).unwrap();
+        std::fs::write(&authorized, format!("{}\n", public_key(&alice))).unwrap();
         let server = KorvServer::new()
             .limits(limits.clone())
             .route(
@@ -114,7 +96,7 @@ impl Server {
         let (addr, monitor, shutdown, runtime) = rx.recv().unwrap();
         std::fs::write(
             dir.path().join("known_hosts"),
-            format!("[127.0.0.1]:{} {}\n", addr.port(), public(&host)),
+            known_hosts_line(addr.port(), &public_key(&host)),
         )
         .unwrap();
         Server {
