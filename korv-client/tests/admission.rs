@@ -54,6 +54,8 @@ struct Server {
     runtime: tokio::runtime::Handle,
     shutdown: ShutdownHandle,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// This process's resident memory once the server was up.
+    rss_at_start: u64,
 }
 
 impl Server {
@@ -109,6 +111,7 @@ impl Server {
             runtime,
             shutdown,
             thread: Some(thread),
+            rss_at_start: rss_bytes(),
         }
     }
 
@@ -171,6 +174,22 @@ impl Drop for Server {
         }
     }
 }
+
+/// The resident set size of this process (server, attackers and client),
+/// from `/proc/self/status`.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/self/status");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// The most this process's resident memory may grow during an attack: the
+/// attackers' runtime and sockets, the server's bounded places and tasks.
+const RSS_GROWTH: u64 = 64 * 1024 * 1024;
 
 /// The limits under test: the defaults, with no exempt network.
 fn limits() -> Limits {
@@ -319,6 +338,8 @@ struct Outcome {
     most_unauthenticated: usize,
     most_tracked: usize,
     most_tasks: usize,
+    /// The most this process's resident memory grew.
+    most_rss_growth: u64,
     after: AdmissionStats,
     connections: usize,
 }
@@ -341,6 +362,7 @@ async fn under_attack(server: &Server, attack: Attack, opened: usize) -> Outcome
     let mut most_unauthenticated = 0;
     let mut most_tracked = 0;
     let mut most_tasks = baseline_tasks;
+    let mut most_rss_growth = 0;
     for _ in 0..ATTEMPTS {
         assert!(attack.is_running(), "the attack ended before the attempts");
         attempts.push(server.legitimate_attempt().await);
@@ -350,6 +372,7 @@ async fn under_attack(server: &Server, attack: Attack, opened: usize) -> Outcome
             most_unauthenticated = most_unauthenticated.max(stats.unauthenticated);
             most_tracked = most_tracked.max(stats.tracked_sources);
             most_tasks = most_tasks.max(server.runtime.metrics().num_alive_tasks());
+            most_rss_growth = most_rss_growth.max(rss_bytes().saturating_sub(server.rss_at_start));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -365,6 +388,7 @@ async fn under_attack(server: &Server, attack: Attack, opened: usize) -> Outcome
         most_unauthenticated,
         most_tracked,
         most_tasks,
+        most_rss_growth,
         after,
         connections,
     };
@@ -377,12 +401,13 @@ impl Outcome {
     fn report(&self) {
         println!(
             "attempts: {:?}; attack: {} connections; most unauthenticated {}, tracked \
-             sources {}, server tasks {}; after: {:?}",
+             sources {}, server tasks {}, RSS growth {} KiB; after: {:?}",
             self.attempts,
             self.connections,
             self.most_unauthenticated,
             self.most_tracked,
             self.most_tasks,
+            self.most_rss_growth / 1024,
             self.after
         );
     }
@@ -411,6 +436,11 @@ impl Outcome {
             self.most_tasks <= 2 * limits.max_unauthenticated + 16,
             "{} server tasks",
             self.most_tasks
+        );
+        assert!(
+            self.most_rss_growth <= RSS_GROWTH,
+            "resident memory grew by {} KiB",
+            self.most_rss_growth / 1024
         );
     }
 }
