@@ -670,8 +670,9 @@ impl Admission {
                         evicted_source = %victim,
                         %peer,
                         count,
-                        "every unauthenticated place taken: closed the oldest connection \
-                         without an SSH version (count: since the last such line)"
+                        "every unauthenticated place taken: closed an older connection, from \
+                         a source holding at least as many, to admit a newcomer (count: since \
+                         the last such line)"
                     );
                 }
                 Ok(Slot {
