@@ -207,7 +207,11 @@ async fn every_modern_cipher_is_offered() {
     ] {
         let input = frame(&json!({"id": 1, "verb": "GET", "resource": "/hello"}));
         let output = fixture
-            .ssh(&key, &["-c", cipher, "-s", "alice@127.0.0.1", "korv"], input)
+            .ssh(
+                &key,
+                &["-c", cipher, "-s", "alice@127.0.0.1", "korv"],
+                input,
+            )
             .await;
         assert_eq!(
             output.status.code(),
