@@ -11,10 +11,11 @@
 //!    (closed before sending an SSH version, ended without authenticating,
 //!    or past a deadline) runs up a debt of time, one penalty unit per such
 //!    connection, draining in real time. When the debt exceeds three times
-//!    `penalty_base`, its new connections are refused until the debt has
-//!    drained. Each penalty doubles the source's unit (so a persistent
-//!    source is refused for longer each time, up to `penalty_max`); the
-//!    unit halves back for each `penalty_max` without offence. A source
+//!    `penalty_base` (or reaches `penalty_max`, if that is less), its new
+//!    connections are refused until the debt has drained. Each penalty
+//!    doubles the source's unit (so a persistent source is refused for
+//!    longer each time, up to `penalty_max`); the unit halves back for each
+//!    `penalty_max` without offence. A source
 //!    that authenticates has its debt cleared. Only the source's own
 //!    connections count against it.
 //! 2. **Per source.** A source may hold `max_unauthenticated_per_source`
@@ -69,6 +70,9 @@ const MAX_LEVEL: u32 = 20;
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Time between two sweeps of the penalty table, at least.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest penalty, whatever `penalty_max` says (so that instants
+/// computed from it cannot overflow).
+const LONGEST_PENALTY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Where connections come from, as far as limits and penalties go: an IPv4
 /// address, or the /64 of an IPv6 address. An IPv4-mapped IPv6 address is
@@ -200,8 +204,11 @@ impl Policy {
         Policy {
             max_unauthenticated: limits.max_unauthenticated,
             max_per_source: limits.max_unauthenticated_per_source,
-            penalty_base: limits.penalty_base,
-            penalty_max: limits.penalty_max.max(limits.penalty_base),
+            penalty_base: limits.penalty_base.min(LONGEST_PENALTY),
+            penalty_max: limits
+                .penalty_max
+                .max(limits.penalty_base)
+                .min(LONGEST_PENALTY),
             exempt: limits.exempt_networks.clone(),
             log_interval: LOG_INTERVAL,
         }
@@ -544,7 +551,8 @@ impl Penalties {
             return None;
         }
         let debt = penalty.drained_at - now;
-        if debt <= base.saturating_mul(ALLOWANCE) {
+        // Past the allowance, or at the cap (which may be under it).
+        if debt <= base.saturating_mul(ALLOWANCE) && debt < max {
             return None;
         }
         penalty.blocked_until = Some(penalty.drained_at);
@@ -1130,6 +1138,24 @@ mod tests {
         }
         let until = table.penalties.sources[&Source::of(ip("10.0.0.2"))].blocked_until;
         assert_eq!(until, Some(start + 60 * S));
+    }
+
+    #[test]
+    fn absurd_penalty_settings_are_capped_instead_of_overflowing() {
+        let now = Instant::now();
+        let mut table = Table::new(Policy::new(&Limits {
+            penalty_base: Duration::MAX,
+            penalty_max: Duration::MAX,
+            ..Limits::default()
+        }));
+        assert_eq!(
+            offend(&mut table, "10.0.0.1", now),
+            Ok(Some(LONGEST_PENALTY))
+        );
+        assert_eq!(
+            table.admit(ip("10.0.0.1"), now).unwrap_err(),
+            Denied::Penalised
+        );
     }
 
     #[test]

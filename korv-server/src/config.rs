@@ -53,9 +53,10 @@ pub struct Limits {
     /// authenticating (never sends its version, fails to authenticate,
     /// passes a deadline). Default 2 s; zero turns penalties off. Each such
     /// connection adds one unit to the source's debt, which drains in real
-    /// time; once the debt exceeds 3 × `penalty_base`, the source's new
-    /// connections are refused until it has drained. Each penalty doubles the
-    /// source's unit; it halves back for each `penalty_max` without offence.
+    /// time; once the debt exceeds 3 × `penalty_base` (or reaches
+    /// `penalty_max`, if that is less), the source's new connections are
+    /// refused until it has drained. Each penalty doubles the source's unit;
+    /// it halves back for each `penalty_max` without offence.
     /// A successful authentication clears the source's debt (not a penalty
     /// already running).
     pub penalty_base: Duration,

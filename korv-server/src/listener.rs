@@ -144,8 +144,8 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     let shutdown = connection.shared().shutdown.clone();
     let limits = &connection.shared().limits;
     let accepted = Instant::now();
-    let auth_deadline = accepted + limits.auth_timeout;
-    let version_deadline = accepted + limits.version_timeout.min(limits.auth_timeout);
+    let auth_deadline = deadline(accepted, limits.auth_timeout);
+    let version_deadline = deadline(accepted, limits.version_timeout.min(limits.auth_timeout));
     let evicted = slot.evicted().clone();
     // However this function ends, the connection is gone: its streams stop
     // and their handlers are cancelled, as no answer can reach the client.
@@ -225,6 +225,13 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
             }
         }
     }
+}
+
+/// `timeout` after `start`; a timeout too long to represent is a century.
+fn deadline(start: Instant, timeout: Duration) -> Instant {
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 async fn disconnect(handle: &Handle, why: &str) {
