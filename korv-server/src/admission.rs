@@ -1232,6 +1232,49 @@ mod tests {
         assert_eq!(log.note(full, start + 11 * S), None);
     }
 
+    /// Log output, captured.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_refusals_logs_one_line_per_reason_with_its_count() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let admission = Admission::new(&Limits {
+            max_unauthenticated: 1,
+            exempt_networks: Vec::new(),
+            ..Limits::default()
+        });
+        let _held = admission.admit(ip("10.0.0.1")).unwrap();
+        for _ in 0..1000 {
+            assert_eq!(admission.admit(ip("10.0.0.1")).unwrap_err(), Denied::Full);
+            admission.refuse(Denied::ConnectionLimit, ip("10.0.0.2"));
+        }
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("unauthenticated limit reached") && lines[0].contains("count=1"));
+        assert!(lines[1].contains("connection limit reached"));
+        assert_eq!(admission.stats().refused_full, 1000);
+        assert_eq!(admission.stats().refused_connection_limit, 1000);
+    }
+
     #[tokio::test]
     async fn slots_free_their_places_when_dropped_and_report_their_offence() {
         let limits = Limits {
