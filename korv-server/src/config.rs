@@ -39,7 +39,8 @@ pub struct Limits {
     /// Unauthenticated connections one source may hold at once. Default 8.
     /// A source is an IPv4 address, or an IPv6 /64 network (what one host
     /// usually gets). Beyond it, that source's new connections are closed at
-    /// once. Sources in `exempt_networks` have no per-source limit.
+    /// once. Sources in `exempt_networks` have no per-source limit; setting
+    /// it to `max_unauthenticated` turns it off for all.
     pub max_unauthenticated_per_source: usize,
     /// Time a connection has to send its SSH version line. Default 10 s
     /// (clients send it as soon as they connect); the authentication
