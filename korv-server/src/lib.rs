@@ -40,14 +40,19 @@
 //! - `config`: [`Limits`], every limit with its default.
 
 mod authorized;
+// Wired into authentication in a following commit.
+#[allow(dead_code)]
+mod certificate;
 mod config;
 mod handler;
 mod panic;
+mod reload;
 mod router;
 mod server;
 mod ssh;
 mod stream;
 
+pub use certificate::CertificateInfo;
 pub use config::Limits;
 pub use handler::{BodyError, BoxFuture, ClientInfo, Error, Handler, IntoResponse, Request};
 pub use korv_proto::{Headers, RequestId, Response, StatusCode, Verb};
