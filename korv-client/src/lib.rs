@@ -32,6 +32,9 @@
 //! - [`blocking`]: the synchronous client.
 
 pub mod blocking;
+// Wired into authentication in a following commit.
+#[allow(dead_code)]
+mod certificate;
 mod config;
 // Wired into the host key check in a following commit.
 #[allow(dead_code)]
