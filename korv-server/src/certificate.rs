@@ -46,6 +46,19 @@ impl CertificateInfo {
     pub fn has_principal(&self, principal: &str) -> bool {
         self.principals.iter().any(|p| p == principal)
     }
+
+    /// A certificate with these principals, for unit tests of rules.
+    #[cfg(test)]
+    pub(crate) fn for_tests(principals: &[&str]) -> Self {
+        CertificateInfo {
+            key_id: "test".into(),
+            serial: 1,
+            principals: principals.iter().map(|p| (*p).to_owned()).collect(),
+            ca_fingerprint: String::new(),
+            valid_after: SystemTime::UNIX_EPOCH,
+            valid_before: None,
+        }
+    }
 }
 
 /// Why a user certificate was refused. The `Display` form is one sentence
