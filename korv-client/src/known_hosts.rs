@@ -28,6 +28,8 @@ struct HostLine {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct KnownHosts {
     lines: Vec<HostLine>,
+    /// Lines that are neither comments nor valid entries.
+    skipped: Vec<usize>,
 }
 
 /// What known_hosts says about the key a server offered.
@@ -83,12 +85,31 @@ impl KnownHosts {
     /// Parses known_hosts text; lines that are neither comments nor valid
     /// entries are skipped, as OpenSSH does.
     pub(crate) fn parse(text: &str) -> Self {
-        let lines = text
-            .lines()
-            .enumerate()
-            .filter_map(|(index, line)| parse_line(index + 1, line))
-            .collect();
-        KnownHosts { lines }
+        let mut known = KnownHosts::default();
+        for (index, line) in text.lines().enumerate() {
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            match parse_line(index + 1, trimmed) {
+                Some(line) => known.lines.push(line),
+                None => known.skipped.push(index + 1),
+            }
+        }
+        known
+    }
+
+    /// The 1-based numbers of the lines skipped because they do not parse.
+    pub(crate) fn skipped(&self) -> &[usize] {
+        &self.skipped
+    }
+
+    /// Whether an `@cert-authority` line covers `host` on `port`.
+    pub(crate) fn has_authority_for(&self, host: &str, port: u16) -> bool {
+        let name = host_port(host, port);
+        self.lines.iter().any(|line| {
+            line.marker == Some(Marker::CertAuthority) && hosts_match(&line.hosts, &name)
+        })
     }
 
     /// Reads `path`; a missing file is an empty list.
@@ -193,10 +214,6 @@ impl KnownHosts {
 }
 
 fn parse_line(number: usize, line: &str) -> Option<HostLine> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
     let (marker, rest) = if line.starts_with('@') {
         let (marker, rest) = line.split_once(char::is_whitespace)?;
         (Some(marker.parse::<Marker>().ok()?), rest.trim_start())
@@ -471,6 +488,7 @@ mod tests {
             openssh(&key)
         );
         let known = KnownHosts::parse(&text);
+        assert_eq!(known.skipped(), [3]);
         assert_eq!(
             known.check("a.example.com", 22, &plain(&key), NOW),
             HostVerdict::Trusted { line: 4 }
@@ -499,6 +517,8 @@ mod tests {
     fn a_host_certificate_from_a_trusted_ca_is_trusted() {
         let (keys, ca, _) = ca_setup();
         let known = KnownHosts::parse(&format!("@cert-authority *.example.com {}\n", openssh(&ca)));
+        assert!(known.has_authority_for("db.example.com", 22));
+        assert!(!known.has_authority_for("example.com", 22));
         let cert = keys.cert(
             "ca",
             "host",

@@ -43,14 +43,10 @@
 //! - [`blocking`]: the synchronous client, over [`KorvClient`].
 
 pub mod blocking;
-// Wired into authentication in a following commit.
-#[allow(dead_code)]
 mod certificate;
 mod client;
 mod config;
 mod error;
-// Wired into the host key check in a following commit.
-#[allow(dead_code)]
 mod known_hosts;
 mod mux;
 mod ssh;

@@ -123,9 +123,7 @@ fn pub_path(key: &Path) -> PathBuf {
 
 fn fingerprint(key: &Path) -> String {
     let public = russh::keys::PublicKey::read_openssh_file(&pub_path(key)).unwrap();
-    public
-        .fingerprint(russh::keys::HashAlg::Sha256)
-        .to_string()
+    public.fingerprint(russh::keys::HashAlg::Sha256).to_string()
 }
 
 // ---------------------------------------------------------------- the server
@@ -160,9 +158,15 @@ async fn start(configure: impl FnOnce(KorvServer) -> KorvServer) -> Server {
     let server = configure(KorvServer::new())
         .listen("127.0.0.1:0".parse().unwrap())
         .route("/whoami", get(whoami))
-        .route("/admin/{*rest}", any(|r: Request| async move { json!({"admin": r.resource()}) }))
+        .route(
+            "/admin/{*rest}",
+            any(|r: Request| async move { json!({"admin": r.resource()}) }),
+        )
         .require_principal("admin")
-        .route("/notes/{id}", any(|_r: Request| async { json!({"ok": true}) }))
+        .route(
+            "/notes/{id}",
+            any(|_r: Request| async { json!({"ok": true}) }),
+        )
         .authorize(|client: &ClientInfo, verb: Verb, resource: &str| {
             if verb == Verb::Get || !resource.starts_with("/notes/") {
                 return Ok(());
@@ -203,7 +207,9 @@ impl Setup {
     }
 
     async fn server(&self) -> Server {
-        let ca_file = self.pki.write("trusted_cas", &format!("{}\n", public_key(&self.ca)));
+        let ca_file = self
+            .pki
+            .write("trusted_cas", &format!("{}\n", public_key(&self.ca)));
         let authorized = self.pki.write("authorized_keys", "");
         let (host, revoked) = (self.host.clone(), self.revoked.clone());
         start(move |server| {
@@ -249,7 +255,10 @@ async fn offer_certificate(addr: SocketAddr, user: &str, key: &Path, cert: &Path
     let mut handle = connect(addr).await;
     let key = Arc::new(russh::keys::load_secret_key(key, None).unwrap());
     let cert = Certificate::read_file(cert).unwrap();
-    let result = handle.authenticate_openssh_cert(user, key, cert).await.unwrap();
+    let result = handle
+        .authenticate_openssh_cert(user, key, cert)
+        .await
+        .unwrap();
     matches!(result, AuthResult::Success)
 }
 
@@ -270,8 +279,15 @@ async fn a_certificate_beside_the_key_authenticates_and_handlers_see_it() {
     let setup = Setup::new();
     let server = setup.server().await;
     let key = setup.pki.key("alice");
-    setup.pki.sign(&setup.ca, &key, "alice", &["-n", "alice,admin", "-z", "77", "-V", "-5m:+1h"]);
-    let client = KorvClient::connect(setup.client(&server, &key)).await.unwrap();
+    setup.pki.sign(
+        &setup.ca,
+        &key,
+        "alice",
+        &["-n", "alice,admin", "-z", "77", "-V", "-5m:+1h"],
+    );
+    let client = KorvClient::connect(setup.client(&server, &key))
+        .await
+        .unwrap();
     let answer = client.get("/whoami").await.unwrap();
     assert_eq!(answer.code, StatusCode::OK);
     let cert = &answer.body["certificate"];
@@ -288,7 +304,12 @@ async fn a_named_certificate_file_is_used() {
     let setup = Setup::new();
     let server = setup.server().await;
     let key = setup.pki.key("alice");
-    let cert = setup.pki.sign(&setup.ca, &key, "elsewhere", &["-n", "alice", "-V", "-5m:+1h"]);
+    let cert = setup.pki.sign(
+        &setup.ca,
+        &key,
+        "elsewhere",
+        &["-n", "alice", "-V", "-5m:+1h"],
+    );
     let config = setup.client(&server, &key).certificate_file(&cert);
     let client = KorvClient::connect(config).await.unwrap();
     let answer = client.get("/whoami").await.unwrap();
@@ -300,7 +321,12 @@ async fn a_certificate_held_by_ssh_agent_is_used() {
     let setup = Setup::new();
     let server = setup.server().await;
     let key = setup.pki.key("agent_key");
-    setup.pki.sign(&setup.ca, &key, "agent_key", &["-n", "alice", "-V", "-5m:+1h"]);
+    setup.pki.sign(
+        &setup.ca,
+        &key,
+        "agent_key",
+        &["-n", "alice", "-V", "-5m:+1h"],
+    );
     let socket = setup.pki.path("agent.sock");
     let mut agent = Command::new("ssh-agent")
         .arg("-D")
@@ -323,7 +349,10 @@ async fn a_certificate_held_by_ssh_agent_is_used() {
         }
     });
     let added = added.expect("ssh-add reaches the agent");
-    assert!(String::from_utf8_lossy(&added.stderr).contains("Certificate added"), "{added:?}");
+    assert!(
+        String::from_utf8_lossy(&added.stderr).contains("Certificate added"),
+        "{added:?}"
+    );
     // The key file is gone: only the agent can sign.
     std::fs::remove_file(&key).unwrap();
     let config = ClientConfig::new("127.0.0.1")
@@ -348,22 +377,56 @@ async fn every_refusal_is_refused_and_logged_with_its_reason() {
     let key = setup.pki.key("user");
     let other_ca = setup.pki.key("other_ca");
     let cases: [(&str, &Path, &[&str], &str); 6] = [
-        ("wrong-principal", &setup.ca, &["-n", "bob", "-V", "-5m:+1h"], "include none of"),
-        ("no-principals", &setup.ca, &["-V", "-5m:+1h"], "has no principals"),
-        ("untrusted-ca", &other_ca, &["-n", "alice", "-V", "-5m:+1h"], "not a trusted CA"),
+        (
+            "wrong-principal",
+            &setup.ca,
+            &["-n", "bob", "-V", "-5m:+1h"],
+            "include none of",
+        ),
+        (
+            "no-principals",
+            &setup.ca,
+            &["-V", "-5m:+1h"],
+            "has no principals",
+        ),
+        (
+            "untrusted-ca",
+            &other_ca,
+            &["-n", "alice", "-V", "-5m:+1h"],
+            "not a trusted CA",
+        ),
         (
             "source-address",
             &setup.ca,
-            &["-n", "alice", "-V", "-5m:+1h", "-O", "source-address=10.9.9.0/24"],
+            &[
+                "-n",
+                "alice",
+                "-V",
+                "-5m:+1h",
+                "-O",
+                "source-address=10.9.9.0/24",
+            ],
             "source-address",
         ),
         (
             "force-command",
             &setup.ca,
-            &["-n", "alice", "-V", "-5m:+1h", "-O", "force-command=/bin/true"],
+            &[
+                "-n",
+                "alice",
+                "-V",
+                "-5m:+1h",
+                "-O",
+                "force-command=/bin/true",
+            ],
             "force-command",
         ),
-        ("host-cert", &setup.ca, &["-h", "-n", "alice", "-V", "-5m:+1h"], "host certificate"),
+        (
+            "host-cert",
+            &setup.ca,
+            &["-h", "-n", "alice", "-V", "-5m:+1h"],
+            "host certificate",
+        ),
     ];
     for (id, ca, args, reason) in cases {
         let cert = setup.pki.sign(ca, &key, id, args);
@@ -377,11 +440,18 @@ async fn every_refusal_is_refused_and_logged_with_its_reason() {
     // russh itself refuses certificates outside their window before the
     // server sees them.
     for (id, window) in [("expired", "-2h:-1h"), ("not-yet-valid", "+1h:+2h")] {
-        let cert = setup.pki.sign(&setup.ca, &key, id, &["-n", "alice", "-V", window]);
-        assert!(!offer_certificate(server.addr, "alice", &key, &cert).await, "{id} got in");
+        let cert = setup
+            .pki
+            .sign(&setup.ca, &key, id, &["-n", "alice", "-V", window]);
+        assert!(
+            !offer_certificate(server.addr, "alice", &key, &cert).await,
+            "{id} got in"
+        );
     }
     // A good certificate on the same server gets in.
-    let good = setup.pki.sign(&setup.ca, &key, "good", &["-n", "alice", "-V", "-5m:+1h"]);
+    let good = setup
+        .pki
+        .sign(&setup.ca, &key, "good", &["-n", "alice", "-V", "-5m:+1h"]);
     assert!(offer_certificate(server.addr, "alice", &key, &good).await);
 }
 
@@ -403,16 +473,33 @@ async fn revoked_keys_and_revoked_cas_are_refused_on_the_next_connection() {
     let setup = Setup::new();
     let server = setup.server().await;
     let key = setup.pki.key("user");
-    let cert = setup.pki.sign(&setup.ca, &key, "revocable", &["-n", "alice", "-V", "-5m:+1h"]);
+    let cert = setup.pki.sign(
+        &setup.ca,
+        &key,
+        "revocable",
+        &["-n", "alice", "-V", "-5m:+1h"],
+    );
     assert!(offer_certificate(server.addr, "alice", &key, &cert).await);
 
     std::fs::write(&setup.revoked, format!("{}\n", public_key(&key))).unwrap();
     assert!(!offer_certificate(server.addr, "alice", &key, &cert).await);
-    assert!(logged("\"revocable\"").contains("revoked"), "{}", logged("revocable"));
+    assert!(
+        logged("\"revocable\"").contains("revoked"),
+        "{}",
+        logged("revocable")
+    );
 
-    std::fs::write(&setup.revoked, format!("# the CA\n{}\n", public_key(&setup.ca))).unwrap();
+    std::fs::write(
+        &setup.revoked,
+        format!("# the CA\n{}\n", public_key(&setup.ca)),
+    )
+    .unwrap();
     assert!(!offer_certificate(server.addr, "alice", &key, &cert).await);
-    assert!(logged(&fingerprint(&setup.ca)).contains("CA"), "{}", logged("revocable"));
+    assert!(
+        logged(&fingerprint(&setup.ca)).contains("CA"),
+        "{}",
+        logged("revocable")
+    );
 
     std::fs::write(&setup.revoked, "").unwrap();
     assert!(offer_certificate(server.addr, "alice", &key, &cert).await);
@@ -425,7 +512,10 @@ async fn cert_authority_lines_require_their_principals() {
     let host = pki.key("host");
     let authorized = pki.write(
         "authorized_keys",
-        &format!("cert-authority,principals=\"ops,sre\" {}\n", public_key(&ca)),
+        &format!(
+            "cert-authority,principals=\"ops,sre\" {}\n",
+            public_key(&ca)
+        ),
     );
     let server = start(move |s| s.host_key_file(host).authorized_keys_file(authorized)).await;
     let key = pki.key("user");
@@ -443,12 +533,26 @@ async fn a_missing_principal_is_403_after_routing() {
     let setup = Setup::new();
     let server = setup.server().await;
     let admin_key = setup.pki.key("admin");
-    setup.pki.sign(&setup.ca, &admin_key, "admin", &["-n", "alice,admin,writer", "-V", "-5m:+1h"]);
+    setup.pki.sign(
+        &setup.ca,
+        &admin_key,
+        "admin",
+        &["-n", "alice,admin,writer", "-V", "-5m:+1h"],
+    );
     let plain_key = setup.pki.key("plain");
-    setup.pki.sign(&setup.ca, &plain_key, "plain", &["-n", "alice", "-V", "-5m:+1h"]);
+    setup.pki.sign(
+        &setup.ca,
+        &plain_key,
+        "plain",
+        &["-n", "alice", "-V", "-5m:+1h"],
+    );
 
-    let admin = KorvClient::connect(setup.client(&server, &admin_key)).await.unwrap();
-    let plain = KorvClient::connect(setup.client(&server, &plain_key)).await.unwrap();
+    let admin = KorvClient::connect(setup.client(&server, &admin_key))
+        .await
+        .unwrap();
+    let plain = KorvClient::connect(setup.client(&server, &plain_key))
+        .await
+        .unwrap();
 
     let ok = admin.get("/admin/users/1").await.unwrap();
     assert_eq!(ok.code, StatusCode::OK);
@@ -460,13 +564,19 @@ async fn a_missing_principal_is_403_after_routing() {
     assert!(message.contains("\"admin\""), "{message}");
 
     // Routing comes first: an unknown resource is 404 for anyone.
-    assert_eq!(plain.get("/nowhere").await.unwrap().code, StatusCode::NOT_FOUND);
+    assert_eq!(
+        plain.get("/nowhere").await.unwrap().code,
+        StatusCode::NOT_FOUND
+    );
 
     // The general rule: GET for all, other verbs on /notes need `writer`.
     assert_eq!(plain.get("/notes/1").await.unwrap().code, StatusCode::OK);
     let store = plain.store("/notes/1", &json!({"t": 1})).await.unwrap();
     assert_eq!(store.code, StatusCode::FORBIDDEN);
-    assert_eq!(store.body["message"], "STORE on /notes/1 needs the writer principal");
+    assert_eq!(
+        store.body["message"],
+        "STORE on /notes/1 needs the writer principal"
+    );
     let store = admin.store("/notes/1", &json!({"t": 1})).await.unwrap();
     assert_eq!(store.code, StatusCode::OK);
 }
@@ -480,7 +590,12 @@ async fn host_cert_server(pki: &Pki, host_ca: &Path, args: &[&str]) -> (Server, 
     let user = pki.key("user");
     let authorized = pki.write("authorized_keys", &format!("{}\n", public_key(&user)));
     let (h, c) = (host.clone(), cert.clone());
-    let server = start(move |s| s.host_key_file(h).host_certificate(c).authorized_keys_file(authorized)).await;
+    let server = start(move |s| {
+        s.host_key_file(h)
+            .host_certificate(c)
+            .authorized_keys_file(authorized)
+    })
+    .await;
     (server, host)
 }
 
@@ -499,8 +614,13 @@ fn host_client(pki: &Pki, server: &Server, known_hosts: &str) -> ClientConfig {
 async fn a_host_certificate_from_a_trusted_ca_is_accepted() {
     let pki = Pki::new();
     let host_ca = pki.key("host_ca");
-    let (server, _) = host_cert_server(&pki, &host_ca, &["-h", "-n", "127.0.0.1", "-V", "-5m:+1h"]).await;
-    let config = host_client(&pki, &server, &format!("@cert-authority [127.0.0.1]:* {}\n", public_key(&host_ca)));
+    let (server, _) =
+        host_cert_server(&pki, &host_ca, &["-h", "-n", "127.0.0.1", "-V", "-5m:+1h"]).await;
+    let config = host_client(
+        &pki,
+        &server,
+        &format!("@cert-authority [127.0.0.1]:* {}\n", public_key(&host_ca)),
+    );
     let client = KorvClient::connect(config).await.unwrap();
     assert_eq!(client.get("/whoami").await.unwrap().code, StatusCode::OK);
 }
@@ -511,23 +631,42 @@ async fn host_certificate_refusals_name_what_failed() {
     let host_ca = pki.key("host_ca");
     let trust = format!("@cert-authority * {}\n", public_key(&host_ca));
 
-    let (expired, _) = host_cert_server(&pki, &host_ca, &["-h", "-n", "127.0.0.1", "-V", "20200101:20200201"]).await;
-    let err = KorvClient::connect(host_client(&pki, &expired, &trust)).await.err().unwrap();
+    let (expired, _) = host_cert_server(
+        &pki,
+        &host_ca,
+        &["-h", "-n", "127.0.0.1", "-V", "20200101:20200201"],
+    )
+    .await;
+    let err = KorvClient::connect(host_client(&pki, &expired, &trust))
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("expired at 2020-02-01"), "{err}");
     drop(expired);
 
     let pki = Pki::new();
     let host_ca = pki.key("host_ca");
     let trust = format!("@cert-authority * {}\n", public_key(&host_ca));
-    let (other_host, _) = host_cert_server(&pki, &host_ca, &["-h", "-n", "db.example.com", "-V", "-5m:+1h"]).await;
-    let err = KorvClient::connect(host_client(&pki, &other_host, &trust)).await.err().unwrap();
+    let (other_host, _) = host_cert_server(
+        &pki,
+        &host_ca,
+        &["-h", "-n", "db.example.com", "-V", "-5m:+1h"],
+    )
+    .await;
+    let err = KorvClient::connect(host_client(&pki, &other_host, &trust))
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("127.0.0.1"), "{err}");
     assert!(err.to_string().contains("db.example.com"), "{err}");
 
     // A CA line for another CA: the offered CA is named by its fingerprint.
     let rogue = pki.key("rogue");
     let wrong_ca = format!("@cert-authority * {}\n", public_key(&rogue));
-    let err = KorvClient::connect(host_client(&pki, &other_host, &wrong_ca)).await.err().unwrap();
+    let err = KorvClient::connect(host_client(&pki, &other_host, &wrong_ca))
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains(&fingerprint(&host_ca)), "{err}");
     assert!(matches!(err, Error::HostCertificate { .. }), "{err:?}");
 }
@@ -536,13 +675,17 @@ async fn host_certificate_refusals_name_what_failed() {
 async fn a_revoked_host_key_is_refused_even_when_its_ca_is_trusted() {
     let pki = Pki::new();
     let host_ca = pki.key("host_ca");
-    let (server, host) = host_cert_server(&pki, &host_ca, &["-h", "-n", "127.0.0.1", "-V", "-5m:+1h"]).await;
+    let (server, host) =
+        host_cert_server(&pki, &host_ca, &["-h", "-n", "127.0.0.1", "-V", "-5m:+1h"]).await;
     let text = format!(
         "@cert-authority * {}\n@revoked * {}\n",
         public_key(&host_ca),
         public_key(&host)
     );
-    let err = KorvClient::connect(host_client(&pki, &server, &text)).await.err().unwrap();
+    let err = KorvClient::connect(host_client(&pki, &server, &text))
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("revoked"), "{err}");
     assert!(err.to_string().contains(&fingerprint(&host)), "{err}");
 }
