@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use korv_proto::Verb;
 
-use crate::handler::ClientInfo;
+use crate::request::ClientInfo;
 
 /// What an authorization rule answers: `true` or `Ok(())` allows; `false`
 /// or `Err(message)` refuses with `403`.
@@ -44,9 +44,12 @@ impl Authorization for Result<(), &'static str> {
     }
 }
 
+/// A rule's check: `Ok(())` allows, `Err(message)` refuses.
+type Check = dyn Fn(&ClientInfo, Verb, &str) -> Result<(), String> + Send + Sync;
+
 /// One rule, shared by every stream.
 #[derive(Clone)]
-pub(crate) struct Rule(Arc<dyn Fn(&ClientInfo, Verb, &str) -> Result<(), String> + Send + Sync>);
+pub(crate) struct Rule(Arc<Check>);
 
 impl fmt::Debug for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -74,7 +77,12 @@ impl Rule {
         }))
     }
 
-    pub(crate) fn check(&self, client: &ClientInfo, verb: Verb, resource: &str) -> Result<(), String> {
+    pub(crate) fn check(
+        &self,
+        client: &ClientInfo,
+        verb: Verb,
+        resource: &str,
+    ) -> Result<(), String> {
         (self.0)(client, verb, resource)
     }
 }
@@ -120,11 +128,21 @@ mod tests {
     #[test]
     fn a_required_principal_allows_only_certificates_that_carry_it() {
         let rule = Rule::principal("admin");
-        assert!(rule.check(&with_principals(&["alice", "admin"]), Verb::Get, "/").is_ok());
-        let refusal = rule.check(&with_principals(&["alice"]), Verb::Get, "/").unwrap_err();
+        assert!(
+            rule.check(&with_principals(&["alice", "admin"]), Verb::Get, "/")
+                .is_ok()
+        );
+        let refusal = rule
+            .check(&with_principals(&["alice"]), Verb::Get, "/")
+            .unwrap_err();
         assert!(refusal.contains("\"admin\""), "{refusal}");
-        let refusal = rule.check(&ClientInfo::local("alice"), Verb::Get, "/").unwrap_err();
-        assert!(refusal.contains("did not authenticate with a certificate"), "{refusal}");
+        let refusal = rule
+            .check(&ClientInfo::local("alice"), Verb::Get, "/")
+            .unwrap_err();
+        assert!(
+            refusal.contains("did not authenticate with a certificate"),
+            "{refusal}"
+        );
     }
 
     #[test]

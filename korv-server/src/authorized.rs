@@ -82,6 +82,11 @@ impl AuthorizedKeys {
         Ok(found.swap_remove(0))
     }
 
+    /// Whether any entry is a `cert-authority` line.
+    pub(crate) fn has_authorities(&self) -> bool {
+        self.with_entries(|entries| entries.iter().any(|e| e.cert_authority))
+    }
+
     /// The `cert-authority` entries for the CA key `ca` whose options allow
     /// a client at `peer`.
     pub(crate) fn authorities(

@@ -168,9 +168,9 @@ fn parse_key_list(text: &str, path: &Path) -> KeyListContents {
     Ok(keys)
 }
 
-/// Everything a user certificate is checked against.
+/// Everything a user key or certificate is checked against.
 #[derive(Debug, Default)]
-pub(crate) struct CertTrust {
+pub(crate) struct Trust {
     /// `TrustedUserCAKeys`: CAs whose certificates must name the user.
     pub(crate) user_cas: Option<KeyList>,
     /// authorized_keys, for its `cert-authority` lines.
@@ -179,7 +179,17 @@ pub(crate) struct CertTrust {
     pub(crate) revoked: Option<KeyList>,
 }
 
-impl CertTrust {
+impl Trust {
+    /// Whether a certificate could be accepted at all: a CA is trusted by a
+    /// `TrustedUserCAKeys` file or by a `cert-authority` line.
+    pub(crate) fn accepts_certificates(&self) -> bool {
+        self.user_cas.is_some()
+            || self
+                .authorized
+                .as_ref()
+                .is_some_and(|authorized| authorized.has_authorities())
+    }
+
     /// Whether `key` is listed in the revoked keys; an unreadable list
     /// counts every key as revoked.
     pub(crate) fn is_revoked(&self, key: &KeyData) -> Result<bool, String> {
@@ -197,7 +207,7 @@ pub(crate) fn check_user_certificate(
     user: &str,
     client: Option<IpAddr>,
     now: u64,
-    trust: &CertTrust,
+    trust: &Trust,
 ) -> Result<CertificateInfo, CertRefusal> {
     let ca = cert.signature_key();
     let ca_fingerprint = ca.fingerprint(HashAlg::Sha256);
@@ -462,12 +472,12 @@ mod tests {
         }
     }
 
-    fn trust_file_cas(cas: &[&PublicKey]) -> CertTrust {
-        CertTrust {
+    fn trust_file_cas(cas: &[&PublicKey]) -> Trust {
+        Trust {
             user_cas: Some(KeyList::from_keys(
                 cas.iter().map(|k| k.key_data().clone()).collect(),
             )),
-            ..CertTrust::default()
+            ..Trust::default()
         }
     }
 
@@ -567,8 +577,7 @@ mod tests {
             })
         );
         // No CA configured at all.
-        let refusal =
-            check_user_certificate(&cert, "alice", localhost(), NOW, &CertTrust::default());
+        let refusal = check_user_certificate(&cert, "alice", localhost(), NOW, &Trust::default());
         assert!(matches!(refusal, Err(CertRefusal::UntrustedCa { .. })));
     }
 
@@ -723,9 +732,9 @@ mod tests {
         let cert = keys.cert("ca", "user", "c", &["-n", "alice", "-V", WINDOW]);
         let file = keys.path("trusted");
         std::fs::write(&file, "# no CA yet\n").unwrap();
-        let trust = CertTrust {
+        let trust = Trust {
             user_cas: Some(KeyList::from_file(file.clone(), "trusted user CA keys")),
-            ..CertTrust::default()
+            ..Trust::default()
         };
         assert!(matches!(
             check_user_certificate(&cert, "alice", localhost(), NOW, &trust),
@@ -735,12 +744,12 @@ mod tests {
         assert!(check_user_certificate(&cert, "alice", localhost(), NOW, &trust).is_ok());
     }
 
-    fn trust_authorized(keys: &Keys, text: &str) -> CertTrust {
+    fn trust_authorized(keys: &Keys, text: &str) -> Trust {
         let path = keys.path("authorized_keys");
         std::fs::write(&path, text).unwrap();
-        CertTrust {
+        Trust {
             authorized: Some(Arc::new(AuthorizedKeys::from_file(path))),
-            ..CertTrust::default()
+            ..Trust::default()
         }
     }
 
