@@ -42,6 +42,24 @@ pub struct CertificateInfo {
 }
 
 impl CertificateInfo {
+    /// Describes `cert`, trusting whoever checked it: for certificates that
+    /// another server accepted, such as OpenSSH's sshd hosting a Korv app
+    /// (`ExposeAuthInfo`). Korv's own server checks every certificate before
+    /// handlers see it.
+    pub fn from_certificate(cert: &Certificate) -> Self {
+        CertificateInfo {
+            key_id: cert.key_id().to_owned(),
+            serial: cert.serial(),
+            principals: cert.valid_principals().to_vec(),
+            ca_fingerprint: cert
+                .signature_key()
+                .fingerprint(HashAlg::Sha256)
+                .to_string(),
+            valid_after: SystemTime::UNIX_EPOCH + Duration::from_secs(cert.valid_after()),
+            valid_before: cert.valid_before_time(),
+        }
+    }
+
     /// Whether the certificate carries `principal`.
     pub fn has_principal(&self, principal: &str) -> bool {
         self.principals.iter().any(|p| p == principal)
@@ -313,14 +331,7 @@ pub(crate) fn check_user_certificate(
         }
     }
 
-    Ok(CertificateInfo {
-        key_id: cert.key_id().to_owned(),
-        serial: cert.serial(),
-        principals: carried.to_vec(),
-        ca_fingerprint: ca_fingerprint.to_string(),
-        valid_after: SystemTime::UNIX_EPOCH + Duration::from_secs(cert.valid_after()),
-        valid_before: cert.valid_before_time(),
-    })
+    Ok(CertificateInfo::from_certificate(cert))
 }
 
 /// `source-address`: a comma-separated list of addresses and CIDR blocks
