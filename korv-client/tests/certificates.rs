@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use korv_client::{ClientConfig, Error, KorvClient, StatusCode};
 use korv_server::routing::{any, get};
 use korv_server::{ClientInfo, KorvServer, Request, ShutdownHandle, Verb};
+use korv_testkit::certs::sign;
+use korv_testkit::keys::{KeyKind, keygen, public_key, public_key_path};
 use russh::client::{AuthResult, Handle};
 use russh::keys::{Certificate, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use serde_json::{Value, json};
@@ -81,40 +83,19 @@ impl Pki {
 
     /// An ed25519 key pair `name` and `name.pub`.
     fn key(&self, name: &str) -> PathBuf {
-        let path = self.path(name);
-        let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-            .arg(&path)
-            .stdin(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        path
+        keygen(self.dir.path(), name, KeyKind::Ed25519)
     }
 
-    /// Signs the public key of `key` with the CA key `ca`, key id `id`;
-    /// returns the certificate's path. `name` chooses where it is written:
-    /// `name-cert.pub`, beside a copy of the key as `name`.
+    /// Signs the public key of `key` with the CA key `ca`; returns the
+    /// certificate's path. `name` is the key id and chooses where it is
+    /// written: `name-cert.pub`, beside a copy of the key as `name`.
     fn sign(&self, ca: &Path, key: &Path, name: &str, args: &[&str]) -> PathBuf {
         let copy = self.path(name);
         if copy != key {
             std::fs::copy(key, &copy).unwrap();
-            std::fs::copy(pub_path(key), pub_path(&copy)).unwrap();
+            std::fs::copy(public_key_path(key), public_key_path(&copy)).unwrap();
         }
-        let output = Command::new("ssh-keygen")
-            .env("TZ", "UTC")
-            .arg("-q")
-            .arg("-s")
-            .arg(ca)
-            .args(["-I", name])
-            .args(args)
-            .arg(pub_path(&copy))
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let mut cert = copy.into_os_string();
-        cert.push("-cert.pub");
-        PathBuf::from(cert)
+        sign(ca, &copy, name, args)
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
@@ -124,22 +105,8 @@ impl Pki {
     }
 }
 
-/// The public key line of the private key `key`.
-fn public_key(key: &Path) -> String {
-    std::fs::read_to_string(pub_path(key))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-fn pub_path(key: &Path) -> PathBuf {
-    let mut name = key.as_os_str().to_owned();
-    name.push(".pub");
-    PathBuf::from(name)
-}
-
 fn fingerprint(key: &Path) -> String {
-    let public = russh::keys::PublicKey::read_openssh_file(pub_path(key)).unwrap();
+    let public = russh::keys::PublicKey::read_openssh_file(public_key_path(key)).unwrap();
     public.fingerprint(russh::keys::HashAlg::Sha256).to_string()
 }
 
