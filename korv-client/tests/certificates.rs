@@ -758,3 +758,30 @@ async fn a_revoked_host_key_is_refused_even_when_its_ca_is_trusted() {
     assert!(err.to_string().contains("revoked"), "{err}");
     assert!(err.to_string().contains(&fingerprint(&host)), "{err}");
 }
+
+#[tokio::test]
+async fn a_host_certificate_must_be_one_for_a_host_key() {
+    let pki = Pki::new();
+    let ca = pki.key("host_ca");
+    let host = pki.key("hostkey");
+    let other = pki.key("other");
+    let user_cert = pki.sign(&ca, &host, "as_user", &["-n", "127.0.0.1"]);
+    let foreign = pki.sign(&ca, &other, "foreign", &["-h", "-n", "127.0.0.1"]);
+    for (cert, reason) in [
+        (user_cert, "user certificate"),
+        (foreign, "none of the host keys"),
+    ] {
+        let err = KorvServer::new()
+            .host_key_file(&host)
+            .trusted_user_ca_key(
+                russh::keys::PublicKey::read_openssh_file(public_key_path(&ca)).unwrap(),
+            )
+            .host_certificate(&cert)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .bind()
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(reason), "{err}");
+    }
+}

@@ -352,8 +352,10 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
     /// server, whose address is known (useful with port 0).
     ///
     /// # Errors
-    /// No host key or authorized keys; a host key file unreadable, malformed,
-    /// encrypted or readable by others; the address cannot be bound.
+    /// No host key; neither authorized keys nor trusted user CA keys; a host
+    /// key file unreadable, malformed, encrypted or readable by others; a host
+    /// certificate unreadable, not a host certificate, or for none of the
+    /// host keys; the address cannot be bound.
     pub async fn bind(mut self) -> Result<BoundServer<S>, ServerError> {
         let host_keys = load_host_keys(&self.host_keys)?;
         let certificates = load_host_certificates(&self.host_certificates, &host_keys)?;
