@@ -115,7 +115,8 @@ fn sign(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
+    use korv_testkit::certs::sign as ca_sign;
+    use korv_testkit::keys::{KeyKind, keygen};
     use std::time::Duration;
 
     #[test]
@@ -129,40 +130,11 @@ mod tests {
     #[test]
     fn an_expired_or_host_certificate_is_unusable() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("id");
-        let keygen = |args: &[&str]| {
-            let out = Command::new("ssh-keygen")
-                .env("TZ", "UTC")
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-        };
-        keygen(&["-q", "-N", "", "-t", "ed25519", "-f", key.to_str().unwrap()]);
-        keygen(&[
-            "-q",
-            "-N",
-            "",
-            "-t",
-            "ed25519",
-            "-f",
-            dir.path().join("ca").to_str().unwrap(),
-        ]);
-        let pubkey = format!("{}.pub", key.display());
-        let ca = dir.path().join("ca");
-        keygen(&[
-            "-q",
-            "-s",
-            ca.to_str().unwrap(),
-            "-I",
-            "me",
-            "-n",
-            "alice",
-            "-V",
-            "20300101:20300201",
-            &pubkey,
-        ]);
-        let cert = read(&beside(&key)).unwrap();
+        let key = keygen(dir.path(), "id", KeyKind::Ed25519);
+        let ca = keygen(dir.path(), "ca", KeyKind::Ed25519);
+        let path = ca_sign(&ca, &key, "me", &["-n", "alice", "-V", "20300101:20300201"]);
+        assert_eq!(path, beside(&key));
+        let cert = read(&path).unwrap();
         let private = PrivateKey::read_openssh_file(&key).unwrap();
         assert!(certifies(&cert, private.public_key().key_data()));
         let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
@@ -172,18 +144,7 @@ mod tests {
             Some("it expired at 2030-02-01 00:00:00 UTC")
         );
         assert!(describe(&cert).contains("\"me\" for principals [alice]"));
-        keygen(&[
-            "-q",
-            "-s",
-            ca.to_str().unwrap(),
-            "-h",
-            "-I",
-            "host",
-            "-n",
-            "alice",
-            &pubkey,
-        ]);
-        let host = read(&beside(&key)).unwrap();
+        let host = read(&ca_sign(&ca, &key, "host", &["-h", "-n", "alice"])).unwrap();
         assert!(
             unusable(&host, SystemTime::now())
                 .unwrap()
@@ -195,13 +156,7 @@ mod tests {
     fn local_signatures_verify() {
         use russh::keys::signature::Verifier as _;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("id");
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-N", "", "-t", "ed25519", "-f"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        let path = keygen(dir.path(), "id", KeyKind::Ed25519);
         let key = PrivateKey::read_openssh_file(&path).unwrap();
         let blob = sign(&key, None, b"data").unwrap();
         let signature = Signature::try_from(&blob[..]).unwrap();

@@ -359,6 +359,8 @@ pub(crate) fn utc_date(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use korv_testkit::certs::sign;
+    use korv_testkit::keys::{KeyKind, keygen, public_key_path};
     use std::path::PathBuf;
     use std::process::Command;
 
@@ -382,35 +384,20 @@ mod tests {
         }
 
         fn key(&self, name: &str) -> PublicKey {
-            let status = Command::new("ssh-keygen")
-                .args(["-q", "-N", "", "-t", "ed25519", "-C", name, "-f"])
-                .arg(self.path(name))
-                .status()
-                .unwrap();
-            assert!(status.success());
-            PublicKey::read_openssh_file(self.path(&format!("{name}.pub"))).unwrap()
+            let private = keygen(self.dir.path(), name, KeyKind::Ed25519);
+            PublicKey::read_openssh_file(public_key_path(&private)).unwrap()
         }
 
-        /// Signs `key.pub` with `ca` into a certificate called `name`.
+        /// Signs `key.pub` with `ca` into a certificate called `name` (the
+        /// key id), beside a copy of `key.pub` as `name.pub`.
         fn cert(&self, ca: &str, key: &str, name: &str, args: &[&str]) -> PublicKeyOrCertificate {
             std::fs::copy(
                 self.path(&format!("{key}.pub")),
                 self.path(&format!("{name}.pub")),
             )
             .unwrap();
-            let output = Command::new("ssh-keygen")
-                .env("TZ", "UTC")
-                .arg("-q")
-                .arg("-s")
-                .arg(self.path(ca))
-                .args(["-I", name])
-                .args(args)
-                .arg(self.path(&format!("{name}.pub")))
-                .output()
-                .unwrap();
-            assert!(output.status.success(), "{output:?}");
-            let cert = Certificate::read_file(&self.path(&format!("{name}-cert.pub"))).unwrap();
-            PublicKeyOrCertificate::Certificate(cert)
+            let path = sign(&self.path(ca), &self.path(name), name, args);
+            PublicKeyOrCertificate::Certificate(Certificate::read_file(&path).unwrap())
         }
     }
 

@@ -429,7 +429,8 @@ impl fmt::Display for CertificateInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
+    use korv_testkit::certs::sign;
+    use korv_testkit::keys::{KeyKind, keygen, public_key_path};
 
     /// 2030-01-15 00:00:00 UTC, inside the `-V 20300101:20300201` window.
     const NOW: u64 = 1_894_665_600;
@@ -450,36 +451,27 @@ mod tests {
             self.dir.path().join(name)
         }
 
-        /// Generates a key pair `name`, `name.pub`.
+        /// Generates a key pair `name`, `name.pub`: `ed25519` or `rsa`.
         fn key(&self, name: &str, kind: &str) -> PublicKey {
-            let status = Command::new("ssh-keygen")
-                .args(["-q", "-N", "", "-t", kind, "-C", name, "-f"])
-                .arg(self.path(name))
-                .status()
-                .unwrap();
-            assert!(status.success());
-            PublicKey::read_openssh_file(self.path(&format!("{name}.pub"))).unwrap()
+            let kind = if kind == "rsa" {
+                KeyKind::Rsa(2048)
+            } else {
+                KeyKind::Ed25519
+            };
+            let private = keygen(self.dir.path(), name, kind);
+            PublicKey::read_openssh_file(public_key_path(&private)).unwrap()
         }
 
-        /// Signs `key.pub` with `ca` into a certificate called `name`.
+        /// Signs `key.pub` with `ca` into a certificate called `name` (the
+        /// key id), beside a copy of `key.pub` as `name.pub`.
         fn cert(&self, ca: &str, key: &str, name: &str, args: &[&str]) -> Certificate {
             std::fs::copy(
                 self.path(&format!("{key}.pub")),
                 self.path(&format!("{name}.pub")),
             )
             .unwrap();
-            let output = Command::new("ssh-keygen")
-                .env("TZ", "UTC")
-                .arg("-q")
-                .arg("-s")
-                .arg(self.path(ca))
-                .args(["-I", name])
-                .args(args)
-                .arg(self.path(&format!("{name}.pub")))
-                .output()
-                .unwrap();
-            assert!(output.status.success(), "{output:?}");
-            Certificate::read_file(&self.path(&format!("{name}-cert.pub"))).unwrap()
+            let path = sign(&self.path(ca), &self.path(name), name, args);
+            Certificate::read_file(&path).unwrap()
         }
     }
 
