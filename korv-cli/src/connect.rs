@@ -25,6 +25,10 @@ pub(crate) struct ConnectArgs {
     /// A private key file; repeatable (default: ~/.ssh keys and the ssh-agent).
     #[arg(short = 'i', long = "identity", value_name = "FILE")]
     pub(crate) identities: Vec<PathBuf>,
+    /// An OpenSSH user certificate to offer with its key; repeatable
+    /// (default: `KEY-cert.pub` beside each key, and those in the ssh-agent).
+    #[arg(long = "cert", value_name = "FILE")]
+    pub(crate) certificates: Vec<PathBuf>,
     /// The known_hosts file (default ~/.ssh/known_hosts).
     #[arg(long, value_name = "FILE")]
     pub(crate) known_hosts: Option<PathBuf>,
@@ -113,6 +117,9 @@ impl ConnectArgs {
         }
         for identity in &self.identities {
             config = config.identity_file(identity);
+        }
+        for certificate in &self.certificates {
+            config = config.certificate_file(certificate);
         }
         if let Some(known_hosts) = &self.known_hosts {
             config = config.known_hosts(known_hosts);

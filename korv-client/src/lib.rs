@@ -37,15 +37,23 @@
 //! - `error`: [`Error`] and its typed causes, [`IdentityError`] and
 //!   [`CloseReason`].
 //! - `config`: [`ClientConfig`], [`HostKeyPolicy`], [`ChannelKind`].
-//! - `ssh`: connecting, host key checks against known_hosts, identities.
+//! - `known_hosts`: OpenSSH known_hosts: host patterns, hashed names,
+//!   `@cert-authority` and `@revoked`, and the verdict on a host key or
+//!   host certificate.
+//! - `certificate`: user certificates: where a key's certificate is, whether
+//!   it can be offered, signing with a key held in memory.
+//! - `ssh`: connecting, host key checks against known_hosts, identities and
+//!   their certificates.
 //! - `mux`: the multiplexed stream (ids, in-flight map, reader and writer tasks).
 //! - `client`: [`KorvClient`], the async client over `ssh` and `mux`.
 //! - [`blocking`]: the synchronous client, over [`KorvClient`].
 
 pub mod blocking;
+mod certificate;
 mod client;
 mod config;
 mod error;
+mod known_hosts;
 mod mux;
 mod ssh;
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use russh::keys::PrivateKey;
+use russh::keys::{Certificate, PrivateKey};
 use russh::server::{Config, Handle};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::admission::{Admission, Denied, Slot};
-use crate::authorized::AuthorizedKeys;
+use crate::certificate::Trust;
 use crate::connection::{Connection, russh_config};
 use crate::error::ServerError;
 use crate::state::Shared;
@@ -32,7 +32,7 @@ pub(crate) struct Listener<S> {
     shared: Arc<Shared<S>>,
     tcp: TcpListener,
     config: Arc<Config>,
-    authorized: Arc<AuthorizedKeys>,
+    trust: Arc<Trust>,
     admission: Arc<Admission>,
 }
 
@@ -41,15 +41,16 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
         shared: Arc<Shared<S>>,
         tcp: TcpListener,
         host_keys: Vec<PrivateKey>,
-        authorized: AuthorizedKeys,
+        host_certificates: Vec<Certificate>,
+        trust: Trust,
     ) -> Self {
-        let config = Arc::new(russh_config(&shared.limits, host_keys));
+        let config = Arc::new(russh_config(&shared.limits, host_keys, host_certificates));
         let admission = Admission::new(&shared.limits);
         Listener {
             shared,
             tcp,
             config,
-            authorized: Arc::new(authorized),
+            trust: Arc::new(trust),
             admission,
         }
     }
@@ -66,7 +67,7 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
             shared,
             tcp,
             config,
-            authorized,
+            trust,
             admission,
         } = self;
         let connections = Arc::new(Semaphore::new(shared.limits.max_connections));
@@ -98,7 +99,7 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
             let slot = Arc::new(slot);
             let connection = Connection::new(
                 Arc::clone(&shared),
-                Arc::clone(&authorized),
+                Arc::clone(&trust),
                 peer,
                 Arc::clone(&slot),
                 tracker.clone(),
