@@ -35,6 +35,7 @@ pub mod blocking;
 mod config;
 mod mux;
 mod ssh;
+pub mod ssh_config;
 
 use std::sync::Arc;
 use std::time::Duration;
