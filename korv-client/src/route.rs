@@ -1,0 +1,260 @@
+//! The route to a host: the jump hosts in the order they are connected,
+//! each with its own settings from the SSH configuration, then the host.
+//!
+//! `ProxyJump a,b` (or `-J a,b`) for `target` means what it means to ssh:
+//! `target` is reached through `b`, `b` is reached through `a` (the explicit
+//! list wins over `b`'s own `ProxyJump`), and `a` is reached the way its own
+//! configuration says, through its `ProxyJump` if it has one. The `user@`
+//! and `:port` of a hop win over its configuration, as the command line does.
+
+use crate::ssh_config::{self, ConfigError, Context, Files, Given, HostSettings, JumpHost};
+
+/// Routes longer than this are refused: a `ProxyJump` that leads back to a
+/// host already on the way would otherwise never end.
+pub(crate) const MAX_HOPS: usize = 16;
+
+/// Why no route could be planned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RouteError {
+    /// A configuration file is malformed or unreadable.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The jump hosts lead in a circle, or too far.
+    #[error(
+        "the route to {target} needs more than {MAX_HOPS} jump hosts (does a ProxyJump lead back to a host already on the way? {path})"
+    )]
+    TooLong {
+        /// The host asked for.
+        target: String,
+        /// The hosts on the way, as far as planned.
+        path: String,
+    },
+}
+
+/// One host on the route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stop {
+    /// The settings that apply to it (the jump spec's user and port seeded).
+    pub(crate) settings: HostSettings,
+    /// Whether it is a jump host (port 22 by default) or the target.
+    pub(crate) jump: bool,
+}
+
+/// Plans the route to `target`: jump hosts first, the target last.
+/// `jumps` is an explicit list (`-J`, [`ClientConfig::jump`]); `None` lets
+/// the configuration's `ProxyJump` decide, and an empty list means none.
+///
+/// [`ClientConfig::jump`]: crate::ClientConfig
+pub(crate) fn plan(
+    files: &Files,
+    context: &Context,
+    target: &str,
+    given: &Given<'_>,
+    target_port: u16,
+    jumps: Option<&[JumpHost]>,
+) -> Result<Vec<Stop>, RouteError> {
+    let mut route = Vec::new();
+    let mut planner = Planner {
+        files,
+        context,
+        target,
+        route: &mut route,
+        on_the_way: Vec::new(),
+    };
+    planner.reach(target, given, target_port, false, jumps)?;
+    Ok(route)
+}
+
+struct Planner<'a> {
+    files: &'a Files,
+    context: &'a Context,
+    target: &'a str,
+    route: &'a mut Vec<Stop>,
+    /// The hosts whose routes are being planned, the target first.
+    on_the_way: Vec<String>,
+}
+
+impl Planner<'_> {
+    /// Appends the stops that reach `host`, then `host` itself.
+    fn reach(
+        &mut self,
+        host: &str,
+        given: &Given<'_>,
+        default_port: u16,
+        jump: bool,
+        jumps: Option<&[JumpHost]>,
+    ) -> Result<(), RouteError> {
+        if self.on_the_way.len() > MAX_HOPS {
+            let path = self
+                .on_the_way
+                .iter()
+                .map(String::as_str)
+                .chain([host])
+                .collect::<Vec<_>>()
+                .join(" <- ");
+            return Err(RouteError::TooLong {
+                target: self.target.to_owned(),
+                path,
+            });
+        }
+        let settings = ssh_config::resolve(self.files, host, given, default_port, self.context)?;
+        let configured;
+        let jumps = match jumps {
+            Some(jumps) => jumps,
+            None => {
+                configured = settings
+                    .proxy_jump
+                    .as_ref()
+                    .map(|setting| setting.value.clone())
+                    .unwrap_or_default();
+                &configured
+            }
+        };
+        if let Some((last, before)) = jumps.split_last() {
+            let before = if before.is_empty() {
+                None
+            } else {
+                Some(before)
+            };
+            let hop = Given {
+                user: last.user.as_deref(),
+                port: last.port,
+            };
+            self.on_the_way.push(host.to_owned());
+            self.reach(&last.host, &hop, 22, true, before)?;
+            self.on_the_way.pop();
+        }
+        self.route.push(Stop { settings, jump });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn context(dir: &std::path::Path) -> Context {
+        Context {
+            home: dir.to_owned(),
+            local_user: "me".into(),
+            local_host: "desk".into(),
+            system_dir: dir.join("etc"),
+            env: HashMap::new(),
+        }
+    }
+
+    fn route(config: &str, target: &str, jumps: Option<&str>) -> Result<Vec<String>, RouteError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, config).unwrap();
+        let jumps = jumps.map(|spec| JumpHost::parse_list(spec).unwrap());
+        let stops = plan(
+            &Files::Path(path),
+            &context(dir.path()),
+            target,
+            &Given::default(),
+            8022,
+            jumps.as_deref(),
+        )?;
+        Ok(stops
+            .iter()
+            .map(|stop| {
+                let s = &stop.settings;
+                let mut shown = s.alias.clone();
+                if let Some(user) = &s.user {
+                    shown = format!("{}@{shown}", user.value);
+                }
+                if let Some(port) = &s.port {
+                    shown = format!("{shown}:{}", port.value);
+                }
+                if stop.jump {
+                    shown = format!("jump {shown}");
+                }
+                shown
+            })
+            .collect())
+    }
+
+    #[test]
+    fn no_jump() {
+        assert_eq!(route("", "t", None).unwrap(), ["t"]);
+    }
+
+    #[test]
+    fn one_and_two_jumps_from_the_flag() {
+        assert_eq!(route("", "t", Some("b")).unwrap(), ["jump b", "t"]);
+        assert_eq!(
+            route("", "t", Some("u@b1:2,b2")).unwrap(),
+            ["jump u@b1:2", "jump b2", "t"]
+        );
+    }
+
+    #[test]
+    fn jumps_from_the_config_and_the_hop_s_own_settings() {
+        let config = "Host t\n  ProxyJump b1,b2\nHost b2\n  User two\n  Port 2222\n";
+        assert_eq!(
+            route(config, "t", None).unwrap(),
+            ["jump b1", "jump two@b2:2222", "t"]
+        );
+    }
+
+    #[test]
+    fn the_spec_s_user_and_port_win_over_the_hop_s_config() {
+        let config = "Host b\n  User cfg\n  Port 1\n";
+        assert_eq!(
+            route(config, "t", Some("flag@b:9")).unwrap(),
+            ["jump flag@b:9", "t"]
+        );
+    }
+
+    #[test]
+    fn the_flag_wins_over_the_config_and_none_disables_it() {
+        let config = "Host t\n  ProxyJump cfg\n";
+        assert_eq!(
+            route(config, "t", Some("flag")).unwrap(),
+            ["jump flag", "t"]
+        );
+        assert_eq!(route(config, "t", Some("none")).unwrap(), ["t"]);
+    }
+
+    #[test]
+    fn a_hop_reached_through_its_own_proxy_jump() {
+        let config = "Host inner\n  ProxyJump outer\n";
+        assert_eq!(
+            route(config, "t", Some("inner")).unwrap(),
+            ["jump outer", "jump inner", "t"]
+        );
+        // In an explicit list, the hop before wins over a hop's ProxyJump.
+        assert_eq!(
+            route(config, "t", Some("first,inner")).unwrap(),
+            ["jump first", "jump inner", "t"]
+        );
+    }
+
+    #[test]
+    fn a_loop_is_refused_with_the_path() {
+        let config = "Host *.corp\n  ProxyJump bastion.corp\n";
+        let err = route(config, "db.corp", None).unwrap_err();
+        let RouteError::TooLong { path, .. } = &err else {
+            panic!("{err}")
+        };
+        assert!(
+            path.starts_with("db.corp <- bastion.corp <- bastion.corp"),
+            "{path}"
+        );
+        assert!(err.to_string().contains("db.corp"), "{err}");
+        let fixed = "Host *.corp !bastion.corp\n  ProxyJump bastion.corp\n";
+        assert_eq!(
+            route(fixed, "db.corp", None).unwrap(),
+            ["jump bastion.corp", "db.corp"]
+        );
+    }
+
+    #[test]
+    fn config_errors_pass_through() {
+        let err = route("Host b\n  Port x\n", "t", Some("b")).unwrap_err();
+        assert!(matches!(err, RouteError::Config(_)), "{err}");
+    }
+}
