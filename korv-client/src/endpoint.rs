@@ -1,0 +1,204 @@
+//! What it takes to reach one SSH server on the route: the settings of the
+//! [`ClientConfig`] and of the SSH configuration, merged with the explicit
+//! ones first.
+//!
+//! The builder's settings describe the connection to the Korv server, and
+//! win over the configuration there. Jump hosts take their settings from
+//! the configuration and their `user@host:port` spec, except four that,
+//! when set on the builder, hold for the whole route: the known_hosts file,
+//! the host key policy, the agent and the passphrase.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{ClientConfig, HostKeyPolicy};
+use crate::error::Error;
+use crate::route::{self, Stop};
+use crate::ssh_config::{Context, Given, HostSettings, JumpHost, StrictHostKeyChecking};
+
+/// Korv's port, when neither the builder nor the configuration names one.
+pub(crate) const KORV_PORT: u16 = 8022;
+/// A jump host's port, when neither its spec nor the configuration names one.
+pub(crate) const SSH_PORT: u16 = 22;
+/// The connect timeout when none is set.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `ServerAliveCountMax`'s default.
+const ALIVE_COUNT_MAX: u32 = 3;
+
+/// One SSH server on the route, resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    /// The name asked for (an alias, or the host itself): what errors name.
+    pub(crate) name: String,
+    /// A jump host, not the Korv server.
+    pub(crate) jump: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) user: String,
+    pub(crate) identities: Vec<PathBuf>,
+    pub(crate) certificates: Vec<PathBuf>,
+    pub(crate) identities_only: bool,
+    pub(crate) passphrase: Option<String>,
+    pub(crate) agent: Option<PathBuf>,
+    /// Checked in order; new keys are recorded in the first.
+    pub(crate) known_hosts: Vec<PathBuf>,
+    /// Checked after `known_hosts`; never written.
+    pub(crate) global_known_hosts: Vec<PathBuf>,
+    pub(crate) policy: HostKeyPolicy,
+    pub(crate) hash_known_hosts: bool,
+    pub(crate) connect_timeout: Duration,
+    /// `ServerAliveInterval` and `ServerAliveCountMax`.
+    pub(crate) keepalive: Option<(Duration, u32)>,
+    /// The settings as resolved, for `-v`.
+    pub(crate) settings: HostSettings,
+}
+
+impl Endpoint {
+    /// `host:port`, as errors show it.
+    pub(crate) fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The route to the Korv server: jump hosts in connection order, the server
+/// last.
+pub(crate) fn route(config: &ClientConfig) -> Result<Vec<Endpoint>, Error> {
+    let context = Context::from_environment();
+    let jumps = match &config.jumps {
+        Some(spec) => Some(JumpHost::parse_list(spec).map_err(Error::Jumps)?),
+        None => None,
+    };
+    let given = Given {
+        user: config.user.as_deref(),
+        port: config.port,
+    };
+    let stops = route::plan(
+        &config.ssh_config,
+        &context,
+        &config.host,
+        &given,
+        KORV_PORT,
+        jumps.as_deref(),
+    )?;
+    Ok(stops
+        .into_iter()
+        .map(|stop| endpoint(config, stop, &context))
+        .collect())
+}
+
+fn endpoint(config: &ClientConfig, stop: Stop, context: &Context) -> Endpoint {
+    let Stop { settings, jump } = stop;
+    let home = &context.home;
+    let name = settings.alias.clone();
+    let host = settings
+        .host_name
+        .as_ref()
+        .map_or_else(|| name.clone(), |s| s.value.clone());
+    let port = settings
+        .port
+        .as_ref()
+        .map_or(if jump { SSH_PORT } else { KORV_PORT }, |s| s.value);
+    let user = settings
+        .user
+        .as_ref()
+        .map_or_else(|| context.local_user.clone(), |s| s.value.clone());
+    // Explicit identity files come first, as `ssh -i` does; the defaults
+    // only when neither names any.
+    let mut identities: Vec<PathBuf> = if jump {
+        Vec::new()
+    } else {
+        config.identities.clone()
+    };
+    for file in &settings.identity_files {
+        if !identities.contains(&file.value) {
+            identities.push(file.value.clone());
+        }
+    }
+    if identities.is_empty() && config.default_identities {
+        identities = ["id_ed25519", "id_ecdsa", "id_rsa"]
+            .iter()
+            .map(|name| home.join(".ssh").join(name))
+            .filter(|path| path.exists())
+            .collect();
+    }
+    let agent = if config.use_agent == Some(false) {
+        None
+    } else if let Some(socket) = &config.agent_socket {
+        Some(socket.clone())
+    } else if let Some(setting) = &settings.identity_agent {
+        setting.value.clone()
+    } else {
+        context.env.get("SSH_AUTH_SOCK").map(PathBuf::from)
+    };
+    let known_hosts = match (&config.known_hosts, &settings.user_known_hosts) {
+        (Some(path), _) => vec![path.clone()],
+        (None, Some(setting)) => setting.value.clone(),
+        (None, None) => vec![home.join(".ssh").join("known_hosts")],
+    };
+    let global_known_hosts = match &settings.global_known_hosts {
+        Some(setting) => setting.value.clone(),
+        None => vec![
+            PathBuf::from("/etc/ssh/ssh_known_hosts"),
+            PathBuf::from("/etc/ssh/ssh_known_hosts2"),
+        ],
+    };
+    let policy = config.policy.unwrap_or(
+        match settings.strict_host_key_checking.as_ref().map(|s| s.value) {
+            // `no` records unknown keys like accept-new; a changed key is
+            // still refused, where ssh would go on with restrictions.
+            Some(StrictHostKeyChecking::AcceptNew | StrictHostKeyChecking::No) => {
+                HostKeyPolicy::AcceptNew
+            }
+            Some(StrictHostKeyChecking::Yes | StrictHostKeyChecking::Ask) | None => {
+                HostKeyPolicy::Strict
+            }
+        },
+    );
+    let connect_timeout = config.connect_timeout.unwrap_or_else(|| {
+        settings
+            .connect_timeout
+            .as_ref()
+            .map(|s| s.value)
+            .filter(|limit| !limit.is_zero())
+            .unwrap_or(CONNECT_TIMEOUT)
+    });
+    let keepalive = settings
+        .server_alive_interval
+        .as_ref()
+        .map(|s| s.value)
+        .filter(|interval| !interval.is_zero())
+        .map(|interval| {
+            let count = settings
+                .server_alive_count_max
+                .as_ref()
+                .map_or(ALIVE_COUNT_MAX, |s| s.value);
+            (interval, count)
+        });
+    Endpoint {
+        name,
+        jump,
+        host,
+        port,
+        user,
+        identities,
+        certificates: settings
+            .certificate_files
+            .iter()
+            .map(|s| s.value.clone())
+            .collect(),
+        identities_only: settings.identities_only.as_ref().is_some_and(|s| s.value),
+        passphrase: config.passphrase.clone(),
+        agent,
+        known_hosts,
+        global_known_hosts,
+        policy,
+        hash_known_hosts: settings.hash_known_hosts.as_ref().is_some_and(|s| s.value),
+        connect_timeout,
+        keepalive,
+        settings,
+    }
+}
