@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use korv_client::{ChannelKind, ClientConfig, Error, HostKeyPolicy, KorvClient, StatusCode};
+use korv_client::{
+    ChannelKind, ClientConfig, Error, HostKeyPolicy, IdentityError, KorvClient, StatusCode,
+};
 use korv_server::{KorvServer, Limits, Request, ShutdownHandle, Verb};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -289,7 +291,9 @@ async fn a_passphrase_protected_key_works_with_its_passphrase() {
         .err()
         .unwrap();
     assert!(
-        matches!(&err, Error::Identity { path, reason } if path.ends_with("locked") && reason.contains("passphrase")),
+        matches!(&err, Error::Identity { path, reason: IdentityError::Encrypted } if path.ends_with("locked"))
+            && std::error::Error::source(&err)
+                .is_some_and(|reason| reason.to_string().contains("passphrase")),
         "{err}"
     );
     let client = KorvClient::connect(only_locked.passphrase("s3cret"))
@@ -333,7 +337,7 @@ async fn an_unauthorized_key_is_refused_naming_the_keys_tried() {
         .identity_file(&stranger);
     let err = KorvClient::connect(config).await.err().unwrap();
     assert!(
-        matches!(err, Error::AuthRefused { ref tried, .. } if tried.contains("stranger")),
+        matches!(err, Error::AuthRefused { ref tried, .. } if tried.iter().any(|key| key.contains("stranger"))),
         "{err}"
     );
 }
