@@ -14,7 +14,9 @@ use std::time::Duration;
 use crate::config::{ClientConfig, HostKeyPolicy};
 use crate::error::Error;
 use crate::route::{self, Stop};
-use crate::ssh_config::{Context, Given, HostSettings, JumpHost, StrictHostKeyChecking};
+use crate::ssh_config::{
+    ConfigError, Context, Given, HostSettings, JumpHost, Origin, StrictHostKeyChecking,
+};
 
 /// Korv's port, when neither the builder nor the configuration names one.
 pub(crate) const KORV_PORT: u16 = 8022;
@@ -69,7 +71,12 @@ impl Endpoint {
 pub(crate) fn route(config: &ClientConfig) -> Result<Vec<Endpoint>, Error> {
     let context = Context::from_environment();
     let jumps = match &config.jumps {
-        Some(spec) => Some(JumpHost::parse_list(spec).map_err(Error::Jumps)?),
+        Some(spec) => Some(JumpHost::parse_list(spec).map_err(|message| {
+            Error::Config(ConfigError {
+                origin: Origin::CommandLine,
+                message,
+            })
+        })?),
         None => None,
     };
     let given = Given {
@@ -83,7 +90,8 @@ pub(crate) fn route(config: &ClientConfig) -> Result<Vec<Endpoint>, Error> {
         &given,
         KORV_PORT,
         jumps.as_deref(),
-    )?;
+    )
+    .map_err(Error::Config)?;
     Ok(stops
         .into_iter()
         .map(|stop| endpoint(config, stop, &context))

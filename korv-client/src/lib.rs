@@ -45,10 +45,9 @@
 pub mod blocking;
 mod client;
 mod config;
+mod endpoint;
 mod error;
 mod mux;
-// Used by the connector once jump hosts are wired in.
-#[allow(dead_code)]
 mod route;
 mod ssh;
 pub mod ssh_config;

@@ -7,29 +7,11 @@
 //! configuration says, through its `ProxyJump` if it has one. The `user@`
 //! and `:port` of a hop win over its configuration, as the command line does.
 
-use crate::ssh_config::{self, ConfigError, Context, Files, Given, HostSettings, JumpHost};
+use crate::ssh_config::{self, ConfigError, Context, Files, Given, HostSettings, JumpHost, Origin};
 
 /// Routes longer than this are refused: a `ProxyJump` that leads back to a
 /// host already on the way would otherwise never end.
 pub(crate) const MAX_HOPS: usize = 16;
-
-/// Why no route could be planned.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum RouteError {
-    /// A configuration file is malformed or unreadable.
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    /// The jump hosts lead in a circle, or too far.
-    #[error(
-        "the route to {target} needs more than {MAX_HOPS} jump hosts (does a ProxyJump lead back to a host already on the way? {path})"
-    )]
-    TooLong {
-        /// The host asked for.
-        target: String,
-        /// The hosts on the way, as far as planned.
-        path: String,
-    },
-}
 
 /// One host on the route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +34,7 @@ pub(crate) fn plan(
     given: &Given<'_>,
     target_port: u16,
     jumps: Option<&[JumpHost]>,
-) -> Result<Vec<Stop>, RouteError> {
+) -> Result<Vec<Stop>, ConfigError> {
     let mut route = Vec::new();
     let mut planner = Planner {
         files,
@@ -60,6 +42,7 @@ pub(crate) fn plan(
         target,
         route: &mut route,
         on_the_way: Vec::new(),
+        why: Origin::CommandLine,
     };
     planner.reach(target, given, target_port, false, jumps)?;
     Ok(route)
@@ -72,6 +55,8 @@ struct Planner<'a> {
     route: &'a mut Vec<Stop>,
     /// The hosts whose routes are being planned, the target first.
     on_the_way: Vec<String>,
+    /// Where the jump host list being followed comes from.
+    why: Origin,
 }
 
 impl Planner<'_> {
@@ -83,7 +68,7 @@ impl Planner<'_> {
         default_port: u16,
         jump: bool,
         jumps: Option<&[JumpHost]>,
-    ) -> Result<(), RouteError> {
+    ) -> Result<(), ConfigError> {
         if self.on_the_way.len() > MAX_HOPS {
             let path = self
                 .on_the_way
@@ -92,23 +77,23 @@ impl Planner<'_> {
                 .chain([host])
                 .collect::<Vec<_>>()
                 .join(" <- ");
-            return Err(RouteError::TooLong {
-                target: self.target.to_owned(),
-                path,
+            return Err(ConfigError {
+                origin: self.why.clone(),
+                message: format!(
+                    "the route to {} needs more than {MAX_HOPS} jump hosts: does a ProxyJump lead back to a host already on the way? {path}",
+                    self.target
+                ),
             });
         }
         let settings = ssh_config::resolve(self.files, host, given, default_port, self.context)?;
         let configured;
-        let jumps = match jumps {
-            Some(jumps) => jumps,
-            None => {
-                configured = settings
-                    .proxy_jump
-                    .as_ref()
-                    .map(|setting| setting.value.clone())
-                    .unwrap_or_default();
-                &configured
+        let (jumps, why) = match (jumps, &settings.proxy_jump) {
+            (Some(jumps), _) => (jumps, Origin::CommandLine),
+            (None, Some(setting)) => {
+                configured = setting.value.clone();
+                (configured.as_slice(), setting.origin.clone())
             }
+            (None, None) => (&[][..], Origin::CommandLine),
         };
         if let Some((last, before)) = jumps.split_last() {
             let before = if before.is_empty() {
@@ -121,7 +106,9 @@ impl Planner<'_> {
                 port: last.port,
             };
             self.on_the_way.push(host.to_owned());
+            let outer = std::mem::replace(&mut self.why, why);
             self.reach(&last.host, &hop, 22, true, before)?;
+            self.why = outer;
             self.on_the_way.pop();
         }
         self.route.push(Stop { settings, jump });
@@ -145,7 +132,7 @@ mod tests {
         }
     }
 
-    fn route(config: &str, target: &str, jumps: Option<&str>) -> Result<Vec<String>, RouteError> {
+    fn route(config: &str, target: &str, jumps: Option<&str>) -> Result<Vec<String>, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config");
         std::fs::write(&path, config).unwrap();
@@ -237,14 +224,15 @@ mod tests {
     fn a_loop_is_refused_with_the_path() {
         let config = "Host *.corp\n  ProxyJump bastion.corp\n";
         let err = route(config, "db.corp", None).unwrap_err();
-        let RouteError::TooLong { path, .. } = &err else {
-            panic!("{err}")
-        };
         assert!(
-            path.starts_with("db.corp <- bastion.corp <- bastion.corp"),
-            "{path}"
+            err.message
+                .contains("? db.corp <- bastion.corp <- bastion.corp"),
+            "{err}"
         );
-        assert!(err.to_string().contains("db.corp"), "{err}");
+        assert!(
+            err.to_string().contains(":2: the route to db.corp"),
+            "{err}"
+        );
         let fixed = "Host *.corp !bastion.corp\n  ProxyJump bastion.corp\n";
         assert_eq!(
             route(fixed, "db.corp", None).unwrap(),
@@ -255,6 +243,6 @@ mod tests {
     #[test]
     fn config_errors_pass_through() {
         let err = route("Host b\n  Port x\n", "t", Some("b")).unwrap_err();
-        assert!(matches!(err, RouteError::Config(_)), "{err}");
+        assert!(err.message.contains("invalid port"), "{err}");
     }
 }

@@ -1,26 +1,38 @@
-//! Connecting: TCP, the SSH handshake with the host key checked against
-//! known_hosts, public-key authentication, and the Korv channel.
+//! Connecting: the route to the server (jump hosts first, each reached
+//! through a `direct-tcpip` channel of the one before), the SSH handshake
+//! with each host key checked against known_hosts, public-key
+//! authentication, and the Korv channel.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use russh::client::{self, AuthResult, Handle};
 use russh::keys::known_hosts::{known_host_keys_path, learn_known_hosts_path};
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::keys::{Certificate, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::{ChannelKind, ClientConfig, HostKeyPolicy};
+use crate::endpoint::{self, Endpoint};
 use crate::error::{Error, IdentityError};
 
-/// Keeps the SSH connection open.
+/// Keeps the SSH connections open: the server's, and those of the jump
+/// hosts its stream runs through (they close after it: fields drop in
+/// order).
 pub(crate) struct Session {
     _handle: Handle<HostCheck>,
+    _hops: Vec<Handle<HostCheck>>,
 }
 
 pub(crate) struct HostCheck {
     host: String,
     port: u16,
-    known_hosts: std::path::PathBuf,
+    /// The user files, where new keys are recorded in the first.
+    known_hosts: Vec<PathBuf>,
+    /// The system files, only read.
+    global_known_hosts: Vec<PathBuf>,
     policy: HostKeyPolicy,
+    hash: bool,
     verdict: Arc<Mutex<Option<Error>>>,
 }
 
@@ -33,58 +45,113 @@ fn display_host(host: &str, port: u16) -> String {
 }
 
 impl HostCheck {
+    fn new(endpoint: &Endpoint, verdict: &Arc<Mutex<Option<Error>>>) -> HostCheck {
+        HostCheck {
+            host: endpoint.host.clone(),
+            port: endpoint.port,
+            known_hosts: endpoint.known_hosts.clone(),
+            global_known_hosts: endpoint.global_known_hosts.clone(),
+            policy: endpoint.policy,
+            hash: endpoint.hash_known_hosts,
+            verdict: Arc::clone(verdict),
+        }
+    }
+
     fn check(&self, key: &PublicKey) -> Result<(), Error> {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         let shown = display_host(&self.host, self.port);
-        let file = self.known_hosts.display().to_string();
         if self.policy == HostKeyPolicy::InsecureAcceptAny {
             return Ok(());
         }
-        let recorded = known_host_keys_path(&self.host, self.port, &self.known_hosts)
-            .map_err(|err| self.known_hosts_error("read known_hosts", err))?;
-        if recorded.iter().any(|(_, k)| k.key_data() == key.key_data()) {
-            return Ok(());
+        let mut changed = None;
+        for file in self.known_hosts.iter().chain(&self.global_known_hosts) {
+            let recorded = known_host_keys_path(&self.host, self.port, file)
+                .map_err(|err| known_hosts_error(file, "read known_hosts", err))?;
+            if recorded.iter().any(|(_, k)| k.key_data() == key.key_data()) {
+                return Ok(());
+            }
+            if changed.is_none()
+                && let Some((line, old)) = recorded
+                    .iter()
+                    .find(|(_, k)| k.algorithm() == key.algorithm())
+            {
+                // russh's line count skips comment lines: find the real line.
+                let line = real_line(file, old).unwrap_or(*line);
+                changed = Some((file, line));
+            }
         }
-        if let Some((line, old)) = recorded
-            .iter()
-            .find(|(_, k)| k.algorithm() == key.algorithm())
-        {
-            // russh's line count skips comment lines: find the real line.
-            let line = real_line(&self.known_hosts, old).unwrap_or(*line);
+        if let Some((file, line)) = changed {
             return Err(Error::HostKeyChanged {
                 host: shown,
                 offered: fingerprint,
-                known_hosts: file,
+                known_hosts: file.display().to_string(),
                 line,
             });
         }
-        match self.policy {
-            HostKeyPolicy::AcceptNew => {
-                learn_known_hosts_path(&self.host, self.port, key, &self.known_hosts)
-                    .map_err(|err| self.known_hosts_error("add the host key to", err))?;
-                tracing::info!(host = %shown, %fingerprint, known_hosts = %file, "new host key trusted and recorded");
+        let first = self.known_hosts.first();
+        match (self.policy, first) {
+            (HostKeyPolicy::AcceptNew, Some(file)) => {
+                self.learn(key, file)
+                    .map_err(|err| known_hosts_error(file, "add the host key to", err))?;
+                tracing::info!(host = %shown, %fingerprint, known_hosts = %file.display(), "new host key trusted and recorded");
+                Ok(())
+            }
+            (HostKeyPolicy::AcceptNew, None) => {
+                tracing::warn!(host = %shown, %fingerprint, "new host key trusted; no known_hosts file to record it in");
                 Ok(())
             }
             _ => Err(Error::HostKeyUnknown {
                 host: shown,
                 fingerprint,
-                known_hosts: file,
+                known_hosts: first.map_or_else(|| "none".to_owned(), |f| f.display().to_string()),
             }),
         }
     }
 
-    /// A failure reading or writing known_hosts. russh reports I/O and key
-    /// lines that do not parse alike; the latter become `InvalidData`.
-    fn known_hosts_error(&self, doing: &'static str, err: russh::keys::Error) -> Error {
-        let source = match err {
-            russh::keys::Error::IO(io) => io,
-            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
-        };
-        Error::KnownHosts {
-            path: self.known_hosts.clone(),
-            doing,
-            source,
+    /// Appends `key` to `file`, under a hashed name with `HashKnownHosts`.
+    fn learn(&self, key: &PublicKey, file: &Path) -> Result<(), russh::keys::Error> {
+        match self
+            .hash
+            .then(|| hashed_name(&display_host(&self.host, self.port)))
+            .flatten()
+        {
+            // Port 22 makes russh write the name as given.
+            Some(hashed) => learn_known_hosts_path(&hashed, 22, key, file),
+            None => learn_known_hosts_path(&self.host, self.port, key, file),
         }
+    }
+}
+
+/// OpenSSH's hashed known_hosts name, `|1|salt|HMAC-SHA1(salt, name)` in
+/// base64; `None` when no random salt can be had.
+fn hashed_name(name: &str) -> Option<String> {
+    use hmac::{Hmac, KeyInit, Mac};
+    use std::io::Read;
+    let mut salt = [0u8; 20];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut salt))
+        .ok()?;
+    let mac = Hmac::<sha1::Sha1>::new_from_slice(&salt).ok()?;
+    let hash = mac.chain_update(name).finalize().into_bytes();
+    let base64 = data_encoding::BASE64;
+    Some(format!(
+        "|1|{}|{}",
+        base64.encode(&salt),
+        base64.encode(&hash)
+    ))
+}
+
+/// A failure reading or writing known_hosts. russh reports I/O and key
+/// lines that do not parse alike; the latter become `InvalidData`.
+fn known_hosts_error(path: &Path, doing: &'static str, err: russh::keys::Error) -> Error {
+    let source = match err {
+        russh::keys::Error::IO(io) => io,
+        other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+    };
+    Error::KnownHosts {
+        path: path.to_owned(),
+        doing,
+        source,
     }
 }
 
@@ -127,65 +194,70 @@ impl client::Handler for HostCheck {
     }
 }
 
-/// Connects and opens the Korv channel, as a byte stream.
+/// The route to `config`'s server, resolved through its SSH configuration.
+pub(crate) fn route(config: &ClientConfig) -> Result<Vec<Endpoint>, Error> {
+    endpoint::route(config)
+}
+
+/// Connects through the route's jump hosts to the server and opens the Korv
+/// channel, as a byte stream.
 pub(crate) async fn connect(
     config: &ClientConfig,
 ) -> Result<(Session, russh::ChannelStream<client::Msg>), Error> {
-    tokio::time::timeout(config.connect_timeout, connect_inner(config))
-        .await
-        .map_err(|_| Error::ConnectTimeout {
-            addr: format!("{}:{}", config.host, config.port),
-            limit: config.connect_timeout,
-        })?
-}
-
-async fn connect_inner(
-    config: &ClientConfig,
-) -> Result<(Session, russh::ChannelStream<client::Msg>), Error> {
-    let addr = format!("{}:{}", config.host, config.port);
-    let socket = TcpStream::connect((config.host.as_str(), config.port))
-        .await
-        .map_err(|source| Error::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
-    let _ = socket.set_nodelay(true);
-    let verdict = Arc::new(Mutex::new(None));
-    let check = HostCheck {
-        host: config.host.clone(),
-        port: config.port,
-        known_hosts: config.known_hosts_path(),
-        policy: config.policy,
-        verdict: Arc::clone(&verdict),
-    };
-    let russh_config = Arc::new(client::Config {
-        nodelay: true,
-        window_size: 8 * 1024 * 1024,
-        // The largest russh accepts: fewer packets per large body.
-        maximum_packet_size: 65535,
-        preferred: russh::Preferred {
-            cipher: cipher_preference().into(),
-            ..russh::Preferred::default()
-        },
-        ..client::Config::default()
-    });
-    let mut handle = match client::connect_stream(russh_config, socket, check).await {
-        Ok(handle) => handle,
-        Err(err) => {
-            if let Some(refusal) = verdict.lock().ok().and_then(|mut v| v.take()) {
-                return Err(refusal);
+    let route = route(config)?;
+    let mut hops: Vec<Handle<HostCheck>> = Vec::new();
+    let mut previous: Option<&Endpoint> = None;
+    for endpoint in &route {
+        let handle = match (hops.last(), previous) {
+            (Some(through), Some(jump)) => {
+                within(endpoint, async {
+                    let channel = through
+                        .channel_open_direct_tcpip(
+                            endpoint.host.as_str(),
+                            u32::from(endpoint.port),
+                            "127.0.0.1",
+                            0,
+                        )
+                        .await
+                        .map_err(|source| Error::JumpHost {
+                            host: jump.name.clone(),
+                            source: Box::new(Error::Forward {
+                                to: format!("{} ({})", endpoint.name, endpoint.addr()),
+                                source: Box::new(source),
+                            }),
+                        })?;
+                    session(channel.into_stream(), endpoint).await
+                })
+                .await
             }
-            return Err(Error::Ssh {
-                addr,
-                doing: "handshake",
-                source: Box::new(err),
-            });
+            _ => {
+                within(endpoint, async {
+                    let socket = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+                        .await
+                        .map_err(|source| Error::Connect {
+                            addr: endpoint.addr(),
+                            source,
+                        })?;
+                    let _ = socket.set_nodelay(true);
+                    session(socket, endpoint).await
+                })
+                .await
+            }
+        };
+        let handle = handle.map_err(|err| name_hop(endpoint, err))?;
+        if endpoint.jump {
+            tracing::debug!(hop = %endpoint.name, addr = %endpoint.addr(), "jump host connected");
         }
+        hops.push(handle);
+        previous = Some(endpoint);
+    }
+    let (handle, target) = match (hops.pop(), route.last()) {
+        (Some(handle), Some(target)) => (handle, target),
+        _ => unreachable!("a route ends with the server"),
     };
-    authenticate(&mut handle, config, &addr).await?;
     let channel = match config.channel {
         ChannelKind::DirectTcpip => handle
-            .channel_open_direct_tcpip("localhost", u32::from(config.port), "127.0.0.1", 0)
+            .channel_open_direct_tcpip("localhost", u32::from(target.port), "127.0.0.1", 0)
             .await
             .map_err(refused("direct-tcpip channel"))?,
         ChannelKind::Subsystem => {
@@ -200,7 +272,77 @@ async fn connect_inner(
             channel
         }
     };
-    Ok((Session { _handle: handle }, channel.into_stream()))
+    Ok((
+        Session {
+            _handle: handle,
+            _hops: hops,
+        },
+        channel.into_stream(),
+    ))
+}
+
+/// Runs `step` within `endpoint`'s connect timeout.
+async fn within<T>(
+    endpoint: &Endpoint,
+    step: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(endpoint.connect_timeout, step)
+        .await
+        .map_err(|_| Error::ConnectTimeout {
+            addr: endpoint.addr(),
+            limit: endpoint.connect_timeout,
+        })?
+}
+
+/// A jump host's own failures name it; a failure already naming a hop (the
+/// one before refusing to forward) stays as it is.
+fn name_hop(endpoint: &Endpoint, err: Error) -> Error {
+    if !endpoint.jump || matches!(err, Error::JumpHost { .. }) {
+        return err;
+    }
+    Error::JumpHost {
+        host: endpoint.name.clone(),
+        source: Box::new(err),
+    }
+}
+
+/// The SSH handshake and authentication with `endpoint` over `stream`.
+async fn session<S>(stream: S, endpoint: &Endpoint) -> Result<Handle<HostCheck>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let verdict = Arc::new(Mutex::new(None));
+    let check = HostCheck::new(endpoint, &verdict);
+    let russh_config = Arc::new(client::Config {
+        nodelay: true,
+        window_size: 8 * 1024 * 1024,
+        // The largest russh accepts: fewer packets per large body.
+        maximum_packet_size: 65535,
+        preferred: russh::Preferred {
+            cipher: cipher_preference().into(),
+            ..russh::Preferred::default()
+        },
+        keepalive_interval: endpoint.keepalive.map(|(interval, _)| interval),
+        keepalive_max: endpoint
+            .keepalive
+            .map_or(3, |(_, count)| usize::try_from(count).unwrap_or(usize::MAX)),
+        ..client::Config::default()
+    });
+    let mut handle = match client::connect_stream(russh_config, stream, check).await {
+        Ok(handle) => handle,
+        Err(err) => {
+            if let Some(refusal) = verdict.lock().ok().and_then(|mut v| v.take()) {
+                return Err(refusal);
+            }
+            return Err(Error::Ssh {
+                addr: endpoint.addr(),
+                doing: "handshake",
+                source: Box::new(err),
+            });
+        }
+    };
+    authenticate(&mut handle, endpoint).await?;
+    Ok(handle)
 }
 
 /// The error for a refused `channel`.
@@ -211,50 +353,78 @@ fn refused(channel: &'static str) -> impl FnOnce(russh::Error) -> Error {
     }
 }
 
-async fn authenticate(
-    handle: &mut Handle<HostCheck>,
-    config: &ClientConfig,
-    addr: &str,
-) -> Result<(), Error> {
+async fn authenticate(handle: &mut Handle<HostCheck>, endpoint: &Endpoint) -> Result<(), Error> {
+    let addr = endpoint.addr();
+    let ssh_error = |source| Error::Ssh {
+        addr: addr.clone(),
+        doing: "authentication",
+        source: Box::new(source),
+    };
     let mut tried = Vec::new();
     let mut problems = Vec::new();
-    for path in config.identity_paths() {
-        let key = match russh::keys::load_secret_key(&path, config.passphrase.as_deref()) {
-            Ok(key) => key,
+    // With IdentitiesOnly, the agent may sign only for these keys.
+    let mut listed: Vec<PublicKey> = Vec::new();
+    let certificates: Vec<(PathBuf, Certificate)> = endpoint
+        .certificates
+        .iter()
+        .filter_map(|path| match Certificate::read_file(path) {
+            Ok(cert) => Some((path.clone(), cert)),
+            Err(err) => {
+                tracing::debug!(certificate = %path.display(), %err, "certificate skipped");
+                None
+            }
+        })
+        .collect();
+    for path in &endpoint.identities {
+        if let Ok(public) = russh::keys::load_public_key(public_path(path)) {
+            listed.push(public);
+        }
+        let key = match russh::keys::load_secret_key(path, endpoint.passphrase.as_deref()) {
+            Ok(key) => Arc::new(key),
             Err(err) => {
                 let reason = match err {
                     russh::keys::Error::KeyIsEncrypted => IdentityError::Encrypted,
                     other => IdentityError::Load(other),
                 };
-                problems.push(Error::Identity { path, reason });
+                problems.push(Error::Identity {
+                    path: path.clone(),
+                    reason,
+                });
                 continue;
             }
         };
+        listed.push(key.public_key().clone());
+        let fingerprint = key.public_key().fingerprint(HashAlg::Sha256);
+        for (cert_path, cert) in &certificates {
+            if cert.public_key() != key.public_key().key_data() {
+                continue;
+            }
+            tried.push(format!("{} ({fingerprint})", cert_path.display()));
+            let result = handle
+                .authenticate_openssh_cert(&endpoint.user, Arc::clone(&key), cert.clone())
+                .await
+                .map_err(ssh_error)?;
+            if matches!(result, AuthResult::Success) {
+                tracing::debug!(addr = %addr, certificate = %cert_path.display(), "authenticated");
+                return Ok(());
+            }
+        }
         let hash = rsa_hash(handle, key.public_key()).await;
-        tried.push(format!(
-            "{} ({})",
-            path.display(),
-            key.public_key().fingerprint(HashAlg::Sha256)
-        ));
+        tried.push(format!("{} ({fingerprint})", path.display()));
         let result = handle
-            .authenticate_publickey(
-                &config.user,
-                PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-            )
+            .authenticate_publickey(&endpoint.user, PrivateKeyWithHashAlg::new(key, hash))
             .await
-            .map_err(|source| Error::Ssh {
-                addr: addr.to_owned(),
-                doing: "authentication",
-                source: Box::new(source),
-            })?;
+            .map_err(ssh_error)?;
         if matches!(result, AuthResult::Success) {
+            tracing::debug!(addr = %addr, identity = %path.display(), "authenticated");
             return Ok(());
         }
     }
-    if let Some(socket) = config.agent_path()
-        && try_agent(handle, config, &socket, &mut tried).await
-    {
-        return Ok(());
+    if let Some(socket) = &endpoint.agent {
+        let only = endpoint.identities_only.then_some(listed.as_slice());
+        if try_agent(handle, endpoint, socket, only, &mut tried).await {
+            return Ok(());
+        }
     }
     if tried.is_empty()
         && let Some(problem) = problems.into_iter().next()
@@ -262,18 +432,26 @@ async fn authenticate(
         return Err(problem);
     }
     Err(Error::AuthRefused {
-        user: config.user.clone(),
+        user: endpoint.user.clone(),
         tried,
     })
 }
 
-/// Tries every key of the ssh-agent at `socket`, recording each in `tried`;
-/// true when one is accepted. An agent that cannot be reached is skipped, as
-/// OpenSSH does.
+/// `key.pub` beside the private key `key`.
+fn public_path(private: &Path) -> PathBuf {
+    let mut name = private.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+/// Tries the keys of the ssh-agent at `socket` (with `only`, just those),
+/// recording each in `tried`; true when one is accepted. An agent that cannot
+/// be reached is skipped, as OpenSSH does.
 async fn try_agent(
     handle: &mut Handle<HostCheck>,
-    config: &ClientConfig,
-    socket: &std::path::Path,
+    endpoint: &Endpoint,
+    socket: &Path,
+    only: Option<&[PublicKey]>,
     tried: &mut Vec<String>,
 ) -> bool {
     let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_uds(socket).await else {
@@ -283,12 +461,21 @@ async fn try_agent(
     let identities = agent.request_identities().await.unwrap_or_default();
     for identity in identities {
         let key = identity.public_key().into_owned();
+        if let Some(only) = only
+            && !only
+                .iter()
+                .any(|listed| listed.key_data() == key.key_data())
+        {
+            continue;
+        }
         let hash = rsa_hash(handle, &key).await;
-        tried.push(format!("agent key {}", key.fingerprint(HashAlg::Sha256)));
+        let fingerprint = key.fingerprint(HashAlg::Sha256);
+        tried.push(format!("agent key {fingerprint}"));
         if let Ok(AuthResult::Success) = handle
-            .authenticate_publickey_with(&config.user, key, hash, &mut agent)
+            .authenticate_publickey_with(&endpoint.user, key, hash, &mut agent)
             .await
         {
+            tracing::debug!(addr = %endpoint.addr(), %fingerprint, socket = %socket.display(), "authenticated by the agent");
             return true;
         }
     }

@@ -159,7 +159,11 @@ async fn an_alias_with_host_name_port_user_and_identity_file() {
     assert_eq!(body, json!({"user": "alice"}));
     // Without the file, `korv` is no host name at all.
     let err = world
-        .whoami(ClientConfig::new("korv").ssh_config("none").connect_timeout(Duration::from_secs(5)))
+        .whoami(
+            ClientConfig::new("korv")
+                .ssh_config("none")
+                .connect_timeout(Duration::from_secs(5)),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -275,7 +279,11 @@ async fn one_and_two_jump_hosts_from_proxy_jump() {
     // `jump("none")` turns the configured ProxyJump off: korv-server is
     // still reachable directly.
     let body = world
-        .whoami(ClientConfig::new("via-two").ssh_config(&config).jump("none"))
+        .whoami(
+            ClientConfig::new("via-two")
+                .ssh_config(&config)
+                .jump("none"),
+        )
         .await
         .unwrap();
     assert_eq!(body, json!({"user": "alice"}));
@@ -297,7 +305,10 @@ async fn an_unknown_bastion_key_is_refused_naming_the_bastion() {
     let Error::HostKeyUnknown { host, .. } = cause else {
         panic!("{err:#}")
     };
-    assert_eq!(host, &format!("[127.0.0.1]:{}", world.bastions[1].sshd.port()));
+    assert_eq!(
+        host,
+        &format!("[127.0.0.1]:{}", world.bastions[1].sshd.port())
+    );
     assert!(err.to_string().contains("b2"), "{err}");
 }
 
@@ -316,7 +327,9 @@ async fn a_bastion_that_refuses_forwarding() {
     assert_eq!(hop, "b1");
     assert!(matches!(cause, Error::Forward { .. }), "{err:#}");
     assert!(
-        cause.to_string().contains(&format!("127.0.0.1:{}", world.korv_port)),
+        cause
+            .to_string()
+            .contains(&format!("127.0.0.1:{}", world.korv_port)),
         "{err:#}"
     );
 }
@@ -338,15 +351,25 @@ async fn a_dead_second_hop_fails_within_its_own_timeout() {
     let config = world.config(&dead, "");
     let started = Instant::now();
     let err = world
-        .whoami(ClientConfig::new("korv").ssh_config(&config).jump("b1,dead"))
+        .whoami(
+            ClientConfig::new("korv")
+                .ssh_config(&config)
+                .jump("b1,dead"),
+        )
         .await
         .unwrap_err();
     let elapsed = started.elapsed();
     let (hop, cause) = hop_of(&err);
     assert_eq!(hop, "dead");
-    assert!(matches!(cause, Error::ConnectTimeout { limit, .. } if *limit == DEAD_HOP_TIMEOUT), "{err:#}");
+    assert!(
+        matches!(cause, Error::ConnectTimeout { limit, .. } if *limit == DEAD_HOP_TIMEOUT),
+        "{err:#}"
+    );
     assert!(elapsed >= DEAD_HOP_TIMEOUT, "{elapsed:?}");
-    assert!(elapsed < DEAD_HOP_TIMEOUT + Duration::from_secs(15), "{elapsed:?}");
+    assert!(
+        elapsed < DEAD_HOP_TIMEOUT + Duration::from_secs(15),
+        "{elapsed:?}"
+    );
 }
 
 /// `ssh-agent` in the foreground on a socket of its own, holding `key`.
@@ -403,14 +426,20 @@ async fn the_agent_named_by_identity_agent_authenticates() {
     assert_eq!(body, json!({"user": "alice"}));
     // The same without the agent fails: the key was nowhere else.
     let none = world.config(
-        &format!("Host korv b1\n  IdentityFile {}\n", world.path("absent").display()),
+        &format!(
+            "Host korv b1\n  IdentityFile {}\n",
+            world.path("absent").display()
+        ),
         "",
     );
     let err = world
         .whoami(ClientConfig::new("korv").ssh_config(&none))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::AuthRefused { .. } | Error::Identity { .. }), "{err:#}");
+    assert!(
+        matches!(err, Error::AuthRefused { .. } | Error::Identity { .. }),
+        "{err:#}"
+    );
 }
 
 #[test]
