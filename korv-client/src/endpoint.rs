@@ -66,6 +66,68 @@ impl Endpoint {
     }
 }
 
+/// One SSH server on the way to the Korv server, as the settings and the SSH
+/// configuration resolve it: what `korv -v` shows.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ResolvedHost {
+    /// The name asked for (an alias, or the host itself).
+    pub name: String,
+    /// Whether it is a jump host (else the Korv server).
+    pub jump: bool,
+    /// `host:port` connected to.
+    pub address: String,
+    /// The SSH user.
+    pub user: String,
+    /// The identity files offered, in order.
+    pub identities: Vec<PathBuf>,
+    /// The certificate files offered with their keys.
+    pub certificates: Vec<PathBuf>,
+    /// The ssh-agent socket, if one is used.
+    pub agent: Option<PathBuf>,
+    /// The known_hosts files read (new keys go to the first).
+    pub known_hosts: Vec<PathBuf>,
+    /// The host key policy.
+    pub policy: HostKeyPolicy,
+    /// The connect timeout.
+    pub connect_timeout: Duration,
+    /// Each setting taken from a configuration file, as `file:line: Keyword value`.
+    pub config_lines: Vec<String>,
+}
+
+impl ClientConfig {
+    /// The SSH servers the connection will go through, jump hosts first and
+    /// the Korv server last, with the settings each gets (the configuration
+    /// files are read now; [`KorvClient::connect`](crate::KorvClient::connect)
+    /// reads them again).
+    ///
+    /// # Errors
+    /// [`Error::Config`]: a malformed or unreadable SSH configuration or jump
+    /// host list.
+    pub fn resolve_route(&self) -> Result<Vec<ResolvedHost>, Error> {
+        Ok(route(self)?
+            .into_iter()
+            .map(|endpoint| ResolvedHost {
+                address: endpoint.addr(),
+                name: endpoint.name,
+                jump: endpoint.jump,
+                user: endpoint.user,
+                identities: endpoint.identities,
+                certificates: endpoint.certificates,
+                agent: endpoint.agent,
+                known_hosts: endpoint
+                    .known_hosts
+                    .into_iter()
+                    .chain(endpoint.global_known_hosts)
+                    .collect(),
+                policy: endpoint.policy,
+                connect_timeout: endpoint.connect_timeout,
+                config_lines: endpoint.settings.describe(),
+            })
+            .collect())
+    }
+}
+
 /// The route to the Korv server: jump hosts in connection order, the server
 /// last.
 pub(crate) fn route(config: &ClientConfig) -> Result<Vec<Endpoint>, Error> {
