@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use korv_server::BoundServer;
+use korv_server::routing::{any, get};
 use korv_server::{Error, KorvServer, Request, StatusCode, Verb};
 use serde_json::{Value, json};
 
@@ -124,45 +124,22 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         bound.local_addr(),
         data.display()
     );
-    run_until_signal(bound).await?;
+    bound.run_until(korv_server::shutdown_signal()).await?;
     eprintln!("korv: stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `bound` until Ctrl-C or SIGTERM asks it to shut down.
-async fn run_until_signal(bound: BoundServer<Store>) -> anyhow::Result<()> {
-    let handle = bound.shutdown_handle();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        handle.shutdown();
-    });
-    let term_handle = bound.shutdown_handle();
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            term.recv().await;
-            term_handle.shutdown();
-        }
-    });
-    bound.run().await?;
-    Ok(())
-}
-
 /// The server with every route of `korv serve`.
 pub(crate) fn app(store: Store) -> KorvServer<Store> {
-    let mut server = KorvServer::with_state(store);
-    for verb in Verb::ALL {
-        server.add_callback(verb, "/echo", echo);
-    }
-    server
-        .route(Verb::Get, "/hello", |_r: Request| async {
-            (200, json!({"msg": "Hello World!"}))
-        })
-        .route(Verb::Get, "/delay/{ms}", delay)
-        .route(Verb::Get, "/boom", boom)
-        .route(Verb::Get, "/whoami", whoami)
+    KorvServer::with_state(store)
+        .route("/echo", any(echo))
+        .route(
+            "/hello",
+            get(|_r: Request| async { (200, json!({"msg": "Hello World!"})) }),
+        )
+        .route("/delay/{ms}", get(delay))
+        .route("/boom", get(boom))
+        .route("/whoami", get(whoami))
         .fallback(document)
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use korv_client::{
     ChannelKind, ClientConfig, Error, HostKeyPolicy, IdentityError, KorvClient, StatusCode,
 };
+use korv_server::routing::{any, get};
 use korv_server::{KorvServer, Limits, Request, ShutdownHandle, Verb};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -36,19 +37,21 @@ fn app(limits: Limits) -> KorvServer {
     let echo = |r: Request| async move {
         json!({"verb": r.verb().as_str(), "resource": r.resource(), "body": r.body_value(), "n": r.header("n")})
     };
-    let mut server = KorvServer::new().limits(limits);
-    for verb in Verb::ALL {
-        server.add_callback(verb, "/echo", echo);
-    }
-    server
-        .route(Verb::Get, "/sleep/{ms}", |r: Request| async move {
-            let ms: u64 = r.param("ms").unwrap().parse().unwrap();
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            json!({"slept": ms})
-        })
-        .route(Verb::Get, "/n/{n}", |r: Request| async move {
-            json!({"n": r.param("n")})
-        })
+    KorvServer::new()
+        .limits(limits)
+        .route("/echo", any(echo))
+        .route(
+            "/sleep/{ms}",
+            get(|r: Request| async move {
+                let ms: u64 = r.param("ms").unwrap().parse().unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                json!({"slept": ms})
+            }),
+        )
+        .route(
+            "/n/{n}",
+            get(|r: Request| async move { json!({"n": r.param("n")}) }),
+        )
 }
 
 struct Fixture {

@@ -1,36 +1,38 @@
-//! The SSH layer on russh: host keys, public-key authentication against
-//! authorized_keys, the two Korv channel kinds, connection limits, shutdown.
+//! One SSH connection, as russh's server [`Handler`](russh::server::Handler):
+//! public-key authentication against authorized_keys, the two channel kinds
+//! that carry Korv streams (`direct-tcpip`, and session channels asking for
+//! the `korv` subsystem), and a refusal for everything else.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use russh::keys::{Algorithm, HashAlg, PrivateKey};
+use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
 use russh::server::{
     Auth, ChannelOpenHandle, Config, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::ServerError;
 use crate::authorized::{AuthorizedKeys, Refusal};
-use crate::handler::ClientInfo;
-use crate::server::Shared;
+use crate::config::Limits;
+use crate::request::ClientInfo;
+use crate::state::Shared;
+use crate::stream::run_stream;
 
 /// The subsystem name of Korv protocol version 1.
-pub(crate) const SUBSYSTEM: &str = "korv";
+const SUBSYSTEM: &str = "korv";
 
 /// Smallest RSA key accepted from clients, in bits.
 const MIN_RSA_BITS: usize = 2048;
 
 /// Builds russh's configuration from our limits and host keys.
-pub(crate) fn russh_config<S>(shared: &Shared<S>, keys: Vec<PrivateKey>) -> Config {
-    let limits = &shared.limits;
+pub(crate) fn russh_config(limits: &Limits, keys: Vec<PrivateKey>) -> Config {
     let mut preferred = russh::Preferred::default();
     // Never SHA-1 `ssh-rsa` signatures.
     preferred.key = preferred
@@ -42,9 +44,9 @@ pub(crate) fn russh_config<S>(shared: &Shared<S>, keys: Vec<PrivateKey>) -> Conf
         .into();
     Config {
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
-        auth_rejection_time: std::time::Duration::from_millis(250),
+        auth_rejection_time: Duration::from_millis(250),
         // OpenSSH probes with `none` first: answer it at once.
-        auth_rejection_time_initial: Some(std::time::Duration::ZERO),
+        auth_rejection_time_initial: Some(Duration::ZERO),
         keys,
         max_auth_attempts: limits.max_auth_attempts,
         inactivity_timeout: limits.idle_timeout,
@@ -64,169 +66,70 @@ pub(crate) fn russh_config<S>(shared: &Shared<S>, keys: Vec<PrivateKey>) -> Conf
     }
 }
 
-/// Accepts connections until `shared.shutdown` fires, then drains.
-pub(crate) async fn accept_loop<S: Clone + Send + Sync + 'static>(
-    shared: Arc<Shared<S>>,
-    listener: TcpListener,
-    config: Arc<Config>,
-    authorized: Arc<AuthorizedKeys>,
-) -> Result<(), ServerError> {
-    let connections = Arc::new(Semaphore::new(shared.limits.max_connections));
-    let unauthenticated = Arc::new(Semaphore::new(shared.limits.max_unauthenticated));
-    let tracker = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            () = shared.shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (socket, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(err) => {
-                warn!(%err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(connection_permit) = Arc::clone(&connections).try_acquire_owned() else {
-            warn!(%peer, "connection limit reached: closing");
-            continue;
-        };
-        let Ok(unauth_permit) = Arc::clone(&unauthenticated).try_acquire_owned() else {
-            warn!(%peer, "too many unauthenticated connections: closing");
-            continue;
-        };
-        let connection = Connection {
-            shared: Arc::clone(&shared),
-            authorized: Arc::clone(&authorized),
-            peer,
-            client: None,
-            streams: Arc::new(AtomicUsize::new(0)),
-            running: Arc::new(AtomicUsize::new(0)),
-            pending: HashMap::new(),
-            unauth_permit: Some(unauth_permit),
-            authenticated: Arc::new(AtomicBool::new(false)),
-            tracker: tracker.clone(),
-            gone: CancellationToken::new(),
-        };
-        tracker.spawn(serve_connection(
-            Arc::clone(&config),
-            socket,
-            connection,
-            connection_permit,
-        ));
-    }
-    drop(listener);
-    tracker.close();
-    // Streams drain within the grace period; allow a little more for the
-    // last answers to be written and channels closed.
-    let deadline = shared.limits.shutdown_grace + std::time::Duration::from_secs(2);
-    if tokio::time::timeout(deadline, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("connections still open after the grace period: dropping them");
-    }
-    Ok(())
-}
-
-async fn serve_connection<S: Clone + Send + Sync + 'static>(
-    config: Arc<Config>,
-    socket: TcpStream,
-    connection: Connection<S>,
-    _permit: OwnedSemaphorePermit,
-) {
-    let peer = connection.peer;
-    let authenticated = Arc::clone(&connection.authenticated);
-    let shutdown = connection.shared.shutdown.clone();
-    let auth_timeout = connection.shared.limits.auth_timeout;
-    let running = Arc::clone(&connection.running);
-    // However this function ends, the connection is gone: its streams stop
-    // and their handlers are cancelled, as no answer can reach the client.
-    let _streams_end = connection.gone.clone().drop_guard();
-    let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
-    let _ = socket.set_nodelay(true);
-    // One deadline from accept to authentication, covering the SSH version
-    // exchange too: a client that sends nothing is closed when it passes.
-    let auth_deadline = tokio::time::sleep(auth_timeout);
-    tokio::pin!(auth_deadline);
-    let started = tokio::select! {
-        started = russh::server::run_stream(config, socket, connection) => started,
-        () = &mut auth_deadline => {
-            info!(%peer, "no SSH handshake before the authentication deadline: closing");
-            return;
-        }
-    };
-    let session = match started {
-        Ok(session) => session,
-        Err(err) => {
-            debug!(%peer, %err, "SSH handshake failed");
-            return;
-        }
-    };
-    let handle = session.handle();
-    tokio::pin!(session);
-    let mut draining = false;
-    let mut deadline_passed = false;
-    loop {
-        tokio::select! {
-            result = &mut session => {
-                if let Err(err) = result {
-                    debug!(%peer, %err, "connection ended with an error");
-                }
-                break;
-            }
-            // `select!` checks a branch's condition only when it is entered,
-            // so the flag is read again when the deadline fires: a connection
-            // that authenticated meanwhile is kept.
-            () = &mut auth_deadline, if !deadline_passed => {
-                deadline_passed = true;
-                if !authenticated.load(Ordering::Acquire) {
-                    info!(%peer, "authentication deadline passed: closing");
-                    disconnect(&handle, "authentication timed out").await;
-                    break;
-                }
-            }
-            () = shutdown.cancelled(), if !draining => draining = true,
-            _ = poll.tick(), if draining => {
-                // Streams drain by themselves; close the connection once they
-                // have. Session channels still waiting for their subsystem
-                // request hold nothing to drain.
-                if running.load(Ordering::Acquire) == 0 {
-                    disconnect(&handle, "server shutting down").await;
-                    break;
-                }
-            }
-        }
-    }
-}
-
-async fn disconnect(handle: &Handle, why: &str) {
-    let _ = handle
-        .disconnect(russh::Disconnect::ByApplication, why.into(), "en".into())
-        .await;
+/// What the listener watches of a connection while russh drives it.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionStatus {
+    /// Set once a key is accepted.
+    pub(crate) authenticated: Arc<AtomicBool>,
+    /// Streams running (spawned and not yet ended).
+    pub(crate) running: Arc<AtomicUsize>,
+    /// Cancelled when the connection has ended: its streams stop.
+    pub(crate) gone: CancellationToken,
 }
 
 /// One SSH connection's state.
-struct Connection<S> {
+pub(crate) struct Connection<S> {
     shared: Arc<Shared<S>>,
     authorized: Arc<AuthorizedKeys>,
     peer: SocketAddr,
     client: Option<Arc<ClientInfo>>,
     /// Channels admitted: running streams plus pending session channels.
     streams: Arc<AtomicUsize>,
-    /// Streams running (spawned and not yet ended).
-    running: Arc<AtomicUsize>,
     /// Session channels waiting for their subsystem request.
     pending: HashMap<ChannelId, Channel<Msg>>,
+    /// The place under `max_unauthenticated`, released on authentication.
     unauth_permit: Option<OwnedSemaphorePermit>,
-    authenticated: Arc<AtomicBool>,
+    status: ConnectionStatus,
+    /// Where the streams run, so that shutdown waits for them.
     tracker: TaskTracker,
-    /// Cancelled when the connection has ended.
-    gone: CancellationToken,
 }
 
 impl<S: Clone + Send + Sync + 'static> Connection<S> {
-    fn key_acceptable(&self, key: &russh::keys::PublicKey, algorithm: &Algorithm) -> bool {
+    /// A connection from `peer`, not yet authenticated.
+    pub(crate) fn new(
+        shared: Arc<Shared<S>>,
+        authorized: Arc<AuthorizedKeys>,
+        peer: SocketAddr,
+        unauth_permit: OwnedSemaphorePermit,
+        tracker: TaskTracker,
+    ) -> Self {
+        Connection {
+            shared,
+            authorized,
+            peer,
+            client: None,
+            streams: Arc::new(AtomicUsize::new(0)),
+            pending: HashMap::new(),
+            unauth_permit: Some(unauth_permit),
+            status: ConnectionStatus::default(),
+            tracker,
+        }
+    }
+
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub(crate) fn shared(&self) -> &Shared<S> {
+        &self.shared
+    }
+
+    pub(crate) fn status(&self) -> ConnectionStatus {
+        self.status.clone()
+    }
+
+    /// Refuses SHA-1 `ssh-rsa` signatures and RSA keys under [`MIN_RSA_BITS`].
+    fn key_acceptable(&self, key: &PublicKey, algorithm: &Algorithm) -> bool {
         if *algorithm == (Algorithm::Rsa { hash: None }) {
             return false;
         }
@@ -239,8 +142,9 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         true
     }
 
-    /// Counts a new stream; `false` when the connection is at its limit or
-    /// the server is shutting down.
+    /// Counts a new stream; the refusal when the client has not
+    /// authenticated, the server is shutting down, or the connection is at
+    /// its limit.
     fn admit_stream(&self) -> Result<(), ChannelOpenFailure> {
         if self.client.is_none() || self.shared.shutdown.is_cancelled() {
             return Err(ChannelOpenFailure::AdministrativelyProhibited);
@@ -259,21 +163,23 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         }
     }
 
+    /// Serves a Korv stream on an admitted channel; a subsystem channel
+    /// reports exit status 0 when it ends, which `ssh -s` exits with.
     fn spawn_stream(&self, channel: Channel<Msg>, handle: Handle, exit_status: bool) {
         let Some(client) = self.client.clone() else {
             return;
         };
         let shared = Arc::clone(&self.shared);
         let streams = Arc::clone(&self.streams);
-        let running = Arc::clone(&self.running);
+        let running = Arc::clone(&self.status.running);
         running.fetch_add(1, Ordering::AcqRel);
-        let gone = self.gone.clone();
+        let gone = self.status.gone.clone();
         let id = channel.id();
         let stream = channel.into_stream();
         self.tracker.spawn(async move {
             let shutdown = shared.shutdown.clone();
             tokio::select! {
-                result = crate::stream::run_stream(shared, stream, client, shutdown) => {
+                result = run_stream(shared, stream, client, shutdown) => {
                     if let Err(err) = result {
                         debug!(%err, "stream ended with an error");
                     }
@@ -289,6 +195,42 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
             running.fetch_sub(1, Ordering::AcqRel);
         });
     }
+}
+
+/// Writes a method of russh's server `Handler` that refuses what Korv does not
+/// serve. Give the method's name and its own arguments, those between the
+/// channel and the session:
+///
+/// - `request`: a request on a session channel, answered with channel failure;
+/// - `open`: a channel kind, whose opening is rejected as administratively
+///   prohibited.
+macro_rules! refuse {
+    (request $method:ident($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        async fn $method(
+            &mut self,
+            channel: ChannelId,
+            $($arg: $ty,)*
+            session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            session.channel_failure(channel)
+        }
+    };
+    (open $method:ident($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        async fn $method(
+            &mut self,
+            _channel: Channel<Msg>,
+            $($arg: $ty,)*
+            reply: ChannelOpenHandle,
+            _session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            Ok(())
+        }
+    };
 }
 
 impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> {
@@ -355,7 +297,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
                     entry.comment(),
                     Some(self.peer),
                 )));
-                self.authenticated.store(true, Ordering::Release);
+                self.status.authenticated.store(true, Ordering::Release);
                 self.unauth_permit = None;
                 Ok(Auth::Accept)
             }
@@ -407,36 +349,6 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         Ok(())
     }
 
-    async fn channel_open_x11(
-        &mut self,
-        _channel: Channel<Msg>,
-        _address: &str,
-        _port: u32,
-        reply: ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
-    }
-
-    async fn channel_open_forwarded_tcpip(
-        &mut self,
-        _channel: Channel<Msg>,
-        _host: &str,
-        _port: u32,
-        _originator: &str,
-        _originator_port: u32,
-        reply: ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
-    }
-
     async fn channel_close(
         &mut self,
         channel: ChannelId,
@@ -469,75 +381,32 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         Ok(())
     }
 
-    async fn exec_request(
-        &mut self,
-        channel: ChannelId,
-        _data: &[u8],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
-        Ok(())
-    }
-
-    async fn shell_request(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn pty_request(
-        &mut self,
-        channel: ChannelId,
+    // Commands, shells, terminals, X11 and environment variables: a Korv
+    // stream needs none of them.
+    refuse!(request exec_request(_command: &[u8]));
+    refuse!(request shell_request());
+    refuse!(request pty_request(
         _term: &str,
         _col_width: u32,
         _row_height: u32,
         _pix_width: u32,
         _pix_height: u32,
-        _modes: &[(russh::Pty, u32)],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
-        Ok(())
-    }
-
-    async fn x11_request(
-        &mut self,
-        channel: ChannelId,
-        _single_connection: bool,
-        _protocol: &str,
-        _cookie: &str,
-        _screen: u32,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
-        Ok(())
-    }
-
-    async fn env_request(
-        &mut self,
-        channel: ChannelId,
-        _name: &str,
-        _value: &str,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
-        Ok(())
-    }
-
-    async fn tcpip_forward(
-        &mut self,
-        _address: &str,
-        _port: &mut u32,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        Ok(false)
-    }
+        _modes: &[(russh::Pty, u32)]
+    ));
+    refuse!(request x11_request(_single_connection: bool, _protocol: &str, _cookie: &str, _screen: u32));
+    refuse!(request env_request(_name: &str, _value: &str));
+    // Channels Korv never serves. Remote forwarding requests (`tcpip_forward`)
+    // keep russh's answer, a refusal.
+    refuse!(open channel_open_x11(_address: &str, _port: u32));
+    refuse!(open channel_open_forwarded_tcpip(
+        _host: &str,
+        _port: u32,
+        _originator: &str,
+        _originator_port: u32
+    ));
 }
 
+/// Authentication refused; public keys remain the one method to try.
 fn reject() -> Auth {
     Auth::Reject {
         proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
