@@ -21,7 +21,7 @@ pub(crate) struct CompletionsArgs {
 /// The arguments of `korv man`.
 #[derive(Debug, Args)]
 pub(crate) struct ManArgs {
-    /// Write korv.1 and one page per subcommand (korv-get.1, …) into this
+    /// Write korv.1 and one page per subcommand (korv-get.1 and so on) into this
     /// directory instead of the whole manual on stdout.
     #[arg(long, value_name = "DIR")]
     pub(crate) out_dir: Option<PathBuf>,

@@ -257,6 +257,8 @@ impl Context {
             .or_else(|| env.get("USERNAME"))
             .or_else(|| env.get("LOGNAME"))
             .cloned()
+            .filter(|user| !user.is_empty())
+            .or_else(|| passwd_name(&uid()))
             .unwrap_or_else(|| "korv".into());
         let local_host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .or_else(|_| std::fs::read_to_string("/etc/hostname"))
@@ -272,17 +274,32 @@ impl Context {
             env,
         }
     }
+}
 
-    fn uid(&self) -> String {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            if let Ok(meta) = std::fs::metadata("/proc/self") {
-                return meta.uid().to_string();
-            }
+/// This process's user id (`%i`), from the owner of `/proc/self`; empty
+/// where there is none.
+fn uid() -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::metadata("/proc/self") {
+            return meta.uid().to_string();
         }
-        String::new()
     }
+    String::new()
+}
+
+/// The name `/etc/passwd` gives the user id `uid`.
+fn passwd_name(uid: &str) -> Option<String> {
+    if uid.is_empty() {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid).then(|| name.to_owned())
+    })
 }
 
 /// The settings that apply to one host. Every field is `None` (or empty)
@@ -1072,7 +1089,7 @@ impl<'a> Resolver<'a> {
             ('u', self.context.local_user.clone()),
             ('l', self.context.local_host.clone()),
             ('L', short),
-            ('i', self.context.uid()),
+            ('i', uid()),
             ('j', jump),
         ]
     }
