@@ -131,7 +131,11 @@ impl ClientConfig {
 /// The route to the Korv server: jump hosts in connection order, the server
 /// last.
 pub(crate) fn route(config: &ClientConfig) -> Result<Vec<Endpoint>, Error> {
-    let context = Context::from_environment();
+    route_in(config, &Context::from_environment())
+}
+
+/// [`route`] with the home directory, user and environment of `context`.
+fn route_in(config: &ClientConfig, context: &Context) -> Result<Vec<Endpoint>, Error> {
     let jumps = match &config.jumps {
         Some(spec) => Some(JumpHost::parse_list(spec).map_err(|message| {
             Error::Config(ConfigError {
@@ -147,7 +151,7 @@ pub(crate) fn route(config: &ClientConfig) -> Result<Vec<Endpoint>, Error> {
     };
     let stops = route::plan(
         &config.ssh_config,
-        &context,
+        context,
         &config.host,
         &given,
         KORV_PORT,
@@ -156,7 +160,7 @@ pub(crate) fn route(config: &ClientConfig) -> Result<Vec<Endpoint>, Error> {
     .map_err(Error::Config)?;
     Ok(stops
         .into_iter()
-        .map(|stop| endpoint(config, stop, &context))
+        .map(|stop| endpoint(config, stop, context))
         .collect())
 }
 
@@ -270,5 +274,235 @@ fn endpoint(config: &ClientConfig, stop: Stop, context: &Context) -> Endpoint {
         connect_timeout,
         keepalive,
         settings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        context: Context,
+    }
+
+    impl Fixture {
+        fn new(env: &[(&str, &str)]) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let home = dir.path().join("home");
+            std::fs::create_dir_all(home.join(".ssh")).unwrap();
+            let context = Context {
+                home,
+                local_user: "me".into(),
+                local_host: "desk".into(),
+                system_dir: dir.path().join("etc"),
+                env: env
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<HashMap<_, _>>(),
+            };
+            Fixture { dir, context }
+        }
+
+        fn config(&self, text: &str) -> PathBuf {
+            let path = self.dir.path().join("config");
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+
+        fn route(&self, config: &ClientConfig) -> Vec<Endpoint> {
+            route_in(config, &self.context).unwrap()
+        }
+
+        fn home(&self) -> &Path {
+            &self.context.home
+        }
+    }
+
+    #[test]
+    fn without_a_configuration_the_defaults_hold() {
+        let f = Fixture::new(&[]);
+        let route = f.route(&ClientConfig::new("api.example.com"));
+        let [server] = route.as_slice() else {
+            panic!("{route:?}")
+        };
+        assert!(!server.jump);
+        assert_eq!(server.addr(), "api.example.com:8022");
+        assert_eq!(server.user, "me");
+        assert!(server.identities.is_empty(), "no default key exists");
+        assert_eq!(server.agent, None, "SSH_AUTH_SOCK is not set");
+        assert_eq!(server.known_hosts, [f.home().join(".ssh/known_hosts")]);
+        assert_eq!(server.global_known_hosts.len(), 2);
+        assert_eq!(server.policy, HostKeyPolicy::Strict);
+        assert_eq!(server.connect_timeout, CONNECT_TIMEOUT);
+        assert_eq!(server.keepalive, None);
+    }
+
+    #[test]
+    fn the_default_keys_and_the_agent_of_the_environment() {
+        let f = Fixture::new(&[("SSH_AUTH_SOCK", "/run/agent")]);
+        std::fs::write(f.home().join(".ssh/id_ecdsa"), "").unwrap();
+        let route = f.route(&ClientConfig::new("h"));
+        assert_eq!(route[0].identities, [f.home().join(".ssh/id_ecdsa")]);
+        assert_eq!(route[0].agent, Some(PathBuf::from("/run/agent")));
+        let route = f.route(
+            &ClientConfig::new("h")
+                .default_identities(false)
+                .use_agent(false),
+        );
+        assert!(route[0].identities.is_empty());
+        assert_eq!(route[0].agent, None);
+    }
+
+    #[test]
+    fn the_configuration_applies_and_the_builder_wins() {
+        let f = Fixture::new(&[("SSH_AUTH_SOCK", "/run/agent")]);
+        let file = f.config(
+            "Host api\n  HostName 10.1.2.3\n  Port 9000\n  User deploy\n  IdentityFile /keys/api\n\
+             \x20 IdentityAgent /run/api-agent\n  UserKnownHostsFile /kh/api\n\
+             \x20 StrictHostKeyChecking accept-new\n  HashKnownHosts yes\n  ConnectTimeout 3\n\
+             \x20 ServerAliveInterval 15\n  ServerAliveCountMax 2\n  IdentitiesOnly yes\n\
+             \x20 CertificateFile /keys/api-cert.pub\n",
+        );
+        let from_file = f.route(&ClientConfig::new("api").ssh_config(&file));
+        let server = &from_file[0];
+        assert_eq!(server.name, "api");
+        assert_eq!(server.addr(), "10.1.2.3:9000");
+        assert_eq!(server.user, "deploy");
+        assert_eq!(server.identities, [PathBuf::from("/keys/api")]);
+        assert_eq!(server.certificates, [PathBuf::from("/keys/api-cert.pub")]);
+        assert!(server.identities_only);
+        assert_eq!(server.agent, Some(PathBuf::from("/run/api-agent")));
+        assert_eq!(server.known_hosts, [PathBuf::from("/kh/api")]);
+        assert_eq!(server.policy, HostKeyPolicy::AcceptNew);
+        assert!(server.hash_known_hosts);
+        assert_eq!(server.connect_timeout, Duration::from_secs(3));
+        assert_eq!(server.keepalive, Some((Duration::from_secs(15), 2)));
+        assert!(!server.settings.describe().is_empty());
+
+        let built = f.route(
+            &ClientConfig::new("api")
+                .ssh_config(&file)
+                .port(1)
+                .user("root")
+                .identity_file("/keys/mine")
+                .agent_socket("/run/mine")
+                .known_hosts("/kh/mine")
+                .host_key_policy(HostKeyPolicy::Strict)
+                .connect_timeout(Duration::from_secs(1)),
+        );
+        let server = &built[0];
+        assert_eq!(server.addr(), "10.1.2.3:1");
+        assert_eq!(server.user, "root");
+        assert_eq!(
+            server.identities,
+            [PathBuf::from("/keys/mine"), PathBuf::from("/keys/api")],
+            "explicit identities first, then the file's"
+        );
+        assert_eq!(server.agent, Some(PathBuf::from("/run/mine")));
+        assert_eq!(server.known_hosts, [PathBuf::from("/kh/mine")]);
+        assert_eq!(server.policy, HostKeyPolicy::Strict);
+        assert_eq!(server.connect_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn strict_host_key_checking_maps_to_a_policy() {
+        let f = Fixture::new(&[]);
+        for (value, policy) in [
+            ("yes", HostKeyPolicy::Strict),
+            ("ask", HostKeyPolicy::Strict),
+            ("accept-new", HostKeyPolicy::AcceptNew),
+            ("no", HostKeyPolicy::AcceptNew),
+        ] {
+            let file = f.config(&format!("StrictHostKeyChecking {value}\n"));
+            let route = f.route(&ClientConfig::new("h").ssh_config(&file));
+            assert_eq!(route[0].policy, policy, "{value}");
+        }
+    }
+
+    #[test]
+    fn agent_none_and_a_zero_timeout() {
+        let f = Fixture::new(&[("SSH_AUTH_SOCK", "/run/agent")]);
+        let file = f.config("IdentityAgent none\nConnectTimeout 0\nServerAliveInterval 0\n");
+        let route = f.route(&ClientConfig::new("h").ssh_config(&file));
+        assert_eq!(route[0].agent, None);
+        assert_eq!(route[0].connect_timeout, CONNECT_TIMEOUT);
+        assert_eq!(route[0].keepalive, None);
+    }
+
+    #[test]
+    fn jump_hosts_take_their_own_settings_and_the_route_wide_ones() {
+        let f = Fixture::new(&[]);
+        let file = f.config(
+            "Host bastion\n  HostName 192.0.2.1\n  User ops\n  IdentityFile /keys/ops\n  ConnectTimeout 2\n",
+        );
+        let route = f.route(
+            &ClientConfig::new("10.0.0.9")
+                .ssh_config(&file)
+                .jump("bastion,admin@inner:2222")
+                .identity_file("/keys/server")
+                .known_hosts("/kh/all")
+                .host_key_policy(HostKeyPolicy::AcceptNew),
+        );
+        let [bastion, inner, server] = route.as_slice() else {
+            panic!("{route:?}")
+        };
+        assert!(bastion.jump && inner.jump && !server.jump);
+        assert_eq!(bastion.addr(), "192.0.2.1:22");
+        assert_eq!(bastion.user, "ops");
+        assert_eq!(bastion.identities, [PathBuf::from("/keys/ops")]);
+        assert_eq!(bastion.connect_timeout, Duration::from_secs(2));
+        assert_eq!(inner.addr(), "inner:2222");
+        assert_eq!(inner.user, "admin");
+        assert!(
+            inner.identities.is_empty(),
+            "the server's identity is not a hop's"
+        );
+        for hop in [bastion, inner] {
+            assert_eq!(hop.known_hosts, [PathBuf::from("/kh/all")]);
+            assert_eq!(hop.policy, HostKeyPolicy::AcceptNew);
+        }
+        assert_eq!(server.addr(), "10.0.0.9:8022");
+        assert_eq!(server.identities, [PathBuf::from("/keys/server")]);
+    }
+
+    #[test]
+    fn jump_lists_append_and_none_resets() {
+        let config = ClientConfig::new("h").jump("a").jump("b,c");
+        assert_eq!(config.jumps.as_deref(), Some("a,b,c"));
+        let config = config.jump("none");
+        assert_eq!(config.jumps.as_deref(), Some("none"));
+        let config = config.jump("d");
+        assert_eq!(config.jumps.as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn a_malformed_jump_list_is_a_config_error() {
+        let f = Fixture::new(&[]);
+        let err = route_in(&ClientConfig::new("h").jump("u@"), &f.context).unwrap_err();
+        let Error::Config(config) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(config.origin, Origin::CommandLine);
+        assert!(config.message.contains("empty host"), "{err:?}");
+    }
+
+    #[test]
+    fn the_resolved_route_is_public() {
+        let f = Fixture::new(&[]);
+        let file = f.config("Host h\n  HostName 127.0.0.1\n");
+        let route = ClientConfig::new("h")
+            .ssh_config(&file)
+            .jump("b")
+            .resolve_route()
+            .unwrap();
+        assert_eq!(route.len(), 2);
+        assert!(route[0].jump);
+        assert_eq!(route[1].address, "127.0.0.1:8022");
+        assert_eq!(route[1].config_lines.len(), 1);
+        assert!(route[1].config_lines[0].ends_with(":2: HostName 127.0.0.1"));
     }
 }

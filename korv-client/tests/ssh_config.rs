@@ -461,3 +461,50 @@ fn the_blocking_client_through_a_jump_host() {
     drop(client);
     drop(world);
 }
+
+#[tokio::test]
+async fn accept_new_and_hashed_names_from_the_file_then_a_global_known_hosts() {
+    let Some(world) = World::start(&[]).await else {
+        return;
+    };
+    let learned = world.path("learned_hosts");
+    let first = format!(
+        "Host korv\n  UserKnownHostsFile {}\n  StrictHostKeyChecking accept-new\n  HashKnownHosts yes\n",
+        learned.display()
+    );
+    let config = world.config(&first, "");
+    let body = world
+        .whoami(ClientConfig::new("korv").ssh_config(&config))
+        .await
+        .unwrap();
+    assert_eq!(body, json!({"user": "alice"}));
+    let text = std::fs::read_to_string(&learned).unwrap();
+    assert!(text.trim_start().starts_with("|1|"), "{text}");
+    assert!(!text.contains("127.0.0.1"), "{text}");
+    // Recorded hashed, the key is found again under the strict policy.
+    world
+        .whoami(
+            ClientConfig::new("korv")
+                .ssh_config(&config)
+                .host_key_policy(korv_client::HostKeyPolicy::Strict),
+        )
+        .await
+        .unwrap();
+    // A key only in the GlobalKnownHostsFile is trusted too.
+    let global = world.path("global_hosts");
+    std::fs::write(
+        &global,
+        known_hosts_line(world.korv_port, &world.korv_host_pub),
+    )
+    .unwrap();
+    let first = format!(
+        "Host korv\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile {}\n",
+        world.path("empty_hosts").display(),
+        global.display()
+    );
+    let config = world.config(&first, "");
+    world
+        .whoami(ClientConfig::new("korv").ssh_config(&config))
+        .await
+        .unwrap();
+}
