@@ -13,15 +13,13 @@ use std::time::Duration;
 
 use crate::config::{ClientConfig, HostKeyPolicy};
 use crate::error::Error;
-use crate::route::{self, Stop};
+use crate::route::{self, SSH_PORT, Stop};
 use crate::ssh_config::{
     ConfigError, Context, Given, HostSettings, JumpHost, Origin, StrictHostKeyChecking,
 };
 
 /// Korv's port, when neither the builder nor the configuration names one.
 pub(crate) const KORV_PORT: u16 = 8022;
-/// A jump host's port, when neither its spec nor the configuration names one.
-pub(crate) const SSH_PORT: u16 = 22;
 /// The connect timeout when none is set.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `ServerAliveCountMax`'s default.

@@ -9,6 +9,9 @@
 
 use crate::ssh_config::{self, ConfigError, Context, Files, Given, HostSettings, JumpHost, Origin};
 
+/// A jump host's port, when neither its spec nor the configuration names one.
+pub(crate) const SSH_PORT: u16 = 22;
+
 /// Routes longer than this are refused: a `ProxyJump` that leads back to a
 /// host already on the way would otherwise never end.
 pub(crate) const MAX_HOPS: usize = 16;
@@ -107,7 +110,7 @@ impl Planner<'_> {
             };
             self.on_the_way.push(host.to_owned());
             let outer = std::mem::replace(&mut self.why, why);
-            self.reach(&last.host, &hop, 22, true, before)?;
+            self.reach(&last.host, &hop, SSH_PORT, true, before)?;
             self.why = outer;
             self.on_the_way.pop();
         }

@@ -306,7 +306,8 @@ fn passwd_name(uid: &str) -> Option<String> {
 /// when neither the command line nor any file set it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostSettings {
-    /// The name given (the alias).
+    /// The name given (the alias), as given; matched against `Host`
+    /// patterns lower-cased.
     pub alias: String,
     /// `HostName`, `%h` expanded.
     pub host_name: Option<Setting<String>>,
@@ -448,14 +449,14 @@ pub(crate) fn resolve(
     default_port: u16,
     context: &Context,
 ) -> Result<HostSettings, ConfigError> {
-    let mut resolver = Resolver::new(host, given, context);
+    let mut resolver = Resolver::new(host, given, default_port, context);
     resolver.pass(files)?;
     if resolver.want_final {
         resolver.final_pass = true;
         resolver.host = resolver.current_host_name();
         resolver.pass(files)?;
     }
-    resolver.finish(default_port)
+    resolver.finish()
 }
 
 /// A value as read, before tokens are expanded.
@@ -483,6 +484,10 @@ struct Collected {
 
 struct Resolver<'a> {
     context: &'a Context,
+    /// The name given, as given.
+    given: String,
+    /// The port `%p` stands for when none is set.
+    default_port: u16,
     /// The name given, lower-cased.
     original: String,
     /// What `Host` lines match: the name given, then in the final pass the
@@ -737,7 +742,7 @@ fn list_matches(list: &str, name: &str) -> bool {
 }
 
 impl<'a> Resolver<'a> {
-    fn new(host: &str, given: &Given<'_>, context: &'a Context) -> Resolver<'a> {
+    fn new(host: &str, given: &Given<'_>, default_port: u16, context: &'a Context) -> Resolver<'a> {
         let original = host.to_lowercase();
         let values = Collected {
             user: given.user.map(|user| Setting {
@@ -752,6 +757,8 @@ impl<'a> Resolver<'a> {
         };
         Resolver {
             context,
+            given: host.to_owned(),
+            default_port,
             host: original.clone(),
             original,
             final_pass: false,
@@ -1026,7 +1033,7 @@ impl<'a> Resolver<'a> {
 
     /// `Match exec`: true when the command, run by `sh -c`, exits 0.
     fn exec(&self, command: &str, line: &Line) -> Result<bool, ConfigError> {
-        let tokens = self.tokens(22);
+        let tokens = self.tokens();
         let command = expand_tokens(command, &tokens)
             .map_err(|message| line.error(format!("Match exec: {message}")))?;
         let status = std::process::Command::new("sh")
@@ -1044,7 +1051,7 @@ impl<'a> Resolver<'a> {
         user: bool,
         line: &Line,
     ) -> Result<Vec<PathBuf>, ConfigError> {
-        let tokens = self.tokens(22);
+        let tokens = self.tokens();
         let expanded = expand_path(pattern, &tokens, self.context)
             .map_err(|message| line.error(format!("Include: {message}")))?;
         let path = if expanded.is_absolute() {
@@ -1057,9 +1064,13 @@ impl<'a> Resolver<'a> {
         Ok(glob(&path))
     }
 
-    /// Token values as known now; `port` stands for `%p` when none is set.
-    fn tokens(&self, port: u16) -> Vec<(char, String)> {
-        let port = self.values.port.as_ref().map_or(port, |s| s.value);
+    /// Token values as known now.
+    fn tokens(&self) -> Vec<(char, String)> {
+        let port = self
+            .values
+            .port
+            .as_ref()
+            .map_or(self.default_port, |s| s.value);
         let short = self
             .context
             .local_host
@@ -1094,8 +1105,8 @@ impl<'a> Resolver<'a> {
         ]
     }
 
-    fn finish(self, default_port: u16) -> Result<HostSettings, ConfigError> {
-        let tokens = self.tokens(default_port);
+    fn finish(self) -> Result<HostSettings, ConfigError> {
+        let tokens = self.tokens();
         let context = self.context;
         let v = &self.values;
         let path = |setting: &Setting<String>| -> Result<Setting<PathBuf>, ConfigError> {
@@ -1169,7 +1180,7 @@ impl<'a> Resolver<'a> {
             None => None,
         };
         Ok(HostSettings {
-            alias: self.original.clone(),
+            alias: self.given.clone(),
             host_name,
             port: v.port.clone(),
             user: v.user.clone(),
@@ -1478,6 +1489,11 @@ mod tests {
         assert_eq!(value(&f.resolve("api.example.com").port), 7);
         assert_eq!(f.resolve("example.com").port, None);
         assert_eq!(value(&f.resolve("WEB-1").user), "ops", "names ignore case");
+        assert_eq!(
+            f.resolve("WEB-1").alias,
+            "WEB-1",
+            "the name is kept as given"
+        );
     }
 
     #[test]
