@@ -92,7 +92,7 @@ impl World {
             known_hosts = self.dir.path().join("known_hosts").display(),
         );
         let path = ssh.join("config");
-        std::fs::write(&path, text).unwrap();
+        write_config_file(&path, &text);
         path
     }
 
@@ -107,6 +107,17 @@ impl World {
         let value = serde_json::from_str(out.trim())
             .unwrap_or_else(|e| panic!("{e}: stdout {out:?} stderr {err:?}"));
         (code, value, err)
+    }
+}
+
+/// Writes a configuration file that only its owner may write, as ssh (and
+/// korv) require whatever the umask.
+fn write_config_file(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }
 

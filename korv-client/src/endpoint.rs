@@ -308,6 +308,12 @@ mod tests {
         fn config(&self, text: &str) -> PathBuf {
             let path = self.dir.path().join("config");
             std::fs::write(&path, text).unwrap();
+            #[cfg(unix)]
+            {
+                // Owner-only, as configuration files must be whatever the umask.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
             path
         }
 

@@ -125,6 +125,17 @@ mod tests {
 
     use super::*;
 
+    /// Owner-only, as configuration files must be whatever the umask.
+    fn private(path: &std::path::Path) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        #[cfg(not(unix))]
+        let _ = path;
+    }
+
     fn context(dir: &std::path::Path) -> Context {
         Context {
             home: dir.to_owned(),
@@ -139,6 +150,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config");
         std::fs::write(&path, config).unwrap();
+        private(&path);
         let jumps = jumps.map(|spec| JumpHost::parse_list(spec).unwrap());
         let stops = plan(
             &Files::Path(path),

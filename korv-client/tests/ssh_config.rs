@@ -119,7 +119,7 @@ impl World {
             self.path("known_hosts").display()
         ));
         let path = self.path("config");
-        std::fs::write(&path, text).unwrap();
+        write_config_file(&path, &text);
         path
     }
 
@@ -134,6 +134,17 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         self.shutdown.shutdown();
+    }
+}
+
+/// Writes a configuration file that only its owner may write, as ssh (and
+/// korv) require whatever the umask.
+fn write_config_file(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }
 
@@ -225,14 +236,13 @@ async fn an_include_with_a_glob() {
     world.trust_all_but(None);
     let included = world.path("conf.d");
     std::fs::create_dir_all(&included).unwrap();
-    std::fs::write(
-        included.join("10-api.conf"),
-        format!(
+    write_config_file(
+        &included.join("10-api.conf"),
+        &format!(
             "Host included\n  HostName 127.0.0.1\n  Port {}\n  User from-include\n",
             world.korv_port
         ),
-    )
-    .unwrap();
+    );
     let config = world.config(&format!("Include {}/*.conf\n", included.display()), "");
     let body = world
         .whoami(ClientConfig::new("included").ssh_config(&config))
