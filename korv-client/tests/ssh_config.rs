@@ -13,7 +13,7 @@ use korv_client::{ClientConfig, Error, KorvClient, StatusCode};
 use korv_server::routing::get;
 use korv_server::{KorvServer, Request, ShutdownHandle};
 use korv_testkit::keys::{KeyKind, keygen, known_hosts_line, public_key};
-use korv_testkit::process::KillOnDrop;
+use korv_testkit::process::{KillOnDrop, spawn_announcing};
 use korv_testkit::sshd::{Sshd, current_user};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -96,8 +96,10 @@ impl World {
         std::fs::write(self.path("known_hosts"), text).unwrap();
     }
 
-    /// A config with `korv` (korv-server as alice) and `b1`, `b2`… (the
-    /// bastions as the current user), then `extra`, written to `config`.
+    /// A config with `first`, `korv` (korv-server as alice) and `b1`, `b2`…
+    /// (the bastions as the current user), then `extra`, then the key `id`
+    /// for every host but `lonely-*` ones, and known_hosts for all; written
+    /// to `config`.
     fn config(&self, first: &str, extra: &str) -> PathBuf {
         let mut text = first.to_owned();
         text.push_str(&format!(
@@ -113,8 +115,10 @@ impl World {
             ));
         }
         text.push_str(extra);
+        // Hosts named `lonely-*` get no shared identity.
         text.push_str(&format!(
-            "Host *\n  IdentityFile {}\n  UserKnownHostsFile {}\n  IdentityAgent none\n  ConnectTimeout 20\n",
+            "Host * !lonely-*\n  IdentityFile {}\n\
+             Host *\n  UserKnownHostsFile {}\n  IdentityAgent none\n  ConnectTimeout 20\n",
             self.path("id").display(),
             self.path("known_hosts").display()
         ));
@@ -382,21 +386,20 @@ async fn a_dead_second_hop_fails_within_its_own_timeout() {
     );
 }
 
-/// `ssh-agent` in the foreground on a socket of its own, holding `key`.
-fn agent_with(dir: &Path, key: &Path) -> (KillOnDrop, PathBuf) {
+/// `ssh-agent` in the foreground on a socket of its own, holding `keys`.
+fn agent_with(dir: &Path, keys: &[&Path]) -> (KillOnDrop, PathBuf) {
     let socket = dir.join("agent.sock");
-    let agent = KillOnDrop::spawn(
+    // It prints `SSH_AUTH_SOCK=…` once its socket is bound.
+    let (agent, _) = spawn_announcing(
         Command::new("ssh-agent")
             .arg("-D")
             .arg("-a")
             .arg(&socket)
-            .stdout(Stdio::null())
             .stderr(Stdio::null()),
+        "SSH_AUTH_SOCK=",
     )
     .unwrap();
-    // ssh-add fails until the agent has bound its socket: bounded retries.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    for key in keys {
         let added = Command::new("ssh-add")
             .arg(key)
             .env("SSH_AUTH_SOCK", &socket)
@@ -404,12 +407,9 @@ fn agent_with(dir: &Path, key: &Path) -> (KillOnDrop, PathBuf) {
             .stderr(Stdio::null())
             .status()
             .unwrap();
-        if added.success() {
-            return (agent, socket);
-        }
-        assert!(Instant::now() < deadline, "ssh-agent did not start");
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(added.success(), "ssh-add {}", key.display());
     }
+    (agent, socket)
 }
 
 #[tokio::test]
@@ -422,7 +422,7 @@ async fn the_agent_named_by_identity_agent_authenticates() {
     let id = world.path("id");
     let moved = world.path("agent_only");
     std::fs::rename(&id, &moved).unwrap();
-    let (_agent, socket) = agent_with(world.dir.path(), &moved);
+    let (_agent, socket) = agent_with(world.dir.path(), &[&moved]);
     let first = format!(
         "Host korv b1\n  IdentityAgent {}\n  IdentityFile {}\n",
         socket.display(),
@@ -517,4 +517,102 @@ async fn accept_new_and_hashed_names_from_the_file_then_a_global_known_hosts() {
         .whoami(ClientConfig::new("korv").ssh_config(&config))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn identities_only_keeps_other_agent_keys_back() {
+    let Some(world) = World::start(&[]).await else {
+        return;
+    };
+    world.trust_all_but(None);
+    // The agent holds the authorized key and another; the file lists only
+    // the other one (its public half), so with IdentitiesOnly the agent may
+    // not offer the authorized key.
+    let other = keygen(world.dir.path(), "other", KeyKind::Ed25519);
+    let id = world.path("id");
+    let (_agent, socket) = agent_with(world.dir.path(), &[&other, &id]);
+    std::fs::remove_file(&other).unwrap();
+    let first = |only: &str| {
+        format!(
+            "Host lonely-korv\n  HostName 127.0.0.1\n  Port {}\n  User alice\n  IdentityAgent {}\n  IdentityFile {}\n  IdentitiesOnly {only}\n",
+            world.korv_port,
+            socket.display(),
+            other.display()
+        )
+    };
+    let config = world.config(&first("yes"), "");
+    let err = world
+        .whoami(ClientConfig::new("lonely-korv").ssh_config(&config))
+        .await
+        .unwrap_err();
+    let Error::AuthRefused { tried, .. } = &err else {
+        panic!("{err:#}")
+    };
+    assert_eq!(tried.len(), 1, "only the listed key was offered: {tried:?}");
+    let config = world.config(&first("no"), "");
+    let body = world
+        .whoami(ClientConfig::new("lonely-korv").ssh_config(&config))
+        .await
+        .unwrap();
+    assert_eq!(body, json!({"user": "alice"}));
+}
+
+#[tokio::test]
+async fn a_certificate_file_authenticates_at_a_bastion_that_trusts_its_ca() {
+    // The bastion knows no user key, only the CA that signs them.
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = keygen(ca_dir.path(), "user_ca", KeyKind::Ed25519);
+    let Some(world) = World::start(&[&[&format!("TrustedUserCAKeys {}.pub", ca.display())]]).await
+    else {
+        return;
+    };
+    world.trust_all_but(None);
+    let certified = keygen(world.dir.path(), "certified", KeyKind::Ed25519);
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(&ca)
+        .args(["-I", "korv-test", "-n", &current_user(), "-V", "-5m:+1h"])
+        .arg(format!("{}.pub", certified.display()))
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(signed.success());
+    // Moved away from the name ssh-keygen gives it, so only CertificateFile finds it.
+    let cert = world.path("bastion-cert.pub");
+    std::fs::rename(format!("{}-cert.pub", certified.display()), &cert).unwrap();
+    // The bastion's authorized_keys (the world's) lacks `certified`.
+    let bastion = |cert_line: &str| {
+        format!(
+            "Host lonely-b1\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n{cert_line}",
+            world.bastions[0].sshd.port(),
+            current_user(),
+            certified.display()
+        )
+    };
+    let config = world.config(
+        &bastion(&format!("  CertificateFile {}\n", cert.display())),
+        "",
+    );
+    let body = world
+        .whoami(
+            ClientConfig::new("korv")
+                .ssh_config(&config)
+                .jump("lonely-b1"),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(body, json!({"user": "alice"}));
+    // Without the certificate, the same key is refused there.
+    let config = world.config(&bastion(""), "");
+    let err = world
+        .whoami(
+            ClientConfig::new("korv")
+                .ssh_config(&config)
+                .jump("lonely-b1"),
+        )
+        .await
+        .unwrap_err();
+    let (hop, cause) = hop_of(&err);
+    assert_eq!(hop, "lonely-b1");
+    assert!(matches!(cause, Error::AuthRefused { .. }), "{err:#}");
 }
