@@ -186,6 +186,9 @@ pub(crate) fn show_route(config: &ClientConfig) {
         for certificate in &host.certificates {
             eprintln!("korv:   certificate {}", certificate.display());
         }
+        if let Some(command) = &host.proxy_command {
+            eprintln!("korv:   proxy command {command}");
+        }
         if let Some(agent) = &host.agent {
             eprintln!("korv:   agent {}", agent.display());
         }

@@ -49,6 +49,8 @@ pub(crate) struct Endpoint {
     pub(crate) connect_timeout: Duration,
     /// `ServerAliveInterval` and `ServerAliveCountMax`.
     pub(crate) keepalive: Option<(Duration, u32)>,
+    /// A command whose standard input and output carry the connection.
+    pub(crate) proxy_command: Option<String>,
     /// The settings as resolved, for `-v`.
     pub(crate) settings: HostSettings,
 }
@@ -89,6 +91,8 @@ pub struct ResolvedHost {
     pub policy: HostKeyPolicy,
     /// The connect timeout.
     pub connect_timeout: Duration,
+    /// The `ProxyCommand` that carries the connection, if any.
+    pub proxy_command: Option<String>,
     /// Each setting taken from a configuration file, as `file:line: Keyword value`.
     pub config_lines: Vec<String>,
 }
@@ -120,6 +124,7 @@ impl ClientConfig {
                     .collect(),
                 policy: endpoint.policy,
                 connect_timeout: endpoint.connect_timeout,
+                proxy_command: endpoint.proxy_command,
                 config_lines: endpoint.settings.describe(),
             })
             .collect())
@@ -163,7 +168,11 @@ fn route_in(config: &ClientConfig, context: &Context) -> Result<Vec<Endpoint>, E
 }
 
 fn endpoint(config: &ClientConfig, stop: Stop, context: &Context) -> Endpoint {
-    let Stop { settings, jump } = stop;
+    let Stop {
+        settings,
+        jump,
+        proxy_command,
+    } = stop;
     let home = &context.home;
     let name = settings.alias.clone();
     let host = settings
@@ -271,6 +280,7 @@ fn endpoint(config: &ClientConfig, stop: Stop, context: &Context) -> Endpoint {
         hash_known_hosts: settings.hash_known_hosts.as_ref().is_some_and(|s| s.value),
         connect_timeout,
         keepalive,
+        proxy_command,
         settings,
     }
 }

@@ -139,6 +139,15 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// The `ProxyCommand` that should carry the connection cannot start.
+    #[error("cannot start the ProxyCommand {command:?}")]
+    ProxyCommand {
+        /// The command, its tokens expanded.
+        command: String,
+        /// Why it did not start.
+        #[source]
+        source: io::Error,
+    },
     /// A jump host refused to open a channel to the next host on the way
     /// (`AllowTcpForwarding no`, or it could not connect there).
     #[error("cannot open a channel to {to}")]

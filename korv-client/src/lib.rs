@@ -30,7 +30,7 @@
 //! for one file), the host may be an alias of `~/.ssh/config`, and the
 //! client does what `ssh` would: `HostName`, `Port`, `User`,
 //! `IdentityFile`, `IdentityAgent`, `UserKnownHostsFile`,
-//! `StrictHostKeyChecking`, `ProxyJump`, `ConnectTimeout`… (see
+//! `StrictHostKeyChecking`, `ProxyJump`, `ProxyCommand`, `ConnectTimeout`… (see
 //! [`ssh_config`] for the rules). Settings made on the builder win.
 //! [`ClientConfig::jump`] goes through jump hosts as `ssh -J` does.
 //!

@@ -4,8 +4,9 @@
 //! `ProxyJump a,b` (or `-J a,b`) for `target` means what it means to ssh:
 //! `target` is reached through `b`, `b` is reached through `a` (the explicit
 //! list wins over `b`'s own `ProxyJump`), and `a` is reached the way its own
-//! configuration says, through its `ProxyJump` if it has one. The `user@`
-//! and `:port` of a hop win over its configuration, as the command line does.
+//! configuration says, through its `ProxyJump` or `ProxyCommand` if it has
+//! one. The `user@` and `:port` of a hop win over its configuration, as the
+//! command line does.
 
 use crate::ssh_config::{self, ConfigError, Context, Files, Given, HostSettings, JumpHost, Origin};
 
@@ -23,6 +24,9 @@ pub(crate) struct Stop {
     pub(crate) settings: HostSettings,
     /// Whether it is a jump host (port 22 by default) or the target.
     pub(crate) jump: bool,
+    /// The `ProxyCommand` that carries its connection, when no jump host
+    /// does (only ever the first stop).
+    pub(crate) proxy_command: Option<String>,
 }
 
 /// Plans the route to `target`: jump hosts first, the target last.
@@ -89,6 +93,7 @@ impl Planner<'_> {
             });
         }
         let settings = ssh_config::resolve(self.files, host, given, default_port, self.context)?;
+        let jumps_given = jumps.is_some();
         let configured;
         let (jumps, why) = match (jumps, &settings.proxy_jump) {
             (Some(jumps), _) => (jumps, Origin::CommandLine),
@@ -114,7 +119,19 @@ impl Planner<'_> {
             self.why = outer;
             self.on_the_way.pop();
         }
-        self.route.push(Stop { settings, jump });
+        let proxy_command = match jumps_given {
+            // An explicit list, even `none`, takes ProxyCommand's place.
+            true => None,
+            false => settings
+                .proxy_command
+                .as_ref()
+                .and_then(|setting| setting.value.clone()),
+        };
+        self.route.push(Stop {
+            settings,
+            jump,
+            proxy_command,
+        });
         Ok(())
     }
 }
@@ -252,6 +269,46 @@ mod tests {
         assert_eq!(
             route(fixed, "db.corp", None).unwrap(),
             ["jump bastion.corp", "db.corp"]
+        );
+    }
+
+    #[test]
+    fn proxy_command_for_the_first_stop_unless_a_list_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            "Host t b\n  ProxyCommand ssh -W %h:%p gate\nHost pj\n  ProxyJump b\n  ProxyCommand never\n",
+        )
+        .unwrap();
+        private(&path);
+        let plan_for = |target: &str, jumps: Option<&str>| {
+            let jumps = jumps.map(|spec| JumpHost::parse_list(spec).unwrap());
+            plan(
+                &Files::Path(path.clone()),
+                &context(dir.path()),
+                target,
+                &Given::default(),
+                8022,
+                jumps.as_deref(),
+            )
+            .unwrap()
+            .into_iter()
+            .map(|stop| (stop.settings.alias, stop.proxy_command))
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            plan_for("t", None),
+            [("t".to_owned(), Some("ssh -W t:8022 gate".to_owned()))]
+        );
+        assert_eq!(plan_for("t", Some("none")), [("t".to_owned(), None)]);
+        assert_eq!(
+            plan_for("pj", None),
+            [
+                ("b".to_owned(), Some("ssh -W b:22 gate".to_owned())),
+                ("pj".to_owned(), None)
+            ],
+            "ProxyJump came first for pj; b is reached by its ProxyCommand"
         );
     }
 

@@ -4,6 +4,7 @@
 //! authentication, and the Korv channel.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use russh::client::{self, AuthResult, Handle};
@@ -11,6 +12,7 @@ use russh::keys::known_hosts::{known_host_keys_path, learn_known_hosts_path};
 use russh::keys::{Certificate, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::config::{ChannelKind, ClientConfig, HostKeyPolicy};
 use crate::endpoint::{self, Endpoint};
@@ -22,6 +24,8 @@ use crate::error::{Error, IdentityError};
 pub(crate) struct Session {
     _handle: Handle<HostCheck>,
     _hops: Vec<Handle<HostCheck>>,
+    /// The `ProxyCommand` carrying the first connection (killed when dropped).
+    _proxy: Option<Child>,
 }
 
 pub(crate) struct HostCheck {
@@ -206,6 +210,7 @@ pub(crate) async fn connect(
 ) -> Result<(Session, russh::ChannelStream<client::Msg>), Error> {
     let route = route(config)?;
     let mut hops: Vec<Handle<HostCheck>> = Vec::new();
+    let mut proxy = None;
     let mut previous: Option<&Endpoint> = None;
     for endpoint in &route {
         let handle = match (hops.last(), previous) {
@@ -227,6 +232,14 @@ pub(crate) async fn connect(
                             }),
                         })?;
                     session(channel.into_stream(), endpoint).await
+                })
+                .await
+            }
+            (None, _) if endpoint.proxy_command.is_some() => {
+                within(endpoint, async {
+                    let (child, stream) = spawn_proxy(endpoint)?;
+                    proxy = Some(child);
+                    session(stream, endpoint).await
                 })
                 .await
             }
@@ -276,9 +289,38 @@ pub(crate) async fn connect(
         Session {
             _handle: handle,
             _hops: hops,
+            _proxy: proxy,
         },
         channel.into_stream(),
     ))
+}
+
+/// Starts `endpoint`'s `ProxyCommand` with `sh -c`, as ssh does: its
+/// standard input and output are the connection; its errors go to ours.
+fn spawn_proxy(
+    endpoint: &Endpoint,
+) -> Result<(Child, tokio::io::Join<ChildStdout, ChildStdin>), Error> {
+    let command = endpoint.proxy_command.as_deref().unwrap_or_default();
+    let proxy_error = |source| Error::ProxyCommand {
+        command: command.to_owned(),
+        source,
+    };
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {command}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(proxy_error)?;
+    let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
+        return Err(proxy_error(std::io::Error::other(
+            "no pipes to the command",
+        )));
+    };
+    tracing::debug!(%command, addr = %endpoint.addr(), "proxy command started");
+    Ok((child, tokio::io::join(stdout, stdin)))
 }
 
 /// Runs `step` within `endpoint`'s connect timeout.

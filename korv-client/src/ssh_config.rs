@@ -30,8 +30,9 @@
 //! Honoured: `HostName`, `Port`, `User`, `IdentityFile`, `CertificateFile`,
 //! `IdentitiesOnly`, `IdentityAgent`, `UserKnownHostsFile`,
 //! `GlobalKnownHostsFile`, `StrictHostKeyChecking`, `HashKnownHosts`,
-//! `ProxyJump`, `ConnectTimeout`, `ServerAliveInterval`, `ServerAliveCountMax`
-//! (and `Tag`, for `Match tagged`).
+//! `ProxyJump`, `ProxyCommand` (whichever comes first), `ConnectTimeout`,
+//! `ServerAliveInterval`, `ServerAliveCountMax` (and `Tag`, for
+//! `Match tagged`).
 //!
 //! # Why not a crate
 //!
@@ -333,6 +334,9 @@ pub struct HostSettings {
     pub hash_known_hosts: Option<Setting<bool>>,
     /// `ProxyJump` (empty for `none`).
     pub proxy_jump: Option<Setting<Vec<JumpHost>>>,
+    /// `ProxyCommand`, its tokens expanded (`None` inside for `none`): the
+    /// command whose standard input and output carry the connection.
+    pub proxy_command: Option<Setting<Option<String>>>,
     /// `ConnectTimeout`.
     pub connect_timeout: Option<Setting<Duration>>,
     /// `ServerAliveInterval`.
@@ -416,6 +420,10 @@ impl HostSettings {
             };
             push("ProxyJump", value, &s.origin);
         }
+        if let Some(s) = &self.proxy_command {
+            let value = s.value.clone().unwrap_or_else(|| "none".to_owned());
+            push("ProxyCommand", value, &s.origin);
+        }
         if let Some(s) = &self.connect_timeout {
             push("ConnectTimeout", format!("{:?}", s.value), &s.origin);
         }
@@ -476,6 +484,7 @@ struct Collected {
     strict: Raw<StrictHostKeyChecking>,
     hash_known_hosts: Raw<bool>,
     proxy_jump: Raw<Vec<JumpHost>>,
+    proxy_command: Raw<String>,
     connect_timeout: Raw<Duration>,
     server_alive_interval: Raw<Duration>,
     server_alive_count_max: Raw<u32>,
@@ -502,6 +511,8 @@ struct Resolver<'a> {
 struct Line {
     keyword: String,
     args: Vec<String>,
+    /// The arguments as written (for `ProxyCommand`, a shell command).
+    raw: String,
     origin: Origin,
 }
 
@@ -590,7 +601,7 @@ fn parse_time(text: &str) -> Option<Duration> {
 /// Splits a line as ssh does: keyword, then `=` or whitespace, then
 /// arguments with quotes and backslashes; `#` at the start of a word ends the
 /// line. `None` for a blank or comment line.
-fn split_line(text: &str) -> Result<Option<(String, Vec<String>)>, String> {
+fn split_line(text: &str) -> Result<Option<(String, Vec<String>, String)>, String> {
     let text = text.trim_start();
     if text.is_empty() || text.starts_with('#') {
         return Ok(None);
@@ -603,6 +614,7 @@ fn split_line(text: &str) -> Result<Option<(String, Vec<String>)>, String> {
     if let Some(after) = rest.strip_prefix('=') {
         rest = after.trim_start();
     }
+    let raw = rest.trim_end().to_owned();
     let mut args = Vec::new();
     let mut chars = rest.chars().peekable();
     loop {
@@ -638,7 +650,7 @@ fn split_line(text: &str) -> Result<Option<(String, Vec<String>)>, String> {
         }
         args.push(arg);
     }
-    Ok(Some((keyword, args)))
+    Ok(Some((keyword, args, raw)))
 }
 
 /// `*` and `?` wildcards, plus `[...]` classes when `classes` (globs).
@@ -814,7 +826,7 @@ impl<'a> Resolver<'a> {
                 path: path.to_owned(),
                 line: index + 1,
             };
-            let (keyword, args) = match split_line(text) {
+            let (keyword, args, raw) = match split_line(text) {
                 Ok(Some(split)) => split,
                 Ok(None) => continue,
                 Err(message) => return Err(ConfigError { origin, message }),
@@ -822,6 +834,7 @@ impl<'a> Resolver<'a> {
             let line = Line {
                 keyword,
                 args,
+                raw,
                 origin,
             };
             self.line(&line, user, never_match, active, depth)?;
@@ -916,10 +929,17 @@ impl<'a> Resolver<'a> {
                 first(&mut v.strict, on, line.setting(value));
             }
             "hashknownhosts" => first(&mut v.hash_known_hosts, on, line.setting(line.boolean()?)),
+            // ProxyJump and ProxyCommand compete: the first of either wins.
             "proxyjump" => {
                 let hops = JumpHost::parse_list(line.one()?)
                     .map_err(|message| line.error(format!("ProxyJump: {message}")))?;
+                let on = on && v.proxy_command.is_none();
                 first(&mut v.proxy_jump, on, line.setting(hops));
+            }
+            "proxycommand" => {
+                line.list()?;
+                let on = on && v.proxy_jump.is_none();
+                first(&mut v.proxy_command, on, line.setting(line.raw.clone()));
             }
             "connecttimeout" => first(&mut v.connect_timeout, on, line.setting(line.seconds()?)),
             "serveraliveinterval" => {
@@ -1179,6 +1199,22 @@ impl<'a> Resolver<'a> {
             }
             None => None,
         };
+        let proxy_command = match &v.proxy_command {
+            Some(setting) if setting.value.eq_ignore_ascii_case("none") => Some(Setting {
+                value: None,
+                origin: setting.origin.clone(),
+            }),
+            Some(setting) => Some(Setting {
+                value: Some(expand_tokens(&setting.value, &tokens).map_err(|message| {
+                    ConfigError {
+                        origin: setting.origin.clone(),
+                        message: format!("ProxyCommand: {message}"),
+                    }
+                })?),
+                origin: setting.origin.clone(),
+            }),
+            None => None,
+        };
         Ok(HostSettings {
             alias: self.given.clone(),
             host_name,
@@ -1193,6 +1229,7 @@ impl<'a> Resolver<'a> {
             strict_host_key_checking: v.strict.clone(),
             hash_known_hosts: v.hash_known_hosts.clone(),
             proxy_jump: v.proxy_jump.clone(),
+            proxy_command,
             connect_timeout: v.connect_timeout.clone(),
             server_alive_interval: v.server_alive_interval.clone(),
             server_alive_count_max: v.server_alive_count_max.clone(),
@@ -1795,6 +1832,38 @@ mod tests {
         assert_eq!(value(&s.server_alive_interval), Duration::from_secs(15));
         assert_eq!(value(&s.server_alive_count_max), 4);
         assert_eq!(s.describe().len(), 9);
+    }
+
+    #[test]
+    fn proxy_command_raw_with_tokens_and_competing_with_proxy_jump() {
+        let f = Fixture::new();
+        f.config(
+            "Host cmd\n  ProxyCommand=ssh -W '%h:%p' gate   # comment kept by ssh too\n\
+             Host jump-first\n  ProxyJump gate\n  ProxyCommand never\n\
+             Host cmd-first\n  ProxyCommand nc %h %p\n  ProxyJump never\n\
+             Host off\n  ProxyCommand none\n",
+        );
+        let s = f.resolve("cmd");
+        assert_eq!(
+            value(&s.proxy_command).as_deref(),
+            Some(
+                "ssh -W '%h:%p' gate   # comment kept by ssh too"
+                    .replace("%h:%p", "cmd:8022")
+                    .as_str()
+            )
+        );
+        let s = f.resolve("jump-first");
+        assert_eq!(s.proxy_command, None);
+        assert_eq!(value(&s.proxy_jump)[0].host, "gate");
+        let s = f.resolve("cmd-first");
+        assert_eq!(s.proxy_jump, None);
+        assert_eq!(
+            value(&s.proxy_command).as_deref(),
+            Some("nc cmd-first 8022")
+        );
+        assert_eq!(value(&f.resolve("off").proxy_command), None);
+        let err = f.error("ProxyCommand\n");
+        assert!(err.message.contains("needs an argument"), "{err}");
     }
 
     #[test]

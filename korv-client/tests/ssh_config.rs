@@ -616,3 +616,32 @@ async fn a_certificate_file_authenticates_at_a_bastion_that_trusts_its_ca() {
     assert_eq!(hop, "lonely-b1");
     assert!(matches!(cause, Error::AuthRefused { .. }), "{err:#}");
 }
+
+#[tokio::test]
+async fn a_proxy_command_carries_the_connection() {
+    let Some(world) = World::start(&[&[]]).await else {
+        return;
+    };
+    world.trust_all_but(None);
+    let config_path = world.path("config");
+    // OpenSSH's own client as the proxy, reading this same file for b1.
+    let first = format!(
+        "Host via-command\n  HostName 127.0.0.1\n  Port {}\n  User alice\n  \
+         ProxyCommand ssh -F {} -o BatchMode=yes -W %h:%p b1\n\
+         Host broken-command\n  HostName 127.0.0.1\n  Port {}\n  ProxyCommand exit 3\n",
+        world.korv_port,
+        config_path.display(),
+        world.korv_port,
+    );
+    let config = world.config(&first, "");
+    let body = world
+        .whoami(ClientConfig::new("via-command").ssh_config(&config))
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(body, json!({"user": "alice"}));
+    let err = world
+        .whoami(ClientConfig::new("broken-command").ssh_config(&config))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Ssh { .. }), "{err:#}");
+}
