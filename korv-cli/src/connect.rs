@@ -29,6 +29,11 @@ pub(crate) struct ConnectArgs {
     /// IdentityFile (default: ~/.ssh keys and the ssh-agent).
     #[arg(short = 'i', long = "identity", value_name = "FILE")]
     pub(crate) identities: Vec<PathBuf>,
+    /// An OpenSSH user certificate to offer with its key; repeatable, tried
+    /// before the SSH configuration's CertificateFile (default: `KEY-cert.pub`
+    /// beside each key, and those in the ssh-agent).
+    #[arg(long = "cert", value_name = "FILE")]
+    pub(crate) certificates: Vec<PathBuf>,
     /// The known_hosts file (default: the SSH configuration's
     /// UserKnownHostsFile, else ~/.ssh/known_hosts).
     #[arg(long, value_name = "FILE")]
@@ -148,6 +153,9 @@ impl ConnectArgs {
         }
         for identity in &self.identities {
             config = config.identity_file(identity);
+        }
+        for certificate in &self.certificates {
+            config = config.certificate_file(certificate);
         }
         if let Some(known_hosts) = &self.known_hosts {
             config = config.known_hosts(known_hosts);

@@ -80,8 +80,19 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         ClientError::HostKeyUnknown { .. } => {
             Some("if you trust this server, run again with --accept-new to record its key")
         }
+        ClientError::AuthRefused { tried, .. }
+            if tried.iter().any(|key| key.contains("certificate")) =>
+        {
+            Some(
+                "the server refused the certificate: check that its principals include the user name \
+                 (or a principal the server requires) and that the server trusts its CA",
+            )
+        }
         ClientError::AuthRefused { .. } => Some(
             "add your public key (~/.ssh/id_ed25519.pub) to the server's authorized_keys, or name a key with -i",
+        ),
+        ClientError::HostCertificate { .. } => Some(
+            "trust the host CA with a line `@cert-authority HOSTS CA-PUBLIC-KEY` in known_hosts, or ask for a valid host certificate",
         ),
         ClientError::Identity {
             reason: IdentityError::Encrypted,

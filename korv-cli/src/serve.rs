@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use korv_server::routing::{any, get};
-use korv_server::{Error, KorvServer, Request, StatusCode, Verb};
+use korv_server::{CertificateInfo, ClientInfo, Error, KorvServer, Request, StatusCode, Verb};
 use serde_json::{Value, json};
 
 use crate::keys;
@@ -42,9 +42,26 @@ pub(crate) struct ServeArgs {
     /// in the data folder, ~/.local/share/korv/host_ed25519).
     #[arg(long = "host-key", value_name = "FILE")]
     pub(crate) host_keys: Vec<PathBuf>,
-    /// authorized_keys file (default ~/.ssh/authorized_keys).
+    /// authorized_keys file (default ~/.ssh/authorized_keys); its
+    /// `cert-authority` lines trust user CAs.
     #[arg(long, value_name = "FILE")]
     pub(crate) authorized_keys: Option<PathBuf>,
+    /// Trust the user CA keys in FILE (OpenSSH's TrustedUserCAKeys: one
+    /// public key per line): certificates they sign for the user name get in.
+    #[arg(long = "user-ca", value_name = "FILE")]
+    pub(crate) user_ca: Option<PathBuf>,
+    /// Refuse the public keys listed in FILE (user keys, certificates' keys
+    /// and CAs); re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) revoked_keys: Option<PathBuf>,
+    /// Offer this OpenSSH host certificate with the host key it certifies;
+    /// repeatable.
+    #[arg(long = "host-cert", value_name = "FILE")]
+    pub(crate) host_certs: Vec<PathBuf>,
+    /// Resources matching PATTERN (`*` any characters, `?` one) need a
+    /// certificate with PRINCIPAL, else 403; repeatable.
+    #[arg(long = "require-principal", value_name = "PATTERN=PRINCIPAL", value_parser = parse_requirement)]
+    pub(crate) require_principal: Vec<(String, String)>,
     /// The document store (default ~/.local/share/korv/store.redb).
     #[arg(long, value_name = "PATH")]
     pub(crate) data: Option<PathBuf>,
@@ -65,11 +82,34 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| data_dir.join("store.redb"));
     let store = Store::open(&data)?;
-    let server = app(store).tracebacks(!args.no_traceback);
+    let mut server = app(store).tracebacks(!args.no_traceback);
+    if !args.require_principal.is_empty() {
+        let requirements = args.require_principal.clone();
+        server = server.authorize(move |client: &ClientInfo, _verb: Verb, resource: &str| {
+            requirements
+                .iter()
+                .filter(|(pattern, _)| glob(pattern.as_bytes(), resource.as_bytes()))
+                .try_for_each(|(pattern, principal)| {
+                    if client
+                        .certificate
+                        .as_ref()
+                        .is_some_and(|cert| cert.has_principal(principal))
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "{resource} (matching {pattern}) requires a certificate with the principal {principal:?}"
+                        ))
+                    }
+                })
+        });
+    }
     if args.stdio {
         let io = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+        let client = stdio_client();
         server
-            .serve_stream(io)
+            .into_stream_service()
+            .serve_as(io, client)
             .await
             .context("serving stdin/stdout")?;
         return Ok(ExitCode::SUCCESS);
@@ -98,6 +138,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for key in &args.host_keys {
         server = server.host_key_file(key);
     }
+    for cert in &args.host_certs {
+        server = server.host_certificate(cert);
+    }
+    if let Some(user_ca) = &args.user_ca {
+        server = server.trusted_user_ca_keys(user_ca);
+    }
+    if let Some(revoked) = &args.revoked_keys {
+        server = server.revoked_keys(revoked);
+    }
     let authorized = args.authorized_keys.clone().unwrap_or_else(|| {
         let home = std::env::var_os("HOME")
             .map(std::path::PathBuf::from)
@@ -109,10 +158,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             if text
                 .lines()
                 .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) => {}
-        Ok(_) => eprintln!(
+        Ok(_) if args.user_ca.is_none() => eprintln!(
             "korv: warning: {} is empty: nobody can log in until a key is added",
             authorized.display()
         ),
+        Ok(_) => {}
+        Err(_) if args.user_ca.is_some() => {}
         Err(err) => eprintln!(
             "korv: warning: cannot read {} ({err}): nobody can log in until it exists",
             authorized.display()
@@ -184,12 +235,94 @@ async fn boom(_req: Request) -> anyhow::Result<Value> {
 
 async fn whoami(req: Request) -> Value {
     let client = req.client();
+    let certificate = client.certificate.as_ref().map(|cert| {
+        json!({
+            "key_id": cert.key_id,
+            "serial": cert.serial,
+            "principals": cert.principals,
+            "ca": cert.ca_fingerprint,
+            "valid_before": cert.valid_before.and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
+            }),
+        })
+    });
     json!({
         "user": client.user,
         "fingerprint": client.fingerprint,
         "algorithm": client.algorithm,
         "comment": client.comment,
+        "certificate": certificate,
     })
+}
+
+/// `PATTERN=PRINCIPAL` of `--require-principal`.
+fn parse_requirement(text: &str) -> Result<(String, String), String> {
+    match text.rsplit_once('=') {
+        Some((pattern, principal)) if pattern.starts_with('/') && !principal.is_empty() => {
+            Ok((pattern.to_owned(), principal.to_owned()))
+        }
+        _ => Err(format!(
+            "{text:?} is not PATTERN=PRINCIPAL with PATTERN starting with '/', e.g. '/admin/*=admin'"
+        )),
+    }
+}
+
+/// `*` matches any run of characters (slashes too), `?` any one.
+fn glob(pattern: &[u8], subject: &[u8]) -> bool {
+    match (pattern.split_first(), subject.split_first()) {
+        (None, None) => true,
+        (Some((b'*', rest)), _) => {
+            glob(rest, subject) || subject.split_first().is_some_and(|(_, s)| glob(pattern, s))
+        }
+        (Some((b'?', rest)), Some((_, s))) => glob(rest, s),
+        (Some((p, rest)), Some((c, s))) if p == c => glob(rest, s),
+        _ => false,
+    }
+}
+
+/// Who is on the other end of `--stdio`: the `USER` sshd runs this process
+/// as; with `ExposeAuthInfo yes` in sshd_config, also the key or certificate
+/// sshd accepted (from the `SSH_USER_AUTH` file), so that handlers and
+/// `--require-principal` see the certificate's principals.
+fn stdio_client() -> ClientInfo {
+    let user = std::env::var("USER").unwrap_or_default();
+    let Some(path) = std::env::var_os("SSH_USER_AUTH") else {
+        return ClientInfo::local(user);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) => {
+            tracing::warn!(file = %PathBuf::from(&path).display(), %err, "cannot read SSH_USER_AUTH");
+            return ClientInfo::local(user);
+        }
+    };
+    // One line per method that succeeded: `publickey TYPE BASE64`.
+    for line in text.lines() {
+        let Some(key) = line.strip_prefix("publickey ") else {
+            continue;
+        };
+        if let Ok(cert) = russh::keys::Certificate::from_openssh(key.trim()) {
+            let public = russh::keys::PublicKey::new(cert.public_key().clone(), "");
+            return ClientInfo::new(
+                user,
+                public.fingerprint(russh::keys::HashAlg::Sha256).to_string(),
+                public.algorithm().as_str(),
+                "",
+                None,
+            )
+            .with_certificate(CertificateInfo::from_certificate(&cert));
+        }
+        if let Ok(public) = russh::keys::PublicKey::from_openssh(key.trim()) {
+            return ClientInfo::new(
+                user,
+                public.fingerprint(russh::keys::HashAlg::Sha256).to_string(),
+                public.algorithm().as_str(),
+                "",
+                None,
+            );
+        }
+    }
+    ClientInfo::local(user)
 }
 
 async fn document(req: Request, store: Store) -> anyhow::Result<(u16, Value)> {
@@ -235,4 +368,28 @@ fn document_blocking(
             _ => not_found(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_parse_as_pattern_and_principal() {
+        assert_eq!(
+            parse_requirement("/admin/*=admin"),
+            Ok(("/admin/*".into(), "admin".into()))
+        );
+        assert!(parse_requirement("admin").is_err());
+        assert!(parse_requirement("/admin/*=").is_err());
+        assert!(parse_requirement("admin=x").is_err());
+    }
+
+    #[test]
+    fn globs_cross_slashes() {
+        assert!(glob(b"/admin/*", b"/admin/users/1"));
+        assert!(glob(b"/notes/?", b"/notes/1"));
+        assert!(!glob(b"/notes/?", b"/notes/12"));
+        assert!(!glob(b"/admin/*", b"/administrator"));
+    }
 }

@@ -206,6 +206,18 @@ fn endpoint(config: &ClientConfig, stop: Stop, context: &Context) -> Endpoint {
             .filter(|path| path.exists())
             .collect();
     }
+    // Named certificates: the builder's (for the server), then the
+    // configuration's that exist (ssh skips a missing CertificateFile).
+    let mut certificates: Vec<PathBuf> = if jump {
+        Vec::new()
+    } else {
+        config.certificates.clone()
+    };
+    for file in &settings.certificate_files {
+        if file.value.exists() && !certificates.contains(&file.value) {
+            certificates.push(file.value.clone());
+        }
+    }
     let agent = if config.use_agent == Some(false) {
         None
     } else if let Some(socket) = &config.agent_socket {
@@ -266,11 +278,7 @@ fn endpoint(config: &ClientConfig, stop: Stop, context: &Context) -> Endpoint {
         port,
         user,
         identities,
-        certificates: settings
-            .certificate_files
-            .iter()
-            .map(|s| s.value.clone())
-            .collect(),
+        certificates,
         identities_only: settings.identities_only.as_ref().is_some_and(|s| s.value),
         passphrase: config.passphrase.clone(),
         agent,
@@ -387,7 +395,10 @@ mod tests {
         assert_eq!(server.addr(), "10.1.2.3:9000");
         assert_eq!(server.user, "deploy");
         assert_eq!(server.identities, [PathBuf::from("/keys/api")]);
-        assert_eq!(server.certificates, [PathBuf::from("/keys/api-cert.pub")]);
+        assert!(
+            server.certificates.is_empty(),
+            "a missing CertificateFile is skipped"
+        );
         assert!(server.identities_only);
         assert_eq!(server.agent, Some(PathBuf::from("/run/api-agent")));
         assert_eq!(server.known_hosts, [PathBuf::from("/kh/api")]);
@@ -420,6 +431,32 @@ mod tests {
         assert_eq!(server.known_hosts, [PathBuf::from("/kh/mine")]);
         assert_eq!(server.policy, HostKeyPolicy::Strict);
         assert_eq!(server.connect_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn certificates_named_by_the_builder_then_the_file() {
+        let f = Fixture::new(&[]);
+        let cert = f.home().join("api-cert.pub");
+        std::fs::write(&cert, "").unwrap();
+        let file = f.config(&format!(
+            "CertificateFile {}\nCertificateFile /missing-cert.pub\n",
+            cert.display()
+        ));
+        let route = f.route(
+            &ClientConfig::new("h")
+                .ssh_config(&file)
+                .certificate_file("/mine-cert.pub")
+                .jump("b"),
+        );
+        assert_eq!(
+            route[0].certificates.as_slice(),
+            std::slice::from_ref(&cert),
+            "a hop: the file's only"
+        );
+        assert_eq!(
+            route[1].certificates,
+            [PathBuf::from("/mine-cert.pub"), cert]
+        );
     }
 
     #[test]

@@ -76,12 +76,35 @@ pub enum Error {
         /// The line of the recorded key.
         line: usize,
     },
-    /// The server presented a host certificate, which this client does not
-    /// check (only plain host keys are).
-    #[error("the host key for {host} is a certificate: host certificates are not supported")]
+    /// The server presented a host certificate that known_hosts does not
+    /// let this client trust: its CA is not on an `@cert-authority` line for
+    /// the host, or the certificate fails a check (type, window, principals).
+    #[error("the host certificate of {host} is refused: {reason} (known_hosts {known_hosts})")]
     HostCertificate {
         /// `host` or `[host]:port`.
         host: String,
+        /// What failed: the expiry date, the missing principal, or the
+        /// untrusted CA's fingerprint.
+        reason: String,
+        /// The known_hosts file consulted.
+        known_hosts: String,
+    },
+    /// The server's host key, or the CA of its host certificate, is marked
+    /// `@revoked` in known_hosts.
+    #[error(
+        "the host {what} of {host} ({fingerprint}) is revoked at {known_hosts}:{line}; refusing to connect"
+    )]
+    HostKeyRevoked {
+        /// `host` or `[host]:port`.
+        host: String,
+        /// `key` or `CA`.
+        what: &'static str,
+        /// The revoked key's fingerprint.
+        fingerprint: String,
+        /// The known_hosts file.
+        known_hosts: String,
+        /// The `@revoked` line.
+        line: usize,
     },
     /// The known_hosts file could not be read, or the host key not added to it.
     #[error("cannot {doing} {}", .path.display())]
@@ -195,6 +218,16 @@ pub enum IdentityError {
     /// wrong passphrase lands here too).
     #[error(transparent)]
     Load(russh::keys::Error),
+    /// The key's certificate (`…-cert.pub`, or the one named) cannot be
+    /// used: it does not parse, certifies another key, is a host
+    /// certificate, or is outside its validity window.
+    #[error("certificate {}: {reason}", .path.display())]
+    Certificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// What is wrong with it, e.g. `it expired at 2030-02-01 00:00:00 UTC`.
+        reason: String,
+    },
 }
 
 /// Why a connection's stream closed. Cheap to clone: every request in flight

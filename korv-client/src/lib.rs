@@ -62,20 +62,27 @@
 //! - `error`: [`Error`] and its typed causes, [`IdentityError`] and
 //!   [`CloseReason`].
 //! - `config`: [`ClientConfig`], [`HostKeyPolicy`], [`ChannelKind`].
+//! - `known_hosts`: OpenSSH known_hosts: host patterns, hashed names,
+//!   `@cert-authority` and `@revoked`, and the verdict on a host key or
+//!   host certificate.
+//! - `certificate`: user certificates: where a key's certificate is, whether
+//!   it can be offered, signing with a key held in memory.
 //! - `route`: the jump hosts on the way to a host, in connection order.
 //! - `endpoint`: each SSH server's settings, the builder's merged over the
 //!   configuration's; [`ResolvedHost`].
 //! - `ssh`: connecting through the route, host key checks against
-//!   known_hosts, identities and the agent.
+//!   known_hosts, identities with their certificates, and the agent.
 //! - `mux`: the multiplexed stream (ids, in-flight map, reader and writer tasks).
 //! - `client`: [`KorvClient`], the async client over `ssh` and `mux`.
 //! - [`blocking`]: the synchronous client, over [`KorvClient`].
 
 pub mod blocking;
+mod certificate;
 mod client;
 mod config;
 mod endpoint;
 mod error;
+mod known_hosts;
 mod mux;
 mod route;
 mod ssh;

@@ -1,22 +1,31 @@
 //! Connecting: the route to the server (jump hosts first, each reached
-//! through a `direct-tcpip` channel of the one before), the SSH handshake
-//! with each host key checked against known_hosts, public-key
-//! authentication, and the Korv channel.
+//! through a `direct-tcpip` channel of the one before, or a
+//! `ProxyCommand`), the SSH handshake with each host key or host certificate
+//! checked against known_hosts, public-key and certificate authentication,
+//! and the Korv channel.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use russh::client::{self, AuthResult, Handle};
-use russh::keys::known_hosts::{known_host_keys_path, learn_known_hosts_path};
-use russh::keys::{Certificate, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::keys::agent::AgentIdentity;
+use russh::keys::agent::client::AgentClient;
+use russh::keys::known_hosts::learn_known_hosts_path;
+use russh::keys::{
+    Algorithm, Certificate, EcdsaCurve, HashAlg, PrivateKeyWithHashAlg, PublicKey,
+    PublicKeyOrCertificate,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
+use crate::certificate::{self, LocalSigner};
 use crate::config::{ChannelKind, ClientConfig, HostKeyPolicy};
 use crate::endpoint::{self, Endpoint};
 use crate::error::{Error, IdentityError};
+use crate::known_hosts::{HostVerdict, KnownHosts, host_port};
 
 /// Keeps the SSH connections open: the server's, and those of the jump
 /// hosts its stream runs through (they close after it: fields drop in
@@ -40,12 +49,11 @@ pub(crate) struct HostCheck {
     verdict: Arc<Mutex<Option<Error>>>,
 }
 
-fn display_host(host: &str, port: u16) -> String {
-    if port == 22 {
-        host.to_owned()
-    } else {
-        format!("[{host}]:{port}")
-    }
+/// Seconds since the epoch, now.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl HostCheck {
@@ -61,41 +69,107 @@ impl HostCheck {
         }
     }
 
-    fn check(&self, key: &PublicKey) -> Result<(), Error> {
-        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        let shown = display_host(&self.host, self.port);
+    /// Every known_hosts file, the user's then the system's, read.
+    fn read_known_hosts(&self) -> Result<Vec<(&Path, KnownHosts)>, Error> {
+        self.known_hosts
+            .iter()
+            .chain(&self.global_known_hosts)
+            .map(|path| {
+                let known = KnownHosts::read(path).map_err(|source| Error::KnownHosts {
+                    path: path.clone(),
+                    doing: "read known_hosts",
+                    source,
+                })?;
+                for line in known.skipped() {
+                    tracing::warn!(known_hosts = %path.display(), line, "skipping a known_hosts line that does not parse");
+                }
+                Ok((path.as_path(), known))
+            })
+            .collect()
+    }
+
+    /// Judges the offered host key or host certificate against the
+    /// known_hosts files taken together, as OpenSSH does: a revocation in
+    /// any refuses, then a match in any trusts, then the first changed key
+    /// or refused certificate refuses.
+    fn check(&self, offered: &PublicKeyOrCertificate) -> Result<(), Error> {
         if self.policy == HostKeyPolicy::InsecureAcceptAny {
             return Ok(());
         }
-        let mut changed = None;
-        for file in self.known_hosts.iter().chain(&self.global_known_hosts) {
-            let recorded = known_host_keys_path(&self.host, self.port, file)
-                .map_err(|err| known_hosts_error(file, "read known_hosts", err))?;
-            if recorded.iter().any(|(_, k)| k.key_data() == key.key_data()) {
-                return Ok(());
+        let shown = host_port(&self.host, self.port);
+        let key = match offered {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            PublicKeyOrCertificate::Certificate(cert) => {
+                PublicKey::new(cert.public_key().clone(), "")
             }
-            if changed.is_none()
-                && let Some((line, old)) = recorded
-                    .iter()
-                    .find(|(_, k)| k.algorithm() == key.algorithm())
+        };
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let now = now();
+        let verdicts: Vec<(&Path, HostVerdict)> = self
+            .read_known_hosts()?
+            .into_iter()
+            .map(|(path, known)| (path, known.check(&self.host, self.port, offered, now)))
+            .collect();
+        for (path, verdict) in &verdicts {
+            if let HostVerdict::Revoked {
+                what,
+                fingerprint,
+                line,
+            } = verdict
             {
-                // russh's line count skips comment lines: find the real line.
-                let line = real_line(file, old).unwrap_or(*line);
-                changed = Some((file, line));
+                return Err(Error::HostKeyRevoked {
+                    host: shown,
+                    what,
+                    fingerprint: fingerprint.clone(),
+                    known_hosts: path.display().to_string(),
+                    line: *line,
+                });
             }
         }
-        if let Some((file, line)) = changed {
-            return Err(Error::HostKeyChanged {
-                host: shown,
-                offered: fingerprint,
-                known_hosts: file.display().to_string(),
-                line,
-            });
+        for (_, verdict) in &verdicts {
+            match verdict {
+                HostVerdict::Trusted { .. } => return Ok(()),
+                HostVerdict::TrustedByCa { ca_fingerprint, .. } => {
+                    tracing::debug!(host = %shown, ca = %ca_fingerprint, "host certificate trusted");
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        for (path, verdict) in &verdicts {
+            let file = path.display().to_string();
+            match verdict {
+                HostVerdict::Changed { line, .. } => {
+                    return Err(Error::HostKeyChanged {
+                        host: shown,
+                        offered: fingerprint,
+                        known_hosts: file,
+                        line: *line,
+                    });
+                }
+                HostVerdict::CertificateRefused(refusal) => {
+                    return Err(Error::HostCertificate {
+                        host: shown,
+                        reason: refusal.to_string(),
+                        known_hosts: file,
+                    });
+                }
+                HostVerdict::UntrustedCa { ca_fingerprint } => {
+                    return Err(Error::HostCertificate {
+                        host: shown,
+                        reason: format!(
+                            "its CA {ca_fingerprint} is not trusted: no @cert-authority line for this host names it"
+                        ),
+                        known_hosts: file,
+                    });
+                }
+                _ => {}
+            }
         }
         let first = self.known_hosts.first();
         match (self.policy, first) {
             (HostKeyPolicy::AcceptNew, Some(file)) => {
-                self.learn(key, file)
+                self.learn(&key, file)
                     .map_err(|err| known_hosts_error(file, "add the host key to", err))?;
                 tracing::info!(host = %shown, %fingerprint, known_hosts = %file.display(), "new host key trusted and recorded");
                 Ok(())
@@ -116,13 +190,24 @@ impl HostCheck {
     fn learn(&self, key: &PublicKey, file: &Path) -> Result<(), russh::keys::Error> {
         match self
             .hash
-            .then(|| hashed_name(&display_host(&self.host, self.port)))
+            .then(|| hashed_name(&host_port(&self.host, self.port)))
             .flatten()
         {
             // Port 22 makes russh write the name as given.
             Some(hashed) => learn_known_hosts_path(&hashed, 22, key, file),
             None => learn_known_hosts_path(&self.host, self.port, key, file),
         }
+    }
+
+    /// Whether known_hosts has an `@cert-authority` line for the host: then
+    /// the client asks for host certificates, as OpenSSH does.
+    fn wants_certificates(&self) -> bool {
+        self.policy != HostKeyPolicy::InsecureAcceptAny
+            && self.read_known_hosts().is_ok_and(|files| {
+                files
+                    .iter()
+                    .any(|(_, known)| known.has_authority_for(&self.host, self.port))
+            })
     }
 }
 
@@ -159,34 +244,34 @@ fn known_hosts_error(path: &Path, doing: &'static str, err: russh::keys::Error) 
     }
 }
 
-/// The 1-based line of known_hosts that records `key`.
-fn real_line(path: &std::path::Path, key: &PublicKey) -> Option<usize> {
-    let encoded = key.to_openssh().ok()?;
-    let base64 = encoded.split_whitespace().nth(1)?.to_owned();
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .position(|line| {
-            !line.starts_with('#') && line.split_whitespace().any(|field| field == base64)
-        })
-        .map(|index| index + 1)
-}
+/// Host certificate algorithms, best first; never SHA-1 `ssh-rsa`.
+const HOST_CERTIFICATES: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP256,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP384,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP521,
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha512),
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha256),
+    },
+];
 
 impl client::Handler for HostCheck {
     type Error = russh::Error;
 
     async fn check_server_key(
         &mut self,
-        key: &PublicKeyOrCertificate,
+        offered: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            if let Ok(mut verdict) = self.verdict.lock() {
-                *verdict = Some(Error::HostCertificate {
-                    host: display_host(&self.host, self.port),
-                });
-            }
-            return Ok(false);
-        };
-        match self.check(key) {
+        match self.check(offered) {
             Ok(()) => Ok(true),
             Err(err) => {
                 if let Ok(mut verdict) = self.verdict.lock() {
@@ -355,6 +440,11 @@ where
 {
     let verdict = Arc::new(Mutex::new(None));
     let check = HostCheck::new(endpoint, &verdict);
+    let host_key_certificates = if check.wants_certificates() {
+        HOST_CERTIFICATES
+    } else {
+        &[]
+    };
     let russh_config = Arc::new(client::Config {
         nodelay: true,
         window_size: 8 * 1024 * 1024,
@@ -362,6 +452,7 @@ where
         maximum_packet_size: 65535,
         preferred: russh::Preferred {
             cipher: cipher_preference().into(),
+            host_key_certificates: host_key_certificates.into(),
             ..russh::Preferred::default()
         },
         keepalive_interval: endpoint.keepalive.map(|(interval, _)| interval),
@@ -395,6 +486,90 @@ fn refused(channel: &'static str) -> impl FnOnce(russh::Error) -> Error {
     }
 }
 
+/// The certificates named for `endpoint`, read once.
+fn named_certificates(endpoint: &Endpoint) -> Result<Vec<(PathBuf, Certificate)>, Error> {
+    endpoint
+        .certificates
+        .iter()
+        .map(|path| {
+            certificate::read(path)
+                .map(|cert| (path.clone(), cert))
+                .map_err(|reason| Error::Identity {
+                    path: path.clone(),
+                    reason: IdentityError::Certificate {
+                        path: path.clone(),
+                        reason,
+                    },
+                })
+        })
+        .collect()
+}
+
+/// The certificates for `key`: the named ones that certify it, then the one
+/// beside `identity` (`identity-cert.pub`) if there is one.
+fn certificates_for(
+    key: &PublicKey,
+    identity: Option<&Path>,
+    named: &[(PathBuf, Certificate)],
+    problems: &mut Vec<Error>,
+) -> Vec<(PathBuf, Certificate)> {
+    let mut found: Vec<(PathBuf, Certificate)> = named
+        .iter()
+        .filter(|(_, cert)| certificate::certifies(cert, key.key_data()))
+        .cloned()
+        .collect();
+    if let Some(identity) = identity {
+        let beside = certificate::beside(identity);
+        if beside.exists() && !found.iter().any(|(path, _)| *path == beside) {
+            match certificate::read(&beside) {
+                Ok(cert) if certificate::certifies(&cert, key.key_data()) => {
+                    found.push((beside, cert));
+                }
+                Ok(_) => problems.push(certificate_problem(
+                    &beside,
+                    "it certifies another key".to_owned(),
+                )),
+                Err(reason) => problems.push(certificate_problem(&beside, reason)),
+            }
+        }
+    }
+    found
+}
+
+fn certificate_problem(path: &Path, reason: String) -> Error {
+    Error::Identity {
+        path: path.to_owned(),
+        reason: IdentityError::Certificate {
+            path: path.to_owned(),
+            reason,
+        },
+    }
+}
+
+/// Whether `cert` may be offered now; if not, records why.
+fn usable(
+    path: &Path,
+    cert: &Certificate,
+    tried: &mut Vec<String>,
+    problems: &mut Vec<Error>,
+) -> bool {
+    match certificate::unusable(cert, SystemTime::now()) {
+        None => {
+            tried.push(format!(
+                "{} ({})",
+                path.display(),
+                certificate::describe(cert)
+            ));
+            true
+        }
+        Some(reason) => {
+            tried.push(format!("{} (not offered: {reason})", path.display()));
+            problems.push(certificate_problem(path, reason));
+            false
+        }
+    }
+}
+
 async fn authenticate(handle: &mut Handle<HostCheck>, endpoint: &Endpoint) -> Result<(), Error> {
     let addr = endpoint.addr();
     let ssh_error = |source| Error::Ssh {
@@ -402,57 +577,57 @@ async fn authenticate(handle: &mut Handle<HostCheck>, endpoint: &Endpoint) -> Re
         doing: "authentication",
         source: Box::new(source),
     };
+    let named = named_certificates(endpoint)?;
     let mut tried = Vec::new();
     let mut problems = Vec::new();
     // With IdentitiesOnly, the agent may sign only for these keys.
     let mut listed: Vec<PublicKey> = Vec::new();
-    let certificates: Vec<(PathBuf, Certificate)> = endpoint
-        .certificates
-        .iter()
-        .filter_map(|path| match Certificate::read_file(path) {
-            Ok(cert) => Some((path.clone(), cert)),
-            Err(err) => {
-                tracing::debug!(certificate = %path.display(), %err, "certificate skipped");
-                None
-            }
-        })
-        .collect();
-    for path in &endpoint.identities {
-        if let Ok(public) = russh::keys::load_public_key(public_path(path)) {
+    for path in endpoint.identities.iter().cloned() {
+        if let Ok(public) = russh::keys::load_public_key(public_path(&path)) {
             listed.push(public);
         }
-        let key = match russh::keys::load_secret_key(path, endpoint.passphrase.as_deref()) {
+        let key = match russh::keys::load_secret_key(&path, endpoint.passphrase.as_deref()) {
             Ok(key) => Arc::new(key),
             Err(err) => {
                 let reason = match err {
                     russh::keys::Error::KeyIsEncrypted => IdentityError::Encrypted,
                     other => IdentityError::Load(other),
                 };
-                problems.push(Error::Identity {
-                    path: path.clone(),
-                    reason,
-                });
+                problems.push(Error::Identity { path, reason });
                 continue;
             }
         };
         listed.push(key.public_key().clone());
-        let fingerprint = key.public_key().fingerprint(HashAlg::Sha256);
-        for (cert_path, cert) in &certificates {
-            if cert.public_key() != key.public_key().key_data() {
+        let hash = rsa_hash(handle, key.public_key()).await;
+        // A certificate first, as OpenSSH does: a server that trusts only
+        // its CA would count the plain key as one more failed attempt.
+        for (cert_path, cert) in
+            certificates_for(key.public_key(), Some(&path), &named, &mut problems)
+        {
+            if !usable(&cert_path, &cert, &mut tried, &mut problems) {
                 continue;
             }
-            tried.push(format!("{} ({fingerprint})", cert_path.display()));
+            let mut signer = LocalSigner::new(Arc::clone(&key));
             let result = handle
-                .authenticate_openssh_cert(&endpoint.user, Arc::clone(&key), cert.clone())
+                .authenticate_certificate_with(&endpoint.user, cert, hash, &mut signer)
                 .await
-                .map_err(ssh_error)?;
+                .map_err(|err| match err {
+                    russh::AgentAuthError::Send(_) => ssh_error(russh::Error::SendError),
+                    russh::AgentAuthError::Key(err) => Error::Identity {
+                        path: path.clone(),
+                        reason: IdentityError::Load(err),
+                    },
+                })?;
             if matches!(result, AuthResult::Success) {
                 tracing::debug!(addr = %addr, certificate = %cert_path.display(), "authenticated");
                 return Ok(());
             }
         }
-        let hash = rsa_hash(handle, key.public_key()).await;
-        tried.push(format!("{} ({fingerprint})", path.display()));
+        tried.push(format!(
+            "{} ({})",
+            path.display(),
+            key.public_key().fingerprint(HashAlg::Sha256)
+        ));
         let result = handle
             .authenticate_publickey(&endpoint.user, PrivateKeyWithHashAlg::new(key, hash))
             .await
@@ -464,7 +639,15 @@ async fn authenticate(handle: &mut Handle<HostCheck>, endpoint: &Endpoint) -> Re
     }
     if let Some(socket) = &endpoint.agent {
         let only = endpoint.identities_only.then_some(listed.as_slice());
-        if try_agent(handle, endpoint, socket, only, &mut tried).await {
+        let mut agent = Agent {
+            socket,
+            only,
+            named: &named,
+        };
+        if agent
+            .try_keys(handle, endpoint, &mut tried, &mut problems)
+            .await
+        {
             return Ok(());
         }
     }
@@ -486,42 +669,117 @@ fn public_path(private: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Tries the keys of the ssh-agent at `socket` (with `only`, just those),
-/// recording each in `tried`; true when one is accepted. An agent that cannot
-/// be reached is skipped, as OpenSSH does.
-async fn try_agent(
-    handle: &mut Handle<HostCheck>,
-    endpoint: &Endpoint,
-    socket: &Path,
-    only: Option<&[PublicKey]>,
-    tried: &mut Vec<String>,
-) -> bool {
-    let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_uds(socket).await else {
-        tracing::debug!(socket = %socket.display(), "ssh-agent unreachable: skipped");
-        return false;
-    };
-    let identities = agent.request_identities().await.unwrap_or_default();
-    for identity in identities {
-        let key = identity.public_key().into_owned();
-        if let Some(only) = only
-            && !only
-                .iter()
-                .any(|listed| listed.key_data() == key.key_data())
-        {
-            continue;
-        }
-        let hash = rsa_hash(handle, &key).await;
-        let fingerprint = key.fingerprint(HashAlg::Sha256);
-        tried.push(format!("agent key {fingerprint}"));
-        if let Ok(AuthResult::Success) = handle
-            .authenticate_publickey_with(&endpoint.user, key, hash, &mut agent)
-            .await
-        {
-            tracing::debug!(addr = %endpoint.addr(), %fingerprint, socket = %socket.display(), "authenticated by the agent");
-            return true;
-        }
+/// Signs with an agent's plain key for a certificate the agent does not
+/// hold (one named with `certificate_file`).
+struct AgentKeySigner<'a> {
+    agent: &'a mut AgentClient<tokio::net::UnixStream>,
+    key: AgentIdentity,
+}
+
+impl russh::Signer for AgentKeySigner<'_> {
+    type Error = russh::AgentAuthError;
+
+    async fn auth_sign(
+        &mut self,
+        _certificate: &AgentIdentity,
+        hash_alg: Option<HashAlg>,
+        to_sign: Vec<u8>,
+    ) -> Result<Vec<u8>, Self::Error> {
+        Ok(self
+            .agent
+            .sign_request(&self.key, hash_alg, to_sign)
+            .await?)
     }
-    false
+}
+
+/// The ssh-agent to try, and which of its keys.
+struct Agent<'a> {
+    socket: &'a Path,
+    /// With `IdentitiesOnly`, only the keys of the identity files.
+    only: Option<&'a [PublicKey]>,
+    /// The certificates named for the endpoint.
+    named: &'a [(PathBuf, Certificate)],
+}
+
+impl Agent<'_> {
+    /// Whether `key` may be offered.
+    fn allows(&self, key: &PublicKey) -> bool {
+        self.only.is_none_or(|only| {
+            only.iter()
+                .any(|listed| listed.key_data() == key.key_data())
+        })
+    }
+
+    /// Tries the agent's certificates first, then each of its keys (with any
+    /// named certificate for it, then plain), recording each in `tried`; true
+    /// when one is accepted. An agent that cannot be reached is skipped, as
+    /// OpenSSH does.
+    async fn try_keys(
+        &mut self,
+        handle: &mut Handle<HostCheck>,
+        endpoint: &Endpoint,
+        tried: &mut Vec<String>,
+        problems: &mut Vec<Error>,
+    ) -> bool {
+        let (socket, named) = (self.socket, self.named);
+        let Ok(mut agent) = AgentClient::connect_uds(socket).await else {
+            tracing::debug!(socket = %socket.display(), "ssh-agent unreachable: skipped");
+            return false;
+        };
+        let mut identities = agent.request_identities().await.unwrap_or_default();
+        identities.sort_by_key(|identity| matches!(identity, AgentIdentity::PublicKey { .. }));
+        for identity in identities {
+            let key = identity.public_key().into_owned();
+            if !self.allows(&key) {
+                continue;
+            }
+            let hash = rsa_hash(handle, &key).await;
+            match identity {
+                AgentIdentity::Certificate { certificate, .. } => {
+                    let shown = PathBuf::from("agent");
+                    if !usable(&shown, &certificate, tried, problems) {
+                        continue;
+                    }
+                    if let Ok(AuthResult::Success) = handle
+                        .authenticate_certificate_with(
+                            &endpoint.user,
+                            certificate,
+                            hash,
+                            &mut agent,
+                        )
+                        .await
+                    {
+                        return true;
+                    }
+                }
+                AgentIdentity::PublicKey { .. } => {
+                    for (path, cert) in certificates_for(&key, None, named, problems) {
+                        if !usable(&path, &cert, tried, problems) {
+                            continue;
+                        }
+                        let mut signer = AgentKeySigner {
+                            agent: &mut agent,
+                            key: AgentIdentity::from(key.clone()),
+                        };
+                        if let Ok(AuthResult::Success) = handle
+                            .authenticate_certificate_with(&endpoint.user, cert, hash, &mut signer)
+                            .await
+                        {
+                            return true;
+                        }
+                    }
+                    tried.push(format!("agent key {}", key.fingerprint(HashAlg::Sha256)));
+                    if let Ok(AuthResult::Success) = handle
+                        .authenticate_publickey_with(&endpoint.user, key, hash, &mut agent)
+                        .await
+                    {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
 }
 
 /// rsa-sha2-512/256 for RSA keys (never SHA-1), `None` for other keys.

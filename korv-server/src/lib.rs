@@ -42,11 +42,17 @@
 //!
 //! - `config`: [`Limits`], every limit with its default.
 //! - `error`: [`ServerError`].
-//! - `authorized`: the OpenSSH authorized_keys file and its options.
+//! - `reload`: a configuration file parsed again when it changes.
+//! - `authorized`: the OpenSSH authorized_keys file and its options
+//!   (`cert-authority` and `principals=` included).
+//! - `certificate`: OpenSSH user certificates: trusted CA keys, revoked keys,
+//!   and every check a certificate must pass; [`CertificateInfo`].
 //! - `panic`: a handler's panic turned into an error with its location.
 //! - `request`: what a handler receives: [`Request`], [`Params`],
 //!   [`ClientInfo`], [`BodyError`].
 //! - `response`: what it returns: [`IntoResponse`], [`Error`], and the `500`s.
+//! - `authorize`: rules checked after routing, refused with `403`:
+//!   [`Authorization`].
 //! - `handler`: the [`Handler`] trait and its type-erased form.
 //! - [`routing`]: [`MethodRouter`](routing::MethodRouter) and its
 //!   constructors ([`get`](routing::get), [`any`](routing::any), ...).
@@ -61,13 +67,16 @@
 //! - `server`: [`KorvServer`], [`BoundServer`], [`StreamService`],
 //!   [`ShutdownHandle`], [`shutdown_signal`].
 
+mod authorize;
 mod authorized;
+mod certificate;
 mod config;
 mod connection;
 mod error;
 mod handler;
 mod listener;
 mod panic;
+mod reload;
 mod request;
 mod response;
 mod router;
@@ -76,6 +85,8 @@ mod server;
 mod state;
 mod stream;
 
+pub use authorize::Authorization;
+pub use certificate::CertificateInfo;
 pub use config::Limits;
 pub use error::ServerError;
 pub use handler::{BoxFuture, Handler};

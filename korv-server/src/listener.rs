@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use russh::keys::PrivateKey;
+use russh::keys::{Certificate, PrivateKey};
 use russh::server::{Config, Handle};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::authorized::AuthorizedKeys;
+use crate::certificate::Trust;
 use crate::connection::{Connection, russh_config};
 use crate::error::ServerError;
 use crate::state::Shared;
@@ -29,7 +29,7 @@ pub(crate) struct Listener<S> {
     shared: Arc<Shared<S>>,
     tcp: TcpListener,
     config: Arc<Config>,
-    authorized: Arc<AuthorizedKeys>,
+    trust: Arc<Trust>,
 }
 
 impl<S: Clone + Send + Sync + 'static> Listener<S> {
@@ -37,14 +37,15 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
         shared: Arc<Shared<S>>,
         tcp: TcpListener,
         host_keys: Vec<PrivateKey>,
-        authorized: AuthorizedKeys,
+        host_certificates: Vec<Certificate>,
+        trust: Trust,
     ) -> Self {
-        let config = Arc::new(russh_config(&shared.limits, host_keys));
+        let config = Arc::new(russh_config(&shared.limits, host_keys, host_certificates));
         Listener {
             shared,
             tcp,
             config,
-            authorized: Arc::new(authorized),
+            trust: Arc::new(trust),
         }
     }
 
@@ -55,7 +56,7 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
             shared,
             tcp,
             config,
-            authorized,
+            trust,
         } = self;
         let connections = Arc::new(Semaphore::new(shared.limits.max_connections));
         let unauthenticated = Arc::new(Semaphore::new(shared.limits.max_unauthenticated));
@@ -85,7 +86,7 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
             };
             let connection = Connection::new(
                 Arc::clone(&shared),
-                Arc::clone(&authorized),
+                Arc::clone(&trust),
                 peer,
                 unauth_permit,
                 tracker.clone(),
