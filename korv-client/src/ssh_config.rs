@@ -34,6 +34,19 @@
 //! `ServerAliveInterval`, `ServerAliveCountMax` (and `Tag`, for
 //! `Match tagged`).
 //!
+//! # Where it differs from OpenSSH
+//!
+//! - Keywords it does not honour are ignored, where ssh rejects one it does
+//!   not know; a typo in a keyword therefore passes silently.
+//! - `Host` and `Match host` patterns ignore case (ssh lower-cases the name
+//!   but not the patterns).
+//! - No `~user` in paths and no `%C` token: both are errors naming the line.
+//! - `Match localnetwork`, `version`, `sessiontype` and `command` never
+//!   match; `canonical` matches in the final pass only, since host names are
+//!   not canonicalized.
+//! - `StrictHostKeyChecking no` records unknown keys but, unlike ssh, still
+//!   refuses a changed one; `ask` is `yes`, as there is no prompt.
+//!
 //! # Why not a crate
 //!
 //! Three were tried against the rules above. `ssh2-config` 0.9 does not know
