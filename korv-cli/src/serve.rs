@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use korv_cli::load::{parse_duration, parse_warmup};
 use korv_server::routing::{any, get};
-use korv_server::{Error, KorvServer, Request, StatusCode, Verb};
+use korv_server::{Error, IpNet, KorvServer, Limits, Request, StatusCode, Verb};
 use serde_json::{Value, json};
 
 use crate::keys;
@@ -54,6 +55,84 @@ pub(crate) struct ServeArgs {
     /// Send 500s without tracebacks.
     #[arg(long)]
     pub(crate) no_traceback: bool,
+    #[command(flatten)]
+    pub(crate) admission: AdmissionArgs,
+}
+
+/// The limits on connections before authentication (see SECURITY.md).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Before authentication")]
+pub(crate) struct AdmissionArgs {
+    /// Unauthenticated connections at once; when all are taken, a newcomer
+    /// takes the place of one that has not sent its SSH version, or is refused.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_unauthenticated)]
+    pub(crate) max_unauthenticated: usize,
+    /// Unauthenticated connections per source (an IPv4 address or an IPv6 /64).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_unauthenticated_per_source)]
+    pub(crate) max_unauthenticated_per_source: usize,
+    /// Time a connection has to send its SSH version line.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) version_timeout: Duration,
+    /// Time a connection has to authenticate, from connecting.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) auth_timeout: Duration,
+    /// Penalty unit: each connection of a source that ends unauthenticated
+    /// adds one to its debt; past 3 x this, the source is refused until the
+    /// debt drains, for longer each time; 0 turns penalties off.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_warmup)]
+    pub(crate) penalty_base: Duration,
+    /// The longest penalty.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub(crate) penalty_max: Duration,
+    /// A network with neither per-source limit nor penalties, as ADDRESS or
+    /// ADDRESS/PREFIX; repeatable; replaces the default (loopback: 127.0.0.0/8
+    /// and ::1); `none` exempts nothing.
+    #[arg(long = "exempt", value_name = "NETWORK", value_parser = parse_exempt)]
+    pub(crate) exempt: Vec<Exempt>,
+}
+
+/// One `--exempt` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exempt {
+    /// `none`: no exempt network.
+    Nothing,
+    Network(IpNet),
+}
+
+fn parse_exempt(text: &str) -> Result<Exempt, String> {
+    if text == "none" {
+        return Ok(Exempt::Nothing);
+    }
+    text.parse()
+        .map(Exempt::Network)
+        .map_err(|err: korv_server::IpNetError| format!("{err}, or none"))
+}
+
+impl AdmissionArgs {
+    /// `limits` with these settings.
+    pub(crate) fn apply(&self, limits: Limits) -> Limits {
+        let exempt_networks = if self.exempt.is_empty() {
+            limits.exempt_networks
+        } else {
+            self.exempt
+                .iter()
+                .filter_map(|exempt| match exempt {
+                    Exempt::Nothing => None,
+                    Exempt::Network(net) => Some(*net),
+                })
+                .collect()
+        };
+        Limits {
+            max_unauthenticated: self.max_unauthenticated,
+            max_unauthenticated_per_source: self.max_unauthenticated_per_source,
+            version_timeout: self.version_timeout,
+            auth_timeout: self.auth_timeout,
+            penalty_base: self.penalty_base,
+            penalty_max: self.penalty_max,
+            exempt_networks,
+            ..limits
+        }
+    }
 }
 
 /// Serves [`app`] on stdin/stdout (`--stdio`), or on the listen address
@@ -65,7 +144,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| data_dir.join("store.redb"));
     let store = Store::open(&data)?;
-    let server = app(store).tracebacks(!args.no_traceback);
+    let server = app(store)
+        .tracebacks(!args.no_traceback)
+        .limits(args.admission.apply(Limits::default()));
     if args.stdio {
         let io = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
         server
@@ -235,4 +316,76 @@ fn document_blocking(
             _ => not_found(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// The admission flags alone, as `korv serve` takes them.
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        admission: AdmissionArgs,
+    }
+
+    fn limits(args: &[&str]) -> Result<Limits, clap::Error> {
+        let flags = Flags::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))?;
+        Ok(flags.admission.apply(Limits::default()))
+    }
+
+    #[test]
+    fn without_flags_the_limits_are_the_librarys_defaults() {
+        assert_eq!(limits(&[]).unwrap(), Limits::default());
+    }
+
+    #[test]
+    fn every_admission_flag_sets_its_limit() {
+        let limits = limits(&[
+            "--max-unauthenticated",
+            "100",
+            "--max-unauthenticated-per-source",
+            "4",
+            "--version-timeout",
+            "500ms",
+            "--auth-timeout",
+            "1m",
+            "--penalty-base",
+            "0",
+            "--penalty-max",
+            "90s",
+            "--exempt",
+            "10.1.2.3/8",
+            "--exempt",
+            "2001:db8::/32",
+        ])
+        .unwrap();
+        assert_eq!(limits.max_unauthenticated, 100);
+        assert_eq!(limits.max_unauthenticated_per_source, 4);
+        assert_eq!(limits.version_timeout, Duration::from_millis(500));
+        assert_eq!(limits.auth_timeout, Duration::from_secs(60));
+        assert_eq!(limits.penalty_base, Duration::ZERO);
+        assert_eq!(limits.penalty_max, Duration::from_secs(90));
+        let exempt: Vec<String> = limits
+            .exempt_networks
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(exempt, ["10.0.0.0/8", "2001:db8::/32"]);
+    }
+
+    #[test]
+    fn exempt_none_exempts_nothing_and_a_bad_network_is_a_usage_error() {
+        assert!(
+            limits(&["--exempt", "none"])
+                .unwrap()
+                .exempt_networks
+                .is_empty()
+        );
+        let err = limits(&["--exempt", "10.0.0.0/40"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("10.0.0.0/40"), "{err}");
+    }
 }

@@ -14,11 +14,11 @@ use russh::server::{
     Auth, ChannelOpenHandle, Config, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use crate::admission::Slot;
 use crate::authorized::{AuthorizedKeys, Refusal};
 use crate::config::Limits;
 use crate::request::ClientInfo;
@@ -101,8 +101,8 @@ pub(crate) struct Connection<S> {
     streams: Arc<AtomicUsize>,
     /// Session channels waiting for their subsystem request.
     pending: HashMap<ChannelId, Channel<Msg>>,
-    /// The place under `max_unauthenticated`, released on authentication.
-    unauth_permit: Option<OwnedSemaphorePermit>,
+    /// Its unauthenticated place, freed when it authenticates.
+    slot: Option<Arc<Slot>>,
     status: ConnectionStatus,
     /// Where the streams run, so that shutdown waits for them.
     tracker: TaskTracker,
@@ -114,7 +114,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         shared: Arc<Shared<S>>,
         authorized: Arc<AuthorizedKeys>,
         peer: SocketAddr,
-        unauth_permit: OwnedSemaphorePermit,
+        slot: Arc<Slot>,
         tracker: TaskTracker,
     ) -> Self {
         Connection {
@@ -124,7 +124,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
             client: None,
             streams: Arc::new(AtomicUsize::new(0)),
             pending: HashMap::new(),
-            unauth_permit: Some(unauth_permit),
+            slot: Some(slot),
             status: ConnectionStatus::default(),
             tracker,
         }
@@ -312,7 +312,9 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
                     Some(self.peer),
                 )));
                 self.status.authenticated.store(true, Ordering::Release);
-                self.unauth_permit = None;
+                if let Some(slot) = self.slot.take() {
+                    slot.authenticated();
+                }
                 Ok(Auth::Accept)
             }
             Err(refusal) => {

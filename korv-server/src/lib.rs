@@ -40,6 +40,7 @@
 //!
 //! Modules import only the ones listed above them:
 //!
+//! - `ipnet`: [`IpNet`], networks in CIDR notation.
 //! - `config`: [`Limits`], every limit with its default.
 //! - `error`: [`ServerError`].
 //! - `authorized`: the OpenSSH authorized_keys file and its options.
@@ -56,16 +57,20 @@
 //! - `stream`: the per-stream loop, generic over `AsyncRead + AsyncWrite`.
 //! - `connection`: one SSH connection (russh's `Handler`): authentication,
 //!   the channels that carry streams, refusals.
-//! - `listener`: the accept loop, connection limits, the authentication
-//!   deadline, the drain on shutdown.
+//! - `admission`: who may hold an unauthenticated place: per-source
+//!   limits, eviction when full, penalties ([`AdmissionStats`]).
+//! - `listener`: the accept loop, connection limits, the version and
+//!   authentication deadlines, the drain on shutdown.
 //! - `server`: [`KorvServer`], [`BoundServer`], [`StreamService`],
 //!   [`ShutdownHandle`], [`shutdown_signal`].
 
+mod admission;
 mod authorized;
 mod config;
 mod connection;
 mod error;
 mod handler;
+mod ipnet;
 mod listener;
 mod panic;
 mod request;
@@ -76,9 +81,11 @@ mod server;
 mod state;
 mod stream;
 
+pub use admission::{AdmissionMonitor, AdmissionStats};
 pub use config::Limits;
 pub use error::ServerError;
 pub use handler::{BoxFuture, Handler};
+pub use ipnet::{IpNet, IpNetError};
 pub use korv_proto::{Headers, RequestId, Response, StatusCode, Verb};
 pub use request::{BodyError, ClientInfo, Params, Request};
 pub use response::{Error, IntoResponse};

@@ -13,6 +13,7 @@ use russh::keys::{PrivateKey, PublicKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::AdmissionMonitor;
 use crate::authorized::AuthorizedKeys;
 use crate::config::Limits;
 use crate::error::ServerError;
@@ -347,6 +348,15 @@ impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
         ShutdownHandle {
             token: self.shutdown.clone(),
         }
+    }
+
+    /// Reads the counters of connections admitted, refused, evicted and
+    /// penalised before authentication ([`AdmissionStats`]), while the
+    /// server runs.
+    ///
+    /// [`AdmissionStats`]: crate::AdmissionStats
+    pub fn admission_monitor(&self) -> AdmissionMonitor {
+        AdmissionMonitor::new(self.listener.admission())
     }
 
     /// Serves connections until the shutdown handle fires, then stops
