@@ -272,7 +272,7 @@ impl Context {
             .or_else(|| env.get("LOGNAME"))
             .cloned()
             .filter(|user| !user.is_empty())
-            .or_else(|| passwd_name(&uid()))
+            .or_else(|| passwd_entry(&uid()).map(|(name, _)| name))
             .unwrap_or_else(|| "korv".into());
         let local_host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .or_else(|_| std::fs::read_to_string("/etc/hostname"))
@@ -281,7 +281,13 @@ impl Context {
             .filter(|name| !name.is_empty())
             .unwrap_or_else(|| "localhost".into());
         Context {
-            home: env.get("HOME").map(PathBuf::from).unwrap_or_default(),
+            // As ssh: the password database's home when HOME is not set.
+            home: env
+                .get("HOME")
+                .filter(|home| !home.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| passwd_entry(&uid()).map(|(_, home)| home))
+                .unwrap_or_else(|| PathBuf::from("/")),
             local_user,
             local_host,
             system_dir: PathBuf::from("/etc/ssh"),
@@ -303,16 +309,20 @@ fn uid() -> String {
     String::new()
 }
 
-/// The name `/etc/passwd` gives the user id `uid`.
-fn passwd_name(uid: &str) -> Option<String> {
+/// The name and home directory `/etc/passwd` gives the user id `uid`.
+fn passwd_entry(uid: &str) -> Option<(String, PathBuf)> {
     if uid.is_empty() {
         return None;
     }
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        (fields.nth(1)? == uid).then(|| name.to_owned())
+        let fields: Vec<&str> = line.split(':').collect();
+        match fields.as_slice() {
+            [name, _, id, _, _, home, ..] if *id == uid => {
+                Some(((*name).to_owned(), PathBuf::from(home)))
+            }
+            _ => None,
+        }
     })
 }
 
@@ -2098,6 +2108,16 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(shown, ["u@h:2", "[::1]:4", "plain"]);
+    }
+
+    #[test]
+    fn the_password_database_names_this_process_s_user() {
+        // A user without an entry (some containers) has nothing to check.
+        if let Some((name, home)) = passwd_entry(&uid()) {
+            assert!(!name.is_empty());
+            assert!(home.is_absolute(), "{}", home.display());
+        }
+        assert_eq!(passwd_entry(""), None);
     }
 
     #[test]
