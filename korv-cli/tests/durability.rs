@@ -483,12 +483,10 @@ fn traced_events(log: &str, store_file: &str) -> Vec<Traced> {
                 if unfinished_syncs.remove(pid) == Some(true) && ok {
                     events.push(Traced::StoreSync);
                 }
-            } else if name.starts_with("accept") {
-                if let Some(result) = rest.rsplit_once(" = ") {
-                    if let Some(peer) = peer_port(result.1) {
-                        events.push(Traced::Accept { peer });
-                    }
-                }
+            } else if name.starts_with("accept")
+                && let Some(peer) = rest.rsplit_once(" = ").and_then(|(_, r)| peer_port(r))
+            {
+                events.push(Traced::Accept { peer });
             }
             continue;
         }
@@ -506,10 +504,8 @@ fn traced_events(log: &str, store_file: &str) -> Vec<Traced> {
                 }
             }
             "accept" | "accept4" => {
-                if let Some((_, result)) = args.rsplit_once(" = ") {
-                    if let Some(peer) = peer_port(result) {
-                        events.push(Traced::Accept { peer });
-                    }
+                if let Some(peer) = args.rsplit_once(" = ").and_then(|(_, r)| peer_port(r)) {
+                    events.push(Traced::Accept { peer });
                 }
             }
             _ => {
