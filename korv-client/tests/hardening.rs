@@ -26,7 +26,7 @@ use korv_client::{ClientConfig, Error, KorvClient, StatusCode};
 use korv_server::routing::{get, store};
 use korv_server::{KorvServer, Limits, Request, ShutdownHandle};
 use korv_testkit::keys::{KeyKind, keygen, known_hosts_line, public_key};
-use russh::client::{AuthResult, Handle, Msg};
+use russh::client::{AuthResult, Handle, KeyboardInteractiveAuthResponse, Msg};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure, MethodKind};
 use serde_json::{Value, json};
@@ -420,6 +420,57 @@ async fn a_client_offering_no_key_is_refused() {
             && err.to_string().contains("keys tried: none"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn password_and_keyboard_interactive_are_refused() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits::default());
+    let mut handle = raw_connect(server.addr).await.unwrap();
+    // russh's client sends these whatever the server offers.
+    let password = handle
+        .authenticate_password("alice", "secret")
+        .await
+        .unwrap();
+    let AuthResult::Failure {
+        remaining_methods,
+        partial_success,
+    } = password
+    else {
+        panic!("password authentication was accepted");
+    };
+    assert!(!partial_success);
+    let methods: Vec<MethodKind> = remaining_methods.iter().cloned().collect();
+    assert_eq!(methods, vec![MethodKind::PublicKey], "publickey only");
+    let interactive = handle
+        .authenticate_keyboard_interactive_start("alice", None)
+        .await
+        .unwrap();
+    let KeyboardInteractiveAuthResponse::Failure {
+        remaining_methods,
+        partial_success,
+    } = interactive
+    else {
+        panic!("keyboard-interactive was not refused: {interactive:?}");
+    };
+    assert!(!partial_success);
+    let methods: Vec<MethodKind> = remaining_methods.iter().cloned().collect();
+    assert_eq!(methods, vec![MethodKind::PublicKey], "publickey only");
+    // The same connection still authenticates with a key and is served.
+    let key = handle
+        .authenticate_publickey(
+            "alice",
+            PrivateKeyWithHashAlg::new(load_key(&server.keys.alice), None),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(key, AuthResult::Success));
+    let channel = handle
+        .channel_open_direct_tcpip("localhost", 8022, "127.0.0.1", 0)
+        .await
+        .unwrap();
+    let me = korv_over(channel).get("/whoami").await.unwrap();
+    assert_eq!(me.body["comment"], json!("alice"));
 }
 
 #[tokio::test]
