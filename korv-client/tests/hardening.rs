@@ -840,8 +840,10 @@ async fn slow_clients_are_closed_at_the_deadline_and_beyond_the_limit() {
 
     /// A client that sends its SSH version line one byte per second: returns
     /// whether it got the server's banner, and when (after connecting) the
-    /// server closed it.
-    async fn slow(addr: SocketAddr) -> (bool, Duration) {
+    /// server closed it. `told` learns as soon as the server has either
+    /// greeted it (true) or closed it (false).
+    async fn slow(addr: SocketAddr, told: tokio::sync::oneshot::Sender<bool>) -> (bool, Duration) {
+        let mut told = Some(told);
         let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
         let connected = Instant::now();
         let (mut read, mut write) = socket.into_split();
@@ -858,24 +860,43 @@ async fn slow_clients_are_closed_at_the_deadline_and_beyond_the_limit() {
         loop {
             match tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(Ok(n)) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.len() >= 8
+                        && let Some(told) = told.take()
+                    {
+                        let _ = told.send(got.starts_with(b"SSH-2.0-"));
+                    }
+                }
                 Err(_) => panic!("a slow client was kept for 10 s"),
             }
+        }
+        if let Some(told) = told.take() {
+            let _ = told.send(false);
         }
         dribble.abort();
         (got.starts_with(b"SSH-2.0-"), connected.elapsed())
     }
 
     // Four slow clients, under the limit: a legitimate client still gets in.
-    let first: Vec<_> = (0..4).map(|_| tokio::spawn(slow(server.addr))).collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Each is taken (greeted) or refused before the next connects.
+    let start_slow = async || {
+        let (told, greeted) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(slow(server.addr, told));
+        (task, greeted.await.unwrap())
+    };
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        let (task, greeted) = start_slow().await;
+        assert!(greeted, "a slow client under the limit is greeted");
+        first.push(task);
+    }
     let legit = server.client().await;
     assert_eq!(legit.get("/hello").await.unwrap().code, StatusCode::OK);
     // Four more: two fill the limit, two are closed at once without a banner.
     let mut second = Vec::new();
     for _ in 0..4 {
-        second.push(tokio::spawn(slow(server.addr)));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        second.push(start_slow().await.0);
     }
     let mut held = Vec::new();
     for task in first {
@@ -1183,7 +1204,22 @@ async fn graceful_shutdown_under_load_answers_every_request_it_took() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Until at least half the workers' requests are running at once.
+    let loaded = Instant::now();
+    loop {
+        let running = {
+            let log = server.probes.delays.lock().unwrap();
+            log.started.difference(&log.finished).count()
+        };
+        if running >= WORKERS / 2 {
+            break;
+        }
+        assert!(
+            loaded.elapsed() < Duration::from_secs(60),
+            "only {running} requests ever ran at once"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Which requests are running right now, taken with shutdown under the
     // lock that handlers take to record themselves.
     let running: HashSet<String> = {
@@ -1229,6 +1265,12 @@ async fn graceful_shutdown_under_load_answers_every_request_it_took() {
         .filter(|(_, o)| !matches!(o, Outcome::Answered(200 | 503) | Outcome::Closed))
         .collect();
     assert!(other.is_empty(), "not 200, 503 or closed: {other:?}");
+    // Requests that arrived after the shutdown, on connections still
+    // finishing others, were answered 503 rather than dropped.
+    assert!(
+        unavailable > 0,
+        "no request arriving after the shutdown was answered 503"
+    );
     assert!(
         !stop.load(Ordering::SeqCst),
         "a worker's connection was never closed"
@@ -1273,13 +1315,13 @@ async fn a_thousand_concurrent_connections_each_get_their_own_answers() {
     let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
     let raised = rlimit::increase_nofile_limit(hard.min(4 * CONNECTIONS as u64 + 1024)).unwrap();
     println!("RLIMIT_NOFILE: soft {soft}, hard {hard}; now {raised}");
-    let connections = if raised >= 2 * CONNECTIONS as u64 + 256 {
-        CONNECTIONS
-    } else {
-        let fit = ((raised.saturating_sub(256)) / 2) as usize;
-        println!("only {fit} connections fit under RLIMIT_NOFILE {raised}");
-        fit
-    };
+    assert!(
+        raised >= 2 * CONNECTIONS as u64 + 256,
+        "{CONNECTIONS} connections need {} open files in this process; RLIMIT_NOFILE allows \
+         {raised} (hard limit {hard}): raise the hard limit (ulimit -Hn)",
+        2 * CONNECTIONS as u64 + 256
+    );
+    let connections = CONNECTIONS;
     let server = Server::start(Limits {
         max_connections: CONNECTIONS + 24,
         max_unauthenticated: 2 * SETUP_AT_ONCE,
