@@ -376,8 +376,7 @@ async fn a_request_past_its_timeout_fails_and_its_late_answer_is_dropped() {
         ClientConfig::new("scripted").request_timeout(Some(Duration::from_millis(200))),
     );
     let (reader, mut writer) = tokio::io::split(ours);
-    let mut requests =
-        tokio_util::codec::FramedRead::new(reader, korv_proto::KorvCodec::new());
+    let mut requests = tokio_util::codec::FramedRead::new(reader, korv_proto::KorvCodec::new());
     let mut next_request = async || -> Value {
         let frame = tokio::time::timeout(Duration::from_secs(30), requests.next())
             .await
