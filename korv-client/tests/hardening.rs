@@ -939,6 +939,254 @@ async fn slow_clients_are_closed_at_the_deadline_and_beyond_the_limit() {
     assert!(after <= baseline, "tasks: {after} now, {baseline} before");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_streams_per_connection_channels_are_refused_for_resource_shortage() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits {
+        max_streams_per_connection: 2,
+        ..Limits::default()
+    });
+    let handle = raw_login(server.addr, "alice", &server.keys.alice).await;
+    let open = || handle.channel_open_direct_tcpip("localhost", 8022, "127.0.0.1", 0);
+    let first = korv_over(open().await.unwrap());
+    let second = korv_over(open().await.unwrap());
+    let third = open().await;
+    assert!(
+        matches!(
+            third,
+            Err(russh::Error::ChannelOpenFailure(
+                ChannelOpenFailure::ResourceShortage
+            ))
+        ),
+        "a third stream: {:?}",
+        third.map(|c| c.id())
+    );
+    // The two admitted streams serve; once one ends, its place is free again
+    // (the server notices the end on its own time: retry until then).
+    assert_eq!(first.get("/hello").await.unwrap().code, StatusCode::OK);
+    assert_eq!(second.get("/hello").await.unwrap().code, StatusCode::OK);
+    drop(first);
+    let started = Instant::now();
+    let again = loop {
+        match open().await {
+            Ok(channel) => break korv_over(channel),
+            Err(russh::Error::ChannelOpenFailure(ChannelOpenFailure::ResourceShortage)) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "the closed stream's place never came free"
+                );
+                tokio::task::yield_now().await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    };
+    assert_eq!(again.get("/hello").await.unwrap().code, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_connections_new_connections_are_closed_before_the_handshake() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits {
+        max_connections: 2,
+        ..Limits::default()
+    });
+    let first = server.client().await;
+    let second = server.client().await;
+    // A third TCP connection is closed without the server's version line.
+    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut got))
+        .await
+        .expect("the third connection is closed at once")
+        .unwrap();
+    assert!(got.is_empty(), "no banner beyond the limit: {got:?}");
+    // The connections under the limit still serve; once one closes, a new
+    // client gets in (after the server has noticed the close).
+    assert_eq!(first.get("/hello").await.unwrap().code, StatusCode::OK);
+    drop(first);
+    let started = Instant::now();
+    let again = loop {
+        match KorvClient::connect(server.config(&server.keys.alice)).await {
+            Ok(client) => break client,
+            Err(err) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "no place came free: {err}"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    assert_eq!(again.get("/hello").await.unwrap().code, StatusCode::OK);
+    assert_eq!(second.get("/hello").await.unwrap().code, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_at_the_idle_timeout() {
+    const IDLE: Duration = Duration::from_millis(500);
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits {
+        idle_timeout: Some(IDLE),
+        keepalive_interval: None,
+        ..Limits::default()
+    });
+    // russh's client sends nothing unless asked: no keepalives of its own.
+    let handle = raw_login(server.addr, "alice", &server.keys.alice).await;
+    let mut channel = handle
+        .channel_open_direct_tcpip("localhost", 8022, "127.0.0.1", 0)
+        .await
+        .unwrap();
+    let idle_since = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(message) = channel.wait().await {
+            if matches!(message, ChannelMsg::Close) {
+                break;
+            }
+        }
+    })
+    .await;
+    let idle_for = idle_since.elapsed();
+    assert!(
+        ended.is_ok(),
+        "the idle connection was still open after 20 s"
+    );
+    assert!(
+        idle_for >= IDLE,
+        "closed after {idle_for:?}, before {IDLE:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_answering_keepalives_is_dropped() {
+    use std::io::Read;
+    use std::process::Stdio;
+    const INTERVAL: Duration = Duration::from_millis(200);
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits {
+        keepalive_interval: Some(INTERVAL),
+        keepalive_max: 2,
+        idle_timeout: None,
+        ..Limits::default()
+    });
+    let baseline = server.tasks_settle(0, Duration::from_secs(1)).await;
+    // OpenSSH's ssh answers keepalives until it is stopped (SIGSTOP); the
+    // kernel still acknowledges the TCP segments, so only the SSH replies
+    // are missing.
+    let ssh = |stdout: Stdio| {
+        let mut command = Command::new("ssh");
+        command
+            .args(["-F", "/dev/null", "-o", "BatchMode=yes"])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
+            .args(["-o", "ServerAliveInterval=0"])
+            .args(["-p", &server.addr.port().to_string(), "-i"])
+            .arg(&server.keys.alice)
+            .args(["-W", "localhost:8022", "alice@127.0.0.1"])
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(Stdio::null());
+        command.spawn().unwrap()
+    };
+    let hello = korv_testkit::frame::frame(&json!({"id": 1, "verb": "GET", "resource": "/hello"}));
+    // Killed when dropped, so that a failure leaves no stopped ssh behind.
+    let mut stopped = korv_testkit::process::KillOnDrop(ssh(Stdio::piped()));
+    let mut answering = korv_testkit::process::KillOnDrop(ssh(Stdio::piped()));
+    for korv_testkit::process::KillOnDrop(child) in [&mut stopped, &mut answering] {
+        use std::io::Write;
+        child.stdin.as_mut().unwrap().write_all(&hello).unwrap();
+        let mut len = [0; 4];
+        child.stdout.as_mut().unwrap().read_exact(&mut len).unwrap();
+        let mut answer = vec![0; u32::from_be_bytes(len) as usize];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut answer)
+            .unwrap();
+    }
+    let connected = server.alive_tasks();
+    assert!(connected > baseline);
+    let signal = |name: &str, pid: u32| {
+        let status = Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP", stopped.id());
+    // The server drops the stopped client's connection after its unanswered
+    // probes; the answering client's stays.
+    let started = Instant::now();
+    let after = loop {
+        let now = server.alive_tasks();
+        if now < connected {
+            break now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the stopped client was not dropped ({now} tasks)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let dropped_after = started.elapsed();
+    assert!(
+        after > baseline,
+        "the answering client's connection is gone too"
+    );
+    signal("-CONT", stopped.id());
+    let stopped_status = tokio::task::spawn_blocking(move || stopped.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        !stopped_status.success(),
+        "the dropped client's ssh exits with an error"
+    );
+    // The client that answers probes is still served, well past
+    // interval × max.
+    {
+        use std::io::Write;
+        let stdin = answering.0.stdin.as_mut().unwrap();
+        stdin.write_all(&hello).unwrap();
+        let mut len = [0; 4];
+        answering
+            .0
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut len)
+            .unwrap();
+    }
+    drop(answering.0.stdin.take());
+    let _ = answering.0.wait();
+    println!("dropped {dropped_after:?} after it stopped answering (interval {INTERVAL:?}, max 2)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_answers_504_and_cancels_the_handler() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits {
+        request_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    });
+    let client = server.client().await;
+    let answer = client.get("/hold").await.unwrap();
+    assert_eq!(answer.code.as_u16(), 504);
+    assert!(answer.body["message"].is_string(), "{}", answer.body);
+    assert_eq!(server.probes.holding.load(Ordering::SeqCst), 1);
+    // The handler's future was dropped before the answer was sent.
+    assert_eq!(
+        server.probes.released.load(Ordering::SeqCst),
+        1,
+        "the timed-out handler is still running"
+    );
+    assert_eq!(client.get("/hello").await.unwrap().code, StatusCode::OK);
+}
+
 // ================================================================ faults
 
 /// Connects alice on a runtime of its own thread and sends `n` requests to
