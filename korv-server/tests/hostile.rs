@@ -378,18 +378,23 @@ async fn many_bad_frames_then_a_good_one_in_one_write_each_get_one_answer() {
     ));
     let mut pipe = Pipe::open(&app());
     pipe.send_raw(&bytes).await;
-    // Malformed and unroutable frames are answered at once, in order; the good
-    // one runs a handler and is last to be read, so its answer comes last.
-    for _round in 0..3 {
-        for (_, code, request_id) in &bad {
-            assert_answer(&pipe.recv().await, *code, request_id.clone());
-        }
+    // One answer per frame, in whatever order the server sends them (the
+    // protocol leaves it free): the same codes and ids, each as often as
+    // its frame was sent.
+    let key = |code: StatusCode, id: &Option<RequestId>| (code.as_u16(), format!("{id:?}"));
+    let mut expected: Vec<_> = (0..3)
+        .flat_map(|_| bad.iter().map(|(_, code, id)| key(*code, id)))
+        .collect();
+    expected.push(key(StatusCode::OK, &Some(RequestId::from("good"))));
+    let mut got = Vec::new();
+    for _ in 0..expected.len() {
+        let response = pipe.recv().await;
+        assert_answer(&response, response.code, response.request_id.clone());
+        got.push(key(response.code, &response.request_id));
     }
-    assert_answer(
-        &pipe.recv().await,
-        StatusCode::OK,
-        Some(RequestId::from("good")),
-    );
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
     assert_alive(&mut pipe).await;
     assert!(pipe.finish().await.is_empty());
 }
@@ -1145,14 +1150,27 @@ async fn unknown_members_are_ignored() {
 #[tokio::test]
 
 async fn a_request_with_50000_distinct_unknown_members_is_answered_promptly() {
-    let members: Vec<String> = (0..50_000).map(|n| format!("\"k{n}\":0")).collect();
-    let payload = hello_with(&members.join(","));
-    let started = std::time::Instant::now();
-    answered(&payload, StatusCode::OK, id(7)).await;
+    /// The quickest of three answers to a request with `n` unknown members.
+    async fn quickest(n: usize) -> Duration {
+        let members: Vec<String> = (0..n).map(|k| format!("\"k{k}\":0")).collect();
+        let payload = hello_with(&members.join(","));
+        let mut best = Duration::MAX;
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            answered(&payload, StatusCode::OK, id(7)).await;
+            best = best.min(started.elapsed());
+        }
+        best
+    }
+    // Ten times the members costs about ten times the time when the work is
+    // linear, and a hundred times when it is quadratic; measured in the same
+    // run, so that the machine's speed cancels out.
+    let small = quickest(5_000).await;
+    let large = quickest(50_000).await;
+    println!("5,000 unknown members: {small:?}; 50,000: {large:?}");
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
+        large < small * 40,
+        "50,000 members took {large:?}, over 40 × the {small:?} of 5,000"
     );
 }
 
