@@ -34,7 +34,19 @@ fn app(limits: Limits) -> KorvServer {
             "/n/{n}",
             get(|r: Request| async move { json!({"n": r.param("n")}) }),
         )
+        .route(
+            "/parked",
+            get(|_r: Request| async {
+                PARKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                PARKED_CHANGED.notify_waiters();
+                std::future::pending::<Value>().await
+            }),
+        )
 }
+
+/// `/parked` handlers that started (they never finish); one test uses it.
+static PARKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PARKED_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 struct Fixture {
     dir: TempDir,
@@ -452,10 +464,19 @@ async fn a_server_that_vanishes_fails_requests_in_flight_promptly() {
     let in_flight: Vec<_> = (0..20)
         .map(|_| {
             let c = client.clone();
-            tokio::spawn(async move { c.get("/sleep/30000").await })
+            tokio::spawn(async move { c.get("/parked").await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Until all 20 are running on the server.
+    loop {
+        let changed = PARKED_CHANGED.notified();
+        if PARKED.load(std::sync::atomic::Ordering::SeqCst) >= 20 {
+            break;
+        }
+        tokio::time::timeout(Duration::from_secs(30), changed)
+            .await
+            .expect("the requests reach their handlers");
+    }
     let stopped = Instant::now();
     kill_tx.send(()).unwrap();
     thread.join().unwrap();
