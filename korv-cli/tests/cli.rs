@@ -19,11 +19,17 @@ const LISTEN_WITHIN: Duration = Duration::from_secs(20);
 struct Server {
     dir: TempDir,
     port: u16,
+    /// `korv serve` arguments beyond the listen address, keys and store.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let host = keygen(dir.path(), "host", KeyKind::Ed25519);
         let id = keygen(dir.path(), "id", KeyKind::Ed25519);
@@ -32,6 +38,7 @@ impl Server {
         let mut server = Server {
             dir,
             port: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         server.spawn();
@@ -48,6 +55,7 @@ impl Server {
             .arg(self.dir.path().join("authorized_keys"))
             .arg("--data")
             .arg(self.dir.path().join("store.redb"))
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -295,6 +303,44 @@ fn whoami_and_the_subsystem_flag() {
     assert_eq!(code, 0);
     assert_eq!(me["comment"], json!("id"));
     assert!(me["fingerprint"].as_str().unwrap().starts_with("SHA256:"));
+}
+
+#[test]
+fn serve_takes_the_limits_before_authentication_from_its_flags() {
+    use std::io::Read;
+    // One unauthenticated connection per source, loopback not exempt.
+    let server = Server::start_with(&[
+        "--max-unauthenticated-per-source",
+        "1",
+        "--exempt",
+        "none",
+        "--penalty-base",
+        "0",
+    ]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.port));
+    let connect = || {
+        let socket = std::net::TcpStream::connect(addr).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        socket
+    };
+    // A silent connection holds 127.0.0.1's one place, once the server has
+    // freed the place of the probe that saw it listening.
+    let started = Instant::now();
+    let _first = loop {
+        let mut socket = connect();
+        let mut banner = [0u8; 8];
+        if socket.read_exact(&mut banner).is_ok() && &banner == b"SSH-2.0-" {
+            break socket;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never admitted");
+    };
+    // A second one is closed at once, before the server's SSH version.
+    let mut second = connect();
+    let mut got = Vec::new();
+    second.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
 }
 
 #[test]

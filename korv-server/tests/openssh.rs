@@ -214,6 +214,40 @@ async fn the_korv_subsystem_answers_and_exits_0() {
     assert_eq!(answers[0].code, StatusCode::OK);
 }
 
+/// Each cipher a client may insist on, OpenSSH's names: the server must offer
+/// every one (AES-128-GCM is OpenSSH's and Korv's first choice on CPUs with
+/// AES instructions).
+#[tokio::test]
+async fn every_modern_cipher_is_offered() {
+    let fixture = Fixture::start(|dir| public_key(&keygen(dir, "ed", KeyKind::Ed25519))).await;
+    let key = fixture.dir.path().join("ed");
+    for cipher in [
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "chacha20-poly1305@openssh.com",
+        "aes128-ctr",
+        "aes256-ctr",
+    ] {
+        let input = frame(&json!({"id": 1, "verb": "GET", "resource": "/hello"}));
+        let output = fixture
+            .ssh(
+                &key,
+                &["-c", cipher, "-s", "alice@127.0.0.1", "korv"],
+                input,
+            )
+            .await;
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{cipher}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let answers = responses(&output.stdout);
+        assert_eq!(answers.len(), 1, "{cipher}");
+        assert_eq!(answers[0].code, StatusCode::OK, "{cipher}");
+    }
+}
+
 #[tokio::test]
 async fn the_last_response_of_a_burst_arrives_before_close() {
     let fixture = Fixture::start(|dir| public_key(&keygen(dir, "ed", KeyKind::Ed25519))).await;
