@@ -1143,10 +1143,21 @@ async fn a_client_that_stops_answering_keepalives_is_dropped() {
         after > baseline,
         "the answering client's connection is gone too"
     );
+    // Resumed, the stopped ssh finds its connection closed and exits with an
+    // error (a connection still open would keep it running: the test fails
+    // rather than wait for it).
     signal("-CONT", stopped.id());
-    let stopped_status = tokio::task::spawn_blocking(move || stopped.0.wait().unwrap())
-        .await
-        .unwrap();
+    let resumed = Instant::now();
+    let stopped_status = loop {
+        if let Some(status) = stopped.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(20),
+            "the stopped client's connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         !stopped_status.success(),
         "the dropped client's ssh exits with an error"
