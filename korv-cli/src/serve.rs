@@ -74,6 +74,12 @@ pub(crate) struct ServeArgs {
     /// Send 500s without tracebacks.
     #[arg(long)]
     pub(crate) no_traceback: bool,
+    /// Connections from NETWORK (ADDRESS or ADDRESS/PREFIX: the load
+    /// balancers) must start with a PROXY protocol header (v1 or v2), whose
+    /// client address is used for from=, source-address, limits and logs;
+    /// repeatable. From other addresses no header is accepted.
+    #[arg(long = "proxy-protocol-from", value_name = "NETWORK")]
+    pub(crate) proxy_protocol_from: Vec<IpNet>,
     #[command(flatten)]
     pub(crate) admission: AdmissionArgs,
 }
@@ -211,7 +217,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(port) = args.port {
         listen.set_port(port);
     }
-    let mut server = server.listen(listen);
+    let mut server = server
+        .listen(listen)
+        .proxy_protocol_from(args.proxy_protocol_from.iter().copied());
     if args.host_keys.is_empty() {
         let (path, fingerprint, created) = keys::ensure_default_host_key(&data_dir)?;
         let verb = if created { "created" } else { "using" };

@@ -65,6 +65,8 @@
 //!   the channels that carry streams, refusals.
 //! - `admission`: who may hold an unauthenticated place: per-source
 //!   limits, eviction when full, penalties ([`AdmissionStats`]).
+//! - `proxy`: the PROXY protocol header a load balancer sends first, and
+//!   the networks trusted to send it.
 //! - `listener`: the accept loop, connection limits, the version and
 //!   authentication deadlines, the drain on shutdown.
 //! - `server`: [`KorvServer`], [`BoundServer`], [`StreamService`],
@@ -81,6 +83,7 @@ mod handler;
 mod ipnet;
 mod listener;
 mod panic;
+mod proxy;
 mod reload;
 mod request;
 mod response;

@@ -21,7 +21,9 @@ use crate::certificate::{KeyList, Trust};
 use crate::config::Limits;
 use crate::error::ServerError;
 use crate::handler::{Handler, boxed};
+use crate::ipnet::IpNet;
 use crate::listener::{self, Listener};
+use crate::proxy::TrustedProxies;
 use crate::request::ClientInfo;
 use crate::router::Router;
 use crate::routing::{MethodRouter, RouteError, on};
@@ -80,6 +82,7 @@ pub struct KorvServer<S = ()> {
     authorized: Option<AuthorizedSource>,
     user_ca_keys: Option<AuthorizedSource>,
     revoked_keys: Option<PathBuf>,
+    proxies: Vec<IpNet>,
 }
 
 impl Default for KorvServer<()> {
@@ -110,6 +113,7 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
             authorized: None,
             user_ca_keys: None,
             revoked_keys: None,
+            proxies: Vec::new(),
         }
     }
 
@@ -277,6 +281,30 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
         self
     }
 
+    /// Expects the PROXY protocol (version 1 or 2, as HAProxy's
+    /// `send-proxy` and `send-proxy-v2` write it) on every connection from
+    /// `networks`: the load balancers. Adds to the networks given before.
+    ///
+    /// From those networks the header is mandatory and must arrive within
+    /// the version deadline ([`Limits::version_timeout`]); the client
+    /// address it carries is the connection's address everywhere: per-source
+    /// admission, `from=` in authorized_keys, a certificate's
+    /// `source-address`, logs and [`ClientInfo::peer`]. A `LOCAL` header
+    /// (the balancer's own health check) keeps the balancer's address. From
+    /// any other address no header is read, and one sent anyway fails the
+    /// SSH handshake: a client cannot choose its address.
+    ///
+    /// ```
+    /// use korv_server::{IpNet, KorvServer};
+    ///
+    /// let balancer: IpNet = "10.0.0.5/32".parse().unwrap();
+    /// let server = KorvServer::new().proxy_protocol_from([balancer]);
+    /// ```
+    pub fn proxy_protocol_from(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.proxies.extend(networks);
+        self
+    }
+
     /// Adds a host key from an OpenSSH private key file (unencrypted, readable
     /// by its owner only). Repeat for several algorithms.
     pub fn host_key_file(mut self, path: impl Into<PathBuf>) -> Self {
@@ -384,11 +412,12 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
                 .map(|path| KeyList::from_file(path, "revoked keys")),
         };
         let (tcp, local_addr) = listener::bind(self.listen).await?;
+        let proxies = TrustedProxies::new(std::mem::take(&mut self.proxies));
         let shared = self.into_shared();
         let shutdown = shared.shutdown.clone();
         tracing::info!(addr = %local_addr, "korv server listening");
         Ok(BoundServer {
-            listener: Listener::new(shared, tcp, host_keys, certificates, trust),
+            listener: Listener::new(shared, tcp, host_keys, certificates, trust, proxies),
             local_addr,
             shutdown,
         })
