@@ -242,6 +242,17 @@ fn whoami_and_the_subsystem_flag() {
 }
 
 #[test]
+fn whoami_tells_the_instance_name_and_the_client_address() {
+    let server = Server::start_with(&["--name", "web-3"]);
+    server.trust();
+    let (code, me) = server.json(&["get", "/whoami"]);
+    assert_eq!(code, 0);
+    assert_eq!(me["instance"], json!("web-3"));
+    let address = me["address"].as_str().unwrap();
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+}
+
+#[test]
 fn serve_takes_the_limits_before_authentication_from_its_flags() {
     use std::io::Read;
     // One unauthenticated connection per source, loopback not exempt.

@@ -17,7 +17,7 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info};
 
 use crate::admission::Slot;
 use crate::authorized::Refusal;
@@ -175,10 +175,21 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
     fn authenticated(&mut self, client: ClientInfo) -> Auth {
         self.client = Some(Arc::new(client));
         self.status.authenticated.store(true, Ordering::Release);
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.authentication(true);
+        }
         if let Some(slot) = self.slot.take() {
             slot.authenticated();
         }
         Auth::Accept
+    }
+
+    /// Refuses a key, offered or signed with, counting the refusal.
+    fn refuse(&self) -> Auth {
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.authentication(false);
+        }
+        reject()
     }
 
     /// Counts a new stream; the refusal when the client has not
@@ -215,7 +226,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         let gone = self.status.gone.clone();
         let id = channel.id();
         let stream = channel.into_stream();
-        self.tracker.spawn(async move {
+        let serve = async move {
             let shutdown = shared.shutdown.clone();
             tokio::select! {
                 result = run_stream(shared, stream, client, shutdown) => {
@@ -232,7 +243,8 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
             let _ = handle.close(id).await;
             streams.fetch_sub(1, Ordering::AcqRel);
             running.fetch_sub(1, Ordering::AcqRel);
-        });
+        };
+        self.tracker.spawn(serve.in_current_span());
     }
 }
 
@@ -301,7 +313,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         if !self.key_acceptable(offer.public_key, offer.algorithm)
             || self.revoked(user, offer.public_key)
         {
-            return Ok(reject());
+            return Ok(self.refuse());
         }
         let authorized = self.trust.authorized.as_ref().is_some_and(|authorized| {
             authorized
@@ -316,7 +328,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         Ok(if authorized || self.trust.accepts_certificates() {
             Auth::Accept
         } else {
-            reject()
+            self.refuse()
         })
     }
 
@@ -332,10 +344,10 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         let fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
         if !self.key_acceptable(key.public_key, key.algorithm) {
             info!(peer = %self.peer, user, %fingerprint, "refused: SHA-1 signature or RSA key under 2048 bits");
-            return Ok(reject());
+            return Ok(self.refuse());
         }
         if self.revoked(user, key.public_key) {
-            return Ok(reject());
+            return Ok(self.refuse());
         }
         let checked = match &self.trust.authorized {
             Some(authorized) => authorized.check(key.public_key, Some(self.peer.ip())),
@@ -359,7 +371,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
                     Refusal::FromMismatch => "address not allowed by the key's from= option",
                 };
                 info!(peer = %self.peer, user, %fingerprint, why, "refused");
-                Ok(reject())
+                Ok(self.refuse())
             }
         }
     }
@@ -379,7 +391,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         let serial = certificate.serial();
         if !rsa_size_acceptable(&key) {
             info!(peer = %self.peer, user, key_id, serial, %fingerprint, "certificate refused: RSA key under 2048 bits");
-            return Ok(reject());
+            return Ok(self.refuse());
         }
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -400,7 +412,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
             }
             Err(refusal) => {
                 info!(peer = %self.peer, user, key_id, serial, %fingerprint, %refusal, "certificate refused");
-                Ok(reject())
+                Ok(self.refuse())
             }
         }
     }

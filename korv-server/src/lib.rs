@@ -58,6 +58,8 @@
 //! - [`routing`]: [`MethodRouter`](routing::MethodRouter) and its
 //!   constructors ([`get`](routing::get), [`any`](routing::any), ...).
 //! - `router`: the routing table: patterns, matching, `404`/`405`.
+//! - `metrics`: the counters and gauges, and the HTTP listener that serves
+//!   them to Prometheus.
 //! - `state`: what the listener, connections and streams share: routes,
 //!   state, limits, the shutdown token.
 //! - `stream`: the per-stream loop, generic over `AsyncRead + AsyncWrite`.
@@ -82,6 +84,7 @@ mod error;
 mod handler;
 mod ipnet;
 mod listener;
+mod metrics;
 mod panic;
 mod proxy;
 mod reload;

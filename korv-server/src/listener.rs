@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::admission::{Admission, Denied, Slot};
 use crate::certificate::Trust;
@@ -116,12 +116,13 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
             };
             if proxies.trusts(peer.ip()) {
                 let starter = starter.clone();
-                tracker.spawn(async move {
+                let read_then_start = async move {
                     let mut socket = socket;
                     if let Some(client) = starter.read_proxy_header(&mut socket, peer).await {
                         starter.start(socket, client, connection_permit);
                     }
-                });
+                };
+                tracker.spawn(read_then_start.in_current_span());
             } else {
                 starter.start(socket, peer, connection_permit);
             }
@@ -178,13 +179,10 @@ impl<S: Clone + Send + Sync + 'static> Starter<S> {
             Arc::clone(&slot),
             self.tracker.clone(),
         );
-        self.tracker.spawn(serve_connection(
-            Arc::clone(&self.config),
-            socket,
-            connection,
-            slot,
-            permit,
-        ));
+        self.tracker.spawn(
+            serve_connection(Arc::clone(&self.config), socket, connection, slot, permit)
+                .in_current_span(),
+        );
     }
 
     /// Reads the PROXY header of a connection from the load balancer at
@@ -237,6 +235,11 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     let shutdown = connection.shared().shutdown.clone();
     let limits = &connection.shared().limits;
     let accepted = Instant::now();
+    let _open = connection
+        .shared()
+        .metrics
+        .as_ref()
+        .map(|m| m.connection_opened());
     let auth_deadline = deadline(accepted, limits.auth_timeout);
     let version_deadline = deadline(accepted, limits.version_timeout.min(limits.auth_timeout));
     let evicted = slot.evicted().clone();

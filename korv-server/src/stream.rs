@@ -28,10 +28,11 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::authorize;
 use crate::handler::BoxedHandler;
+use crate::metrics::Metrics;
 use crate::panic::CatchPanic;
 use crate::request::{ClientInfo, Params, Request};
 use crate::response::{TRACEBACKS, internal_error};
@@ -52,6 +53,7 @@ where
     S: Clone + Send + Sync + 'static,
     IO: AsyncRead + AsyncWrite + Send,
 {
+    let _open = shared.metrics.as_ref().map(|m| m.stream_opened());
     let (reader, writer) = tokio::io::split(io);
     // Writing runs beside reading, never in its way: over SSH a stream that
     // stops reading while a write waits can stall the whole connection
@@ -207,8 +209,11 @@ where
                 Some(Ok(frame)) => {
                     let started = Instant::now();
                     match dispatch(shared, client, frame, shutting_down) {
-                        Dispatch::Now(response) => {
+                        Dispatch::Now(response, verb) => {
                             log_answer(&response, None, started);
+                            if let Some(metrics) = &shared.metrics {
+                                metrics.answered(verb, response.code.as_u16(), started.elapsed());
+                            }
                             encode(&mut codec, &response, &mut out);
                         }
                         Dispatch::Run(run) => {
@@ -236,7 +241,9 @@ fn encode(codec: &mut KorvCodec, response: &Response, out: &mut BytesMut) {
 }
 
 enum Dispatch<S> {
-    Now(Response),
+    /// An answer without a handler, and the request's verb (`None` for a
+    /// frame that is not a request).
+    Now(Response, Option<korv_proto::Verb>),
     Run(Run<S>),
 }
 
@@ -260,23 +267,30 @@ fn dispatch<S>(
     shutting_down: bool,
 ) -> Dispatch<S> {
     let payload = match frame {
-        Frame::Empty => return Dispatch::Now(Response::empty_frame()),
+        Frame::Empty => return Dispatch::Now(Response::empty_frame(), None),
         Frame::Oversized { len } => {
-            return Dispatch::Now(Response::payload_too_large(len, shared.limits.max_frame));
+            return Dispatch::Now(
+                Response::payload_too_large(len, shared.limits.max_frame),
+                None,
+            );
         }
         Frame::Payload(payload) => payload,
     };
     let request = match WireRequest::from_payload(&payload) {
         Ok(request) => request,
-        Err(rejection) => return Dispatch::Now(rejection.into_response()),
+        Err(rejection) => return Dispatch::Now(rejection.into_response(), None),
     };
     let id = request.id.clone();
+    let verb = Some(request.verb);
     if shutting_down {
-        return Dispatch::Now(Response::error(
-            id,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down and takes no new requests",
-        ));
+        return Dispatch::Now(
+            Response::error(
+                id,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down and takes no new requests",
+            ),
+            verb,
+        );
     }
     match shared.router.route(request.verb, &request.resource) {
         Routed::Found(handler, params, rules) => {
@@ -289,23 +303,29 @@ fn dispatch<S>(
                 }),
                 Err(message) => {
                     tracing::info!(user = %client.user, verb = %request.verb, resource = %request.resource, %message, "refused: 403");
-                    Dispatch::Now(Response::error(id, StatusCode::FORBIDDEN, message))
+                    Dispatch::Now(Response::error(id, StatusCode::FORBIDDEN, message), verb)
                 }
             }
         }
-        Routed::NotAllowed(allow) => Dispatch::Now(Response::new(
-            id,
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({
-                "message": format!("{} is not allowed on {}", request.verb, request.resource),
-                "allow": allow,
-            }),
-        )),
-        Routed::NotFound => Dispatch::Now(Response::error(
-            id,
-            StatusCode::NOT_FOUND,
-            format!("no route for {} {}", request.verb, request.resource),
-        )),
+        Routed::NotAllowed(allow) => Dispatch::Now(
+            Response::new(
+                id,
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({
+                    "message": format!("{} is not allowed on {}", request.verb, request.resource),
+                    "allow": allow,
+                }),
+            ),
+            verb,
+        ),
+        Routed::NotFound => Dispatch::Now(
+            Response::error(
+                id,
+                StatusCode::NOT_FOUND,
+                format!("no route for {} {}", request.verb, request.resource),
+            ),
+            verb,
+        ),
     }
 }
 
@@ -344,7 +364,10 @@ where
     let started = Instant::now();
     let mut task_codec = codec.clone();
     let task_id = id.clone();
+    let metrics: Option<Arc<Metrics>> = shared.metrics.clone();
+    let running = metrics.as_ref().map(|m| m.request_started());
     let mut task = Box::pin(TRACEBACKS.scope(shared.tracebacks, async move {
+        let _running = running;
         let mut response = tokio::select! {
             biased;
             () = abort.cancelled() => Response::error(
@@ -370,6 +393,9 @@ where
         };
         response.request_id = Some(task_id);
         log_answer(&response, resource.as_deref().map(|r| (verb, r)), started);
+        if let Some(metrics) = &metrics {
+            metrics.answered(Some(verb), response.code.as_u16(), started.elapsed());
+        }
         let mut out = BytesMut::new();
         encode(&mut task_codec, &response, &mut out);
         out
@@ -377,9 +403,9 @@ where
     let outcome = match inline {
         true => match (&mut task).now_or_never() {
             Some(encoded) => Ok(encoded),
-            None => Err(tokio::spawn(task)),
+            None => Err(tokio::spawn(task.in_current_span())),
         },
-        false => Err(tokio::spawn(task)),
+        false => Err(tokio::spawn(task.in_current_span())),
     };
     let mut codec = codec.clone();
     async move {
