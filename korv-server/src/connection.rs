@@ -161,11 +161,11 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         match self.trust.is_revoked(key.key_data()) {
             Ok(false) => false,
             Ok(true) => {
-                info!(peer = %self.peer, user, fingerprint = %key.fingerprint(HashAlg::Sha256), "refused: key listed in the revoked keys");
+                info!(parent: &self.shared.span, peer = %self.peer, user, fingerprint = %key.fingerprint(HashAlg::Sha256), "refused: key listed in the revoked keys");
                 true
             }
             Err(reason) => {
-                info!(peer = %self.peer, user, %reason, "refused: the revoked keys cannot be read");
+                info!(parent: &self.shared.span, peer = %self.peer, user, %reason, "refused: the revoked keys cannot be read");
                 true
             }
         }
@@ -244,7 +244,8 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
             streams.fetch_sub(1, Ordering::AcqRel);
             running.fetch_sub(1, Ordering::AcqRel);
         };
-        self.tracker.spawn(serve.in_current_span());
+        self.tracker
+            .spawn(serve.instrument(self.shared.span.clone()));
     }
 }
 
@@ -292,7 +293,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
     }
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
-        info!(peer = %self.peer, user, "password authentication refused: Korv takes public keys only");
+        info!(parent: &self.shared.span, peer = %self.peer, user, "password authentication refused: Korv takes public keys only");
         Ok(reject())
     }
 
@@ -343,7 +344,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         }
         let fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
         if !self.key_acceptable(key.public_key, key.algorithm) {
-            info!(peer = %self.peer, user, %fingerprint, "refused: SHA-1 signature or RSA key under 2048 bits");
+            info!(parent: &self.shared.span, peer = %self.peer, user, %fingerprint, "refused: SHA-1 signature or RSA key under 2048 bits");
             return Ok(self.refuse());
         }
         if self.revoked(user, key.public_key) {
@@ -355,7 +356,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         };
         match checked {
             Ok(entry) => {
-                info!(peer = %self.peer, user, fingerprint = %entry.fingerprint(), "authenticated");
+                info!(parent: &self.shared.span, peer = %self.peer, user, fingerprint = %entry.fingerprint(), "authenticated");
                 Ok(self.authenticated(ClientInfo::new(
                     user,
                     fingerprint,
@@ -370,7 +371,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
                     Refusal::Expired => "key past its expiry-time",
                     Refusal::FromMismatch => "address not allowed by the key's from= option",
                 };
-                info!(peer = %self.peer, user, %fingerprint, why, "refused");
+                info!(parent: &self.shared.span, peer = %self.peer, user, %fingerprint, why, "refused");
                 Ok(self.refuse())
             }
         }
@@ -390,7 +391,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         let key_id = certificate.key_id();
         let serial = certificate.serial();
         if !rsa_size_acceptable(&key) {
-            info!(peer = %self.peer, user, key_id, serial, %fingerprint, "certificate refused: RSA key under 2048 bits");
+            info!(parent: &self.shared.span, peer = %self.peer, user, key_id, serial, %fingerprint, "certificate refused: RSA key under 2048 bits");
             return Ok(self.refuse());
         }
         let now = SystemTime::now()
@@ -398,7 +399,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
             .map_or(0, |d| d.as_secs());
         match check_user_certificate(certificate, user, Some(self.peer.ip()), now, &self.trust) {
             Ok(info) => {
-                info!(peer = %self.peer, user, key_id, serial, %fingerprint, ca = %info.ca_fingerprint, "authenticated with a certificate");
+                info!(parent: &self.shared.span, peer = %self.peer, user, key_id, serial, %fingerprint, ca = %info.ca_fingerprint, "authenticated with a certificate");
                 Ok(self.authenticated(
                     ClientInfo::new(
                         user,
@@ -411,7 +412,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
                 ))
             }
             Err(refusal) => {
-                info!(peer = %self.peer, user, key_id, serial, %fingerprint, %refusal, "certificate refused");
+                info!(parent: &self.shared.span, peer = %self.peer, user, key_id, serial, %fingerprint, %refusal, "certificate refused");
                 Ok(self.refuse())
             }
         }

@@ -447,14 +447,11 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
             None => None,
         };
         let proxies = TrustedProxies::new(std::mem::take(&mut self.proxies));
-        let name = self.name.take();
-        let span = match &name {
-            Some(name) => tracing::info_span!("server", %name),
-            None => tracing::Span::none(),
-        };
+        let name = self.name.clone();
         let shared = self.into_shared(metrics_tcp.is_some().then(Arc::default));
         let shutdown = shared.shutdown.clone();
         let metrics = shared.metrics.clone();
+        let span = shared.span.clone();
         let listener = Listener::new(shared, tcp, host_keys, certificates, trust, proxies);
         let metrics = match (metrics, metrics_tcp) {
             (Some(metrics), Some((tcp, addr))) => {
@@ -530,6 +527,10 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
             tracebacks: self.tracebacks,
             shutdown: CancellationToken::new(),
             metrics,
+            span: match &self.name {
+                Some(name) => tracing::info_span!("server", %name),
+                None => tracing::Span::none(),
+            },
         })
     }
 

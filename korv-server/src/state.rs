@@ -22,4 +22,7 @@ pub(crate) struct Shared<S> {
     pub(crate) shutdown: CancellationToken,
     /// The counters, when the server exports metrics.
     pub(crate) metrics: Option<Arc<Metrics>>,
+    /// `server{name=…}` when the server has a name, else no span: the
+    /// parent of its log events, including those of tasks russh spawns.
+    pub(crate) span: tracing::Span,
 }

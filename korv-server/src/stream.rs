@@ -13,7 +13,9 @@
 //! - At the client's EOF the loop finishes what is in flight, writes it, then
 //!   shuts its writing side down (EOF).
 //! - On shutdown it answers new requests `503`, gives in-flight ones the grace
-//!   period, answers the rest `503`, then closes.
+//!   period, answers the rest `503`, then closes once nothing has arrived for
+//!   [`SHUTDOWN_LINGER`]: requests already on their way when shutdown began
+//!   get a `503`, not a closed stream.
 
 use std::io;
 use std::sync::Arc;
@@ -38,6 +40,10 @@ use crate::request::{ClientInfo, Params, Request};
 use crate::response::{TRACEBACKS, internal_error};
 use crate::router::Routed;
 use crate::state::Shared;
+
+/// On shutdown, how long a stream with nothing in flight waits for more
+/// requests (answered `503`) before it closes; never past the grace period.
+pub(crate) const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Bytes read from the transport at a time, at least.
 const READ_CAPACITY: usize = 64 * 1024;
@@ -150,6 +156,9 @@ where
     let mut shutting_down = false;
     let grace = tokio::time::sleep(shared.limits.shutdown_grace);
     tokio::pin!(grace);
+    let linger = tokio::time::sleep(SHUTDOWN_LINGER);
+    tokio::pin!(linger);
+    let mut grace_ends = tokio::time::Instant::now();
     let max_in_flight = shared.limits.max_in_flight_per_stream.max(1);
     let max_unwritten = shared
         .limits
@@ -189,15 +198,19 @@ where
                 ));
             }
         }
-        if in_flight.is_empty() && (!reading || shutting_down) {
+        if in_flight.is_empty() && !reading {
             return Ok(());
         }
         tokio::select! {
             biased;
             () = shutdown.cancelled(), if !shutting_down => {
                 shutting_down = true;
-                grace.as_mut().reset(tokio::time::Instant::now() + shared.limits.shutdown_grace);
+                let now = tokio::time::Instant::now();
+                grace_ends = now + shared.limits.shutdown_grace;
+                grace.as_mut().reset(grace_ends);
+                linger.as_mut().reset((now + SHUTDOWN_LINGER).min(grace_ends));
             }
+            () = &mut linger, if shutting_down && in_flight.is_empty() => return Ok(()),
             () = &mut grace, if shutting_down && !abort.is_cancelled() => abort.cancel(),
             () = to_writer.closed() => {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the stream's writer stopped"));
@@ -208,6 +221,10 @@ where
                 Some(Err(err)) => return Err(into_io(err)),
                 Some(Ok(frame)) => {
                     let started = Instant::now();
+                    if shutting_down {
+                        let quiet_until = tokio::time::Instant::now() + SHUTDOWN_LINGER;
+                        linger.as_mut().reset(quiet_until.min(grace_ends));
+                    }
                     match dispatch(shared, client, frame, shutting_down) {
                         Dispatch::Now(response, verb) => {
                             log_answer(&response, None, started);
