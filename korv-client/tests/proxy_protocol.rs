@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use korv_client::{ClientConfig, Error, KorvClient, StatusCode};
 use korv_server::routing::get;
-use korv_server::{IpNet, KorvServer, Request, ShutdownHandle};
+use korv_server::{IpNet, KorvServer, Limits, Request, ShutdownHandle};
+use korv_testkit::certs::sign;
 use korv_testkit::keys::{KeyKind, keygen, known_hosts_line, public_key};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -33,6 +34,16 @@ impl Drop for Server {
 
 /// A server that expects PROXY headers from `trusted`.
 async fn server(trusted: &str) -> Server {
+    server_with(trusted, Limits::default(), |server| server).await
+}
+
+/// A server that expects PROXY headers from `trusted`, with `limits`, and
+/// whatever `more` adds.
+async fn server_with(
+    trusted: &str,
+    limits: Limits,
+    more: impl FnOnce(KorvServer) -> KorvServer,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let host = keygen(dir.path(), "host", KeyKind::Ed25519);
     let alice = keygen(dir.path(), "alice", KeyKind::Ed25519);
@@ -48,7 +59,7 @@ async fn server(trusted: &str) -> Server {
     )
     .unwrap();
     let bound =
-        KorvServer::new()
+        more(KorvServer::new().limits(limits))
             .route(
                 "/addr",
                 get(|req: Request| async move {
@@ -73,6 +84,24 @@ async fn server(trusted: &str) -> Server {
         bob,
         shutdown,
     }
+}
+
+/// Connects to 127.0.0.1:`port` and writes `bytes`; returns whether the
+/// server closes the connection within `within`.
+async fn closed_within(port: u16, bytes: &[u8], within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    socket.write_all(bytes).await.unwrap();
+    let mut buf = [0_u8; 1024];
+    let read_to_end = async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_to_end).await.is_ok()
 }
 
 /// A relay on 127.0.0.1 that writes `header` to the server before the
@@ -219,4 +248,93 @@ async fn a_trusted_source_without_a_header_is_closed() {
     let server = server("127.0.0.1/32").await;
     let refused = connect(&server, server.addr.port(), "bob", &server.bob).await;
     assert!(refused.is_err());
+}
+
+#[tokio::test]
+async fn a_trusted_source_silent_past_the_version_deadline_is_closed() {
+    let limits = Limits {
+        version_timeout: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let server = server_with("127.0.0.1/32", limits, |s| s).await;
+    let port = server.addr.port();
+    // Half a header, then nothing.
+    assert!(closed_within(port, b"PROXY TCP4 192.0", std::time::Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn per_source_limits_count_the_carried_address() {
+    // One unauthenticated place per source; loopback not exempt.
+    let limits = Limits {
+        max_unauthenticated_per_source: 1,
+        exempt_networks: Vec::new(),
+        penalty_base: std::time::Duration::ZERO,
+        ..Limits::default()
+    };
+    let server = server_with("127.0.0.1/32", limits, |s| s).await;
+    let port = server.addr.port();
+    let hold = |source: &str| {
+        let header = v1(source, 5555);
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            socket.write_all(&header).await.unwrap();
+            // Admitted: the server sends its SSH version line.
+            let mut banner = [0_u8; 4];
+            let admitted = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                socket.read_exact(&mut banner),
+            )
+            .await
+            .is_ok_and(|read| read.is_ok());
+            (socket, admitted && &banner == b"SSH-")
+        }
+    };
+    let (_first, admitted) = hold("192.0.2.7").await;
+    assert!(admitted, "the first connection from 192.0.2.7 gets a place");
+    let (_second, admitted) = hold("192.0.2.7").await;
+    assert!(
+        !admitted,
+        "a second one from 192.0.2.7 is over its source's limit"
+    );
+    let (_other, admitted) = hold("192.0.2.8").await;
+    assert!(
+        admitted,
+        "192.0.2.8 is another source, through the same balancer"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_source_address_sees_the_carried_address() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = keygen(ca_dir.path(), "user_ca", KeyKind::Ed25519);
+    let ca_public = russh::keys::PublicKey::from_openssh(&public_key(&ca)).unwrap();
+    let server = server_with("127.0.0.1/32", Limits::default(), move |s| {
+        s.trusted_user_ca_key(ca_public)
+    })
+    .await;
+    let carol = keygen(server.dir.path(), "carol", KeyKind::Ed25519);
+    sign(
+        &ca,
+        &carol,
+        "carol",
+        &[
+            "-n",
+            "carol",
+            "-O",
+            "source-address=192.0.2.0/24",
+            "-V",
+            "-5m:+1h",
+        ],
+    );
+    let inside = relay(server.addr, v2(1, [192, 0, 2, 40], 7000)).await;
+    let carol_in = connect(&server, inside, "carol", &carol).await.unwrap();
+    assert_eq!(seen_addr(&carol_in).await, json!("192.0.2.40:7000"));
+    let outside = relay(server.addr, v2(1, [198, 51, 100, 40], 7000)).await;
+    let refused = connect(&server, outside, "carol", &carol).await;
+    assert!(
+        matches!(refused, Err(Error::AuthRefused { .. })),
+        "{:?}",
+        refused.err()
+    );
 }
