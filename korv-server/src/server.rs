@@ -647,12 +647,13 @@ impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServerError> {
         let token = self.shutdown.clone();
+        let span = self.span.clone();
         let run = self.run();
         tokio::pin!(run);
         tokio::select! {
             result = &mut run => return result,
             () = shutdown => {
-                tracing::info!("shutting down");
+                tracing::info!(parent: &span, "shutting down");
                 token.cancel();
             }
         }
