@@ -28,6 +28,8 @@ use crate::admission::Admission;
 /// The longest HTTP request head read, and the time it has to arrive.
 const MAX_HEAD: usize = 8 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scrapes answered at once; more connections wait to be accepted.
+const MAX_SCRAPES: usize = 16;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -231,9 +233,18 @@ pub(crate) fn render(registry: &Registry) -> String {
     text
 }
 
-/// Serves `GET /metrics` on `tcp` until `stop` fires.
+/// Serves `GET /metrics` on `tcp` until `stop` fires, [`MAX_SCRAPES`] at
+/// a time.
 pub(crate) async fn serve(tcp: TcpListener, registry: Arc<Registry>, stop: CancellationToken) {
+    let scrapes = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => return,
+            permit = Arc::clone(&scrapes).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
         let socket = tokio::select! {
             () = stop.cancelled() => return,
             accepted = tcp.accept() => match accepted {
@@ -250,6 +261,7 @@ pub(crate) async fn serve(tcp: TcpListener, registry: Arc<Registry>, stop: Cance
             if let Err(err) = answer(socket, &registry).await {
                 tracing::debug!(%err, "metrics: request failed");
             }
+            drop(permit);
         });
     }
 }
