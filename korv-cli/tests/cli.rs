@@ -306,6 +306,34 @@ fn whoami_and_the_subsystem_flag() {
 }
 
 #[test]
+fn whoami_and_metrics_tell_the_instance_name() {
+    use std::io::{Read, Write};
+    let metrics = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics}");
+    let server = Server::start_with(&["--name", "web-3", "--metrics", &metrics_addr]);
+    server.trust();
+    let (code, me) = server.json(&["get", "/whoami"]);
+    assert_eq!(code, 0);
+    assert_eq!(me["instance"], json!("web-3"));
+    let address = me["address"].as_str().unwrap();
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+    let mut socket = std::net::TcpStream::connect(&metrics_addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    socket.read_to_string(&mut text).unwrap();
+    // `/whoami`: one GET answered 200.
+    assert!(
+        text.contains(r#"korv_requests_total{instance_name="web-3",verb="GET",code="200"} 1"#),
+        "{text}"
+    );
+}
+
+#[test]
 fn serve_takes_the_limits_before_authentication_from_its_flags() {
     use std::io::Read;
     // One unauthenticated connection per source, loopback not exempt.

@@ -526,6 +526,27 @@ async fn shutdown_answers_new_requests_503_and_drains_in_flight_ones() {
 }
 
 #[tokio::test]
+async fn a_request_arriving_on_an_idle_stream_just_after_shutdown_gets_503() {
+    let service = app(Limits {
+        shutdown_grace: Duration::from_secs(5),
+        ..limits()
+    });
+    let mut pipe = Pipe::open(&service);
+    assert_eq!(pipe.call(get(1, "/hello")).await.code, StatusCode::OK);
+    // Nothing in flight: the stream lingers rather than closing at once,
+    // so a request already on its way is answered, not dropped.
+    service.shutdown_handle().shutdown();
+    let refused = pipe.call(get(2, "/hello")).await;
+    assert_eq!(
+        (refused.request_id, refused.code),
+        (Some(RequestId::from(2)), StatusCode::SERVICE_UNAVAILABLE)
+    );
+    // Then, quiet, it closes by itself.
+    let end = pipe.recv_or_end(Duration::from_secs(5)).await;
+    assert!(end.is_none());
+}
+
+#[tokio::test]
 async fn requests_still_running_when_the_grace_period_ends_get_503() {
     let (service, gate) = gated(Limits {
         shutdown_grace: Duration::from_millis(200),

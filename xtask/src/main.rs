@@ -7,12 +7,14 @@
 //!                       # (--check: fail on a missed target or failed load)
 //! cargo xtask soak      # korv serve under valid and malformed frames, 60 s
 //! cargo xtask fuzz      # every fuzz target, 60 s each
+//! cargo xtask fleet     # three korv serve behind HAProxy (docs/DEPLOY.md), checked
 //! ```
 //!
 //! Each step is printed before it runs; the first failure stops the run with
 //! a message naming the step and how to reproduce it.
 
 mod bench;
+mod fleet;
 mod fuzz;
 mod soak;
 mod workspace;
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("fleet") => fleet::fleet(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
@@ -51,6 +54,7 @@ fn print_help() {
          soak    [--minutes N] korv serve under a full-speed mix of valid and malformed frames\n  \
          bench   [--quick] [--check] Korv against HTTPS, OpenSSH and plain TCP; writes BENCHMARKS.md;\n          \
          --check fails on a missed target or a failed load\n  \
+         fleet   [--release] three korv serve behind HAProxy with the PROXY protocol, every scenario\n  \
          fuzz    run each fuzz target for N seconds (default 60): fuzz [--seconds N]\n  \
          help    this text"
     );
