@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo xtask test      # fmt check, clippy (warnings are errors), every test
+//! cargo xtask legacy    # only the korv 0.2.1 interoperability tests (pytest)
 //! cargo xtask bench     # Korv against its peers; rewrites BENCHMARKS.md
 //! cargo xtask soak      # korv serve under valid and malformed frames, 60 s
 //! ```
@@ -11,6 +12,7 @@
 
 mod bench;
 mod fuzz;
+mod legacy_venv;
 mod soak;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("legacy") => legacy_venv::legacy_tests(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -47,6 +50,7 @@ fn print_help() {
          soak    [--minutes N] korv serve under a full-speed mix of valid and malformed frames\n  \
          bench   [--quick] Korv against HTTPS, OpenSSH and plain TCP; writes BENCHMARKS.md\n  \
          fuzz    run each fuzz target for N seconds (default 60): fuzz [--seconds N]\n  \
+         legacy  [PYTEST ARGS] only the korv 0.2.1 interoperability tests (pytest, in a venv)\n  \
          help    this text"
     );
 }
@@ -111,6 +115,8 @@ fn test() -> Result<(), String> {
     let mut doctests = cargo();
     doctests.args(["test", "--workspace", "--doc"]);
     step("doctests", doctests)?;
+
+    legacy_venv::legacy_tests(&[])?;
 
     println!("\nall steps passed");
     Ok(())
