@@ -139,14 +139,70 @@ enum State {
 }
 
 /// korv 0.2.1's message codec. See the [module docs](self).
+///
+/// Cloning is cheap: a clone has the same limits and a decoder between
+/// members, whose inflate state is only allocated when it first decodes.
 pub struct LegacyCodec {
     max_frame: usize,
     max_message: usize,
     state: State,
+    inflater: Option<Box<Inflater>>,
+}
+
+/// A member being inflated: the deflate state, its checksum, its content.
+struct Inflater {
     inflate: Decompress,
     crc: Crc,
     content: BytesMut,
     scratch: Box<[u8]>,
+}
+
+impl Inflater {
+    fn new() -> Box<Self> {
+        Box::new(Inflater {
+            inflate: Decompress::new(false),
+            crc: Crc::new(),
+            content: BytesMut::new(),
+            scratch: vec![0; INFLATE_CHUNK].into_boxed_slice(),
+        })
+    }
+
+    /// Inflates what `src` holds of the current member's content, up to one
+    /// byte past `max_frame`. `Ok(true)` when the deflate stream ended,
+    /// `Ok(false)` when more input is needed.
+    fn inflate(&mut self, src: &mut BytesMut, max_frame: usize) -> Result<bool, InflateError> {
+        loop {
+            // Never more than one byte past the maximum: enough to know it
+            // is exceeded, and all a gzip bomb gets out of us.
+            let room = max_frame
+                .saturating_add(1)
+                .saturating_sub(self.content.len());
+            let chunk = room.min(INFLATE_CHUNK);
+            let out = self
+                .scratch
+                .get_mut(..chunk)
+                .ok_or(InflateError::TooLarge)?;
+            let (in_before, out_before) = (self.inflate.total_in(), self.inflate.total_out());
+            let status = self
+                .inflate
+                .decompress(src, out, FlushDecompress::None)
+                .map_err(|err| InflateError::Corrupt(err.to_string()))?;
+            let consumed = usize::try_from(self.inflate.total_in() - in_before).unwrap_or(0);
+            let produced = usize::try_from(self.inflate.total_out() - out_before).unwrap_or(0);
+            src.advance(consumed);
+            let made = out.get(..produced).unwrap_or_default();
+            self.crc.update(made);
+            self.content.extend_from_slice(made);
+            if self.content.len() > max_frame {
+                return Err(InflateError::TooLarge);
+            }
+            match status {
+                Status::StreamEnd => return Ok(true),
+                _ if consumed == 0 && produced == 0 => return Ok(false),
+                _ => {}
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for LegacyCodec {
@@ -199,10 +255,7 @@ impl LegacyCodecBuilder {
             max_frame: self.max_frame,
             max_message: self.max_message,
             state: State::Header,
-            inflate: Decompress::new(false),
-            crc: Crc::new(),
-            content: BytesMut::new(),
-            scratch: vec![0; INFLATE_CHUNK].into_boxed_slice(),
+            inflater: None,
         }
     }
 }
@@ -252,51 +305,19 @@ impl LegacyCodec {
 
     /// Whether the decoder is between members.
     pub fn is_at_message_boundary(&self) -> bool {
-        self.state == State::Header && self.content.is_empty()
+        self.state == State::Header
+    }
+
+    /// Ends decoding: everything after this point is discarded.
+    fn finish(&mut self, src: &mut BytesMut) {
+        self.state = State::Done;
+        self.inflater = None;
+        src.clear();
     }
 
     fn fail(&mut self, src: &mut BytesMut, reason: String) -> Option<LegacyFrame> {
-        self.state = State::Done;
-        self.content = BytesMut::new();
-        src.clear();
+        self.finish(src);
         Some(LegacyFrame::Corrupt { reason })
-    }
-
-    /// Inflates what `src` holds of the current member's content. `Ok(true)`
-    /// when the deflate stream ended, `Ok(false)` when more input is needed.
-    fn inflate(&mut self, src: &mut BytesMut) -> Result<bool, InflateError> {
-        loop {
-            // Never more than one byte past the maximum: enough to know it
-            // is exceeded, and all a gzip bomb gets out of us.
-            let room = self
-                .max_frame
-                .saturating_add(1)
-                .saturating_sub(self.content.len());
-            let chunk = room.min(INFLATE_CHUNK);
-            let out = self
-                .scratch
-                .get_mut(..chunk)
-                .ok_or(InflateError::TooLarge)?;
-            let (in_before, out_before) = (self.inflate.total_in(), self.inflate.total_out());
-            let status = self
-                .inflate
-                .decompress(src, out, FlushDecompress::None)
-                .map_err(|err| InflateError::Corrupt(err.to_string()))?;
-            let consumed = usize::try_from(self.inflate.total_in() - in_before).unwrap_or(0);
-            let produced = usize::try_from(self.inflate.total_out() - out_before).unwrap_or(0);
-            src.advance(consumed);
-            let made = out.get(..produced).unwrap_or_default();
-            self.crc.update(made);
-            self.content.extend_from_slice(made);
-            if self.content.len() > self.max_frame {
-                return Err(InflateError::TooLarge);
-            }
-            match status {
-                Status::StreamEnd => return Ok(true),
-                _ if consumed == 0 && produced == 0 => return Ok(false),
-                _ => {}
-            }
-        }
     }
 }
 
@@ -382,18 +403,22 @@ impl Decoder for LegacyCodec {
                     Ok(None) => return Ok(None),
                     Ok(Some(len)) => {
                         src.advance(len);
-                        self.inflate.reset(false);
-                        self.crc.reset();
+                        let inflater = self.inflater.get_or_insert_with(Inflater::new);
+                        inflater.inflate.reset(false);
+                        inflater.crc.reset();
+                        inflater.content.clear();
                         self.state = State::Content;
                     }
                 },
-                State::Content => match self.inflate(src) {
+                State::Content => match self
+                    .inflater
+                    .get_or_insert_with(Inflater::new)
+                    .inflate(src, self.max_frame)
+                {
                     Ok(true) => self.state = State::Trailer,
                     Ok(false) => return Ok(None),
                     Err(InflateError::TooLarge) => {
-                        self.state = State::Done;
-                        self.content = BytesMut::new();
-                        src.clear();
+                        self.finish(src);
                         return Ok(Some(LegacyFrame::Oversized {
                             max_frame: self.max_frame,
                         }));
@@ -408,14 +433,17 @@ impl Decoder for LegacyCodec {
                     }
                     let crc = src.get_u32_le();
                     let size = src.get_u32_le();
-                    if crc != self.crc.sum() || size != self.crc.amount() {
+                    let inflater = self.inflater.get_or_insert_with(Inflater::new);
+                    if crc != inflater.crc.sum() || size != inflater.crc.amount() {
                         return Ok(self.fail(
                             src,
                             "gzip member's checksum or size does not match its content".into(),
                         ));
                     }
                     self.state = State::Header;
-                    return Ok(Some(LegacyFrame::Payload(self.content.split().freeze())));
+                    return Ok(Some(LegacyFrame::Payload(
+                        inflater.content.split().freeze(),
+                    )));
                 }
             }
         }

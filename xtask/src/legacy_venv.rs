@@ -88,6 +88,7 @@ pub(crate) fn legacy_tests(args: &[String]) -> Result<(), String> {
             "no:cacheprovider",
         ])
         .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("KORV_BIN", bin.join("korv"))
         .env("KORV_INTEROP_SERVER", bin.join("examples").join("interop"));
     step("korv 0.2.1 interoperability (pytest)", pytest)
