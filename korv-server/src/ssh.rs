@@ -273,7 +273,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         self.tracker.spawn(async move {
             let shutdown = shared.shutdown.clone();
             tokio::select! {
-                result = crate::stream::run_stream(shared, stream, client, shutdown) => {
+                result = crate::stream::run_stream(shared, stream, client, shutdown, crate::stream::Format::Version1) => {
                     if let Err(err) = result {
                         debug!(%err, "stream ended with an error");
                     }
