@@ -1,14 +1,18 @@
-//! `korv serve`: the demo routes plus the persistent document store.
+//! `korv serve`: the demo routes plus the persistent document store, on a
+//! listening socket or on stdin/stdout under sshd.
 
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::Args;
+use korv_server::routing::{any, get};
 use korv_server::{Error, KorvServer, Request, StatusCode, Verb};
-use russh::keys::ssh_key::LineEnding;
-use russh::keys::{Algorithm, HashAlg, PrivateKey};
 use serde_json::{Value, json};
 
+use crate::keys;
 use crate::store::{Outcome, Store};
 
 /// The longest `/delay/{ms}`.
@@ -25,62 +29,117 @@ pub(crate) fn default_data_dir() -> PathBuf {
     home.join(".local").join("share").join("korv")
 }
 
-/// A fresh ed25519 key.
-pub(crate) fn new_ed25519(comment: &str) -> anyhow::Result<PrivateKey> {
-    let mut key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
-        .context("cannot generate an ed25519 key")?;
-    key.set_comment(comment);
-    Ok(key)
+/// The arguments of `korv serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8022")]
+    pub(crate) listen: SocketAddr,
+    /// Port to listen on (overrides the port of --listen).
+    #[arg(long)]
+    pub(crate) port: Option<u16>,
+    /// Host key file; repeatable (default: an ed25519 key made on first start
+    /// in the data folder, ~/.local/share/korv/host_ed25519).
+    #[arg(long = "host-key", value_name = "FILE")]
+    pub(crate) host_keys: Vec<PathBuf>,
+    /// authorized_keys file (default ~/.ssh/authorized_keys).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) authorized_keys: Option<PathBuf>,
+    /// The document store (default ~/.local/share/korv/store.redb).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) data: Option<PathBuf>,
+    /// Serve one stream on stdin/stdout (for `Subsystem korv` in sshd_config).
+    #[arg(long)]
+    pub(crate) stdio: bool,
+    /// Send 500s without tracebacks.
+    #[arg(long)]
+    pub(crate) no_traceback: bool,
 }
 
-/// Writes a private key in OpenSSH format, readable by its owner only.
-pub(crate) fn write_private_key(key: &PrivateKey, path: &Path) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
+/// Serves [`app`] on stdin/stdout (`--stdio`), or on the listen address
+/// until Ctrl-C or SIGTERM.
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = default_data_dir();
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(|| data_dir.join("store.redb"));
+    let store = Store::open(&data)?;
+    let server = app(store).tracebacks(!args.no_traceback);
+    if args.stdio {
+        let io = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+        server
+            .serve_stream(io)
+            .await
+            .context("serving stdin/stdout")?;
+        return Ok(ExitCode::SUCCESS);
     }
-    let text = key
-        .to_openssh(LineEnding::LF)
-        .context("cannot encode the key")?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create the key file {}", path.display()))?;
-    std::io::Write::write_all(&mut file, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
-/// The default host key: made on first start, reused afterwards. Returns its
-/// path and fingerprint.
-pub(crate) fn ensure_default_host_key(dir: &Path) -> anyhow::Result<(PathBuf, String, bool)> {
-    let path = dir.join("host_ed25519");
-    let created = !path.exists();
-    if created {
-        write_private_key(&new_ed25519("korv host key")?, &path)?;
+    // Each connection is a file descriptor: let `max_connections` (1024 by
+    // default) be the limit rather than the usual soft limit of 1024 files.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < 2048 => tracing::warn!(
+            limit,
+            "the open-file limit is low: connections beyond it are refused (raise it with `ulimit -n`)"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
     }
-    let key = russh::keys::load_secret_key(&path, None)
-        .with_context(|| format!("host key {}: cannot load it", path.display()))?;
-    let fingerprint = key.public_key().fingerprint(HashAlg::Sha256).to_string();
-    Ok((path, fingerprint, created))
+    let mut listen = args.listen;
+    if let Some(port) = args.port {
+        listen.set_port(port);
+    }
+    let mut server = server.listen(listen);
+    if args.host_keys.is_empty() {
+        let (path, fingerprint, created) = keys::ensure_default_host_key(&data_dir)?;
+        let verb = if created { "created" } else { "using" };
+        eprintln!("korv: {verb} host key {} ({fingerprint})", path.display());
+        server = server.host_key_file(path);
+    }
+    for key in &args.host_keys {
+        server = server.host_key_file(key);
+    }
+    let authorized = args.authorized_keys.clone().unwrap_or_else(|| {
+        let home = std::env::var_os("HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_default();
+        home.join(".ssh").join("authorized_keys")
+    });
+    match std::fs::read_to_string(&authorized) {
+        Ok(text)
+            if text
+                .lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) => {}
+        Ok(_) => eprintln!(
+            "korv: warning: {} is empty: nobody can log in until a key is added",
+            authorized.display()
+        ),
+        Err(err) => eprintln!(
+            "korv: warning: cannot read {} ({err}): nobody can log in until it exists",
+            authorized.display()
+        ),
+    }
+    let bound = server.authorized_keys_file(&authorized).bind().await?;
+    eprintln!(
+        "korv: listening on {} (store {})",
+        bound.local_addr(),
+        data.display()
+    );
+    bound.run_until(korv_server::shutdown_signal()).await?;
+    eprintln!("korv: stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The server with every route of `korv serve`.
 pub(crate) fn app(store: Store) -> KorvServer<Store> {
-    let mut server = KorvServer::with_state(store);
-    for verb in Verb::ALL {
-        server.add_callback(verb, "/echo", echo);
-    }
-    server
-        .route(Verb::Get, "/hello", |_r: Request| async {
-            (200, json!({"msg": "Hello World!"}))
-        })
-        .route(Verb::Get, "/delay/{ms}", delay)
-        .route(Verb::Get, "/boom", boom)
-        .route(Verb::Get, "/whoami", whoami)
+    KorvServer::with_state(store)
+        .route("/echo", any(echo))
+        .route(
+            "/hello",
+            get(|_r: Request| async { (200, json!({"msg": "Hello World!"})) }),
+        )
+        .route("/delay/{ms}", get(delay))
+        .route("/boom", get(boom))
+        .route("/whoami", get(whoami))
         .fallback(document)
 }
 

@@ -8,7 +8,8 @@ use russh::keys::known_hosts::{known_host_keys_path, learn_known_hosts_path};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use tokio::net::TcpStream;
 
-use crate::{ChannelKind, ClientConfig, Error, HostKeyPolicy};
+use crate::config::{ChannelKind, ClientConfig, HostKeyPolicy};
+use crate::error::{Error, IdentityError};
 
 /// Keeps the SSH connection open.
 pub(crate) struct Session {
@@ -40,7 +41,7 @@ impl HostCheck {
             return Ok(());
         }
         let recorded = known_host_keys_path(&self.host, self.port, &self.known_hosts)
-            .map_err(|err| Error::Protocol(format!("cannot read known_hosts {file}: {err}")))?;
+            .map_err(|err| self.known_hosts_error("read known_hosts", err))?;
         if recorded.iter().any(|(_, k)| k.key_data() == key.key_data()) {
             return Ok(());
         }
@@ -59,9 +60,8 @@ impl HostCheck {
         }
         match self.policy {
             HostKeyPolicy::AcceptNew => {
-                learn_known_hosts_path(&self.host, self.port, key, &self.known_hosts).map_err(
-                    |err| Error::Protocol(format!("cannot add the host key to {file}: {err}")),
-                )?;
+                learn_known_hosts_path(&self.host, self.port, key, &self.known_hosts)
+                    .map_err(|err| self.known_hosts_error("add the host key to", err))?;
                 tracing::info!(host = %shown, %fingerprint, known_hosts = %file, "new host key trusted and recorded");
                 Ok(())
             }
@@ -70,6 +70,20 @@ impl HostCheck {
                 fingerprint,
                 known_hosts: file,
             }),
+        }
+    }
+
+    /// A failure reading or writing known_hosts. russh reports I/O and key
+    /// lines that do not parse alike; the latter become `InvalidData`.
+    fn known_hosts_error(&self, doing: &'static str, err: russh::keys::Error) -> Error {
+        let source = match err {
+            russh::keys::Error::IO(io) => io,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+        };
+        Error::KnownHosts {
+            path: self.known_hosts.clone(),
+            doing,
+            source,
         }
     }
 }
@@ -95,9 +109,9 @@ impl client::Handler for HostCheck {
     ) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
             if let Ok(mut verdict) = self.verdict.lock() {
-                *verdict = Some(Error::Protocol(
-                    "host certificates are not supported".into(),
-                ));
+                *verdict = Some(Error::HostCertificate {
+                    host: display_host(&self.host, self.port),
+                });
             }
             return Ok(false);
         };
@@ -119,9 +133,9 @@ pub(crate) async fn connect(
 ) -> Result<(Session, russh::ChannelStream<client::Msg>), Error> {
     tokio::time::timeout(config.connect_timeout, connect_inner(config))
         .await
-        .map_err(|_| Error::Connect {
+        .map_err(|_| Error::ConnectTimeout {
             addr: format!("{}:{}", config.host, config.port),
-            cause: format!("no answer within {:?}", config.connect_timeout),
+            limit: config.connect_timeout,
         })?
 }
 
@@ -129,13 +143,12 @@ async fn connect_inner(
     config: &ClientConfig,
 ) -> Result<(Session, russh::ChannelStream<client::Msg>), Error> {
     let addr = format!("{}:{}", config.host, config.port);
-    let connect_error = |cause: String| Error::Connect {
-        addr: addr.clone(),
-        cause,
-    };
     let socket = TcpStream::connect((config.host.as_str(), config.port))
         .await
-        .map_err(|err| connect_error(err.to_string()))?;
+        .map_err(|source| Error::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     let _ = socket.set_nodelay(true);
     let verdict = Arc::new(Mutex::new(None));
     let check = HostCheck {
@@ -162,60 +175,65 @@ async fn connect_inner(
             if let Some(refusal) = verdict.lock().ok().and_then(|mut v| v.take()) {
                 return Err(refusal);
             }
-            return Err(connect_error(format!("SSH handshake failed: {err}")));
+            return Err(Error::Ssh {
+                addr,
+                doing: "handshake",
+                source: Box::new(err),
+            });
         }
     };
-    authenticate(&mut handle, config).await?;
+    authenticate(&mut handle, config, &addr).await?;
     let channel = match config.channel {
         ChannelKind::DirectTcpip => handle
             .channel_open_direct_tcpip("localhost", u32::from(config.port), "127.0.0.1", 0)
             .await
-            .map_err(|err| {
-                Error::Protocol(format!(
-                    "the server refused the direct-tcpip channel: {err}"
-                ))
-            })?,
+            .map_err(refused("direct-tcpip channel"))?,
         ChannelKind::Subsystem => {
-            let channel = handle.channel_open_session().await.map_err(|err| {
-                Error::Protocol(format!("the server refused the session channel: {err}"))
-            })?;
+            let channel = handle
+                .channel_open_session()
+                .await
+                .map_err(refused("session channel"))?;
             channel
                 .request_subsystem(true, "korv")
                 .await
-                .map_err(|err| {
-                    Error::Protocol(format!("the server refused the korv subsystem: {err}"))
-                })?;
+                .map_err(refused("korv subsystem"))?;
             channel
         }
     };
     Ok((Session { _handle: handle }, channel.into_stream()))
 }
 
-async fn authenticate(handle: &mut Handle<HostCheck>, config: &ClientConfig) -> Result<(), Error> {
+/// The error for a refused `channel`.
+fn refused(channel: &'static str) -> impl FnOnce(russh::Error) -> Error {
+    move |source| Error::ChannelRefused {
+        channel,
+        source: Box::new(source),
+    }
+}
+
+async fn authenticate(
+    handle: &mut Handle<HostCheck>,
+    config: &ClientConfig,
+    addr: &str,
+) -> Result<(), Error> {
     let mut tried = Vec::new();
     let mut problems = Vec::new();
     for path in config.identity_paths() {
-        let shown = path.display().to_string();
         let key = match russh::keys::load_secret_key(&path, config.passphrase.as_deref()) {
             Ok(key) => key,
-            Err(russh::keys::Error::KeyIsEncrypted) => {
-                problems.push(Error::Identity {
-                    path: shown,
-                    reason: "the key is encrypted: supply its passphrase".into(),
-                });
-                continue;
-            }
             Err(err) => {
-                problems.push(Error::Identity {
-                    path: shown,
-                    reason: err.to_string(),
-                });
+                let reason = match err {
+                    russh::keys::Error::KeyIsEncrypted => IdentityError::Encrypted,
+                    other => IdentityError::Load(other),
+                };
+                problems.push(Error::Identity { path, reason });
                 continue;
             }
         };
         let hash = rsa_hash(handle, key.public_key()).await;
         tried.push(format!(
-            "{shown} ({})",
+            "{} ({})",
+            path.display(),
             key.public_key().fingerprint(HashAlg::Sha256)
         ));
         let result = handle
@@ -224,7 +242,11 @@ async fn authenticate(handle: &mut Handle<HostCheck>, config: &ClientConfig) -> 
                 PrivateKeyWithHashAlg::new(Arc::new(key), hash),
             )
             .await
-            .map_err(|err| Error::Protocol(format!("authentication failed: {err}")))?;
+            .map_err(|source| Error::Ssh {
+                addr: addr.to_owned(),
+                doing: "authentication",
+                source: Box::new(source),
+            })?;
         if matches!(result, AuthResult::Success) {
             return Ok(());
         }
@@ -234,18 +256,14 @@ async fn authenticate(handle: &mut Handle<HostCheck>, config: &ClientConfig) -> 
     {
         return Ok(());
     }
-    if tried.is_empty() {
-        if let Some(problem) = problems.into_iter().next() {
-            return Err(problem);
-        }
-        return Err(Error::AuthRefused {
-            user: config.user.clone(),
-            tried: "none (no identity file and no ssh-agent)".into(),
-        });
+    if tried.is_empty()
+        && let Some(problem) = problems.into_iter().next()
+    {
+        return Err(problem);
     }
     Err(Error::AuthRefused {
         user: config.user.clone(),
-        tried: tried.join(", "),
+        tried,
     })
 }
 

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use korv_client::{ChannelKind, ClientConfig, Error, HostKeyPolicy, KorvClient, StatusCode};
+use korv_client::{
+    ChannelKind, ClientConfig, Error, HostKeyPolicy, IdentityError, KorvClient, StatusCode,
+};
+use korv_server::routing::{any, get};
 use korv_server::{KorvServer, Limits, Request, ShutdownHandle, Verb};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -34,19 +37,21 @@ fn app(limits: Limits) -> KorvServer {
     let echo = |r: Request| async move {
         json!({"verb": r.verb().as_str(), "resource": r.resource(), "body": r.body_value(), "n": r.header("n")})
     };
-    let mut server = KorvServer::new().limits(limits);
-    for verb in Verb::ALL {
-        server.add_callback(verb, "/echo", echo);
-    }
-    server
-        .route(Verb::Get, "/sleep/{ms}", |r: Request| async move {
-            let ms: u64 = r.param("ms").unwrap().parse().unwrap();
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            json!({"slept": ms})
-        })
-        .route(Verb::Get, "/n/{n}", |r: Request| async move {
-            json!({"n": r.param("n")})
-        })
+    KorvServer::new()
+        .limits(limits)
+        .route("/echo", any(echo))
+        .route(
+            "/sleep/{ms}",
+            get(|r: Request| async move {
+                let ms: u64 = r.param("ms").unwrap().parse().unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                json!({"slept": ms})
+            }),
+        )
+        .route(
+            "/n/{n}",
+            get(|r: Request| async move { json!({"n": r.param("n")}) }),
+        )
 }
 
 struct Fixture {
@@ -289,7 +294,9 @@ async fn a_passphrase_protected_key_works_with_its_passphrase() {
         .err()
         .unwrap();
     assert!(
-        matches!(&err, Error::Identity { path, reason } if path.ends_with("locked") && reason.contains("passphrase")),
+        matches!(&err, Error::Identity { path, reason: IdentityError::Encrypted } if path.ends_with("locked"))
+            && std::error::Error::source(&err)
+                .is_some_and(|reason| reason.to_string().contains("passphrase")),
         "{err}"
     );
     let client = KorvClient::connect(only_locked.passphrase("s3cret"))
@@ -333,7 +340,7 @@ async fn an_unauthorized_key_is_refused_naming_the_keys_tried() {
         .identity_file(&stranger);
     let err = KorvClient::connect(config).await.err().unwrap();
     assert!(
-        matches!(err, Error::AuthRefused { ref tried, .. } if tried.contains("stranger")),
+        matches!(err, Error::AuthRefused { ref tried, .. } if tried.iter().any(|key| key.contains("stranger"))),
         "{err}"
     );
 }

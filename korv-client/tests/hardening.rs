@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use korv_client::{ClientConfig, Error, KorvClient, StatusCode};
-use korv_server::{KorvServer, Limits, Request, ShutdownHandle, Verb};
+use korv_server::routing::{get, store};
+use korv_server::{KorvServer, Limits, Request, ShutdownHandle};
 use russh::client::{AuthResult, Handle, Msg};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure, MethodKind};
@@ -133,50 +134,51 @@ impl Drop for Release {
 fn app(limits: Limits, probes: Arc<Probes>) -> KorvServer<Arc<Probes>> {
     KorvServer::with_state(probes)
         .limits(limits)
-        .route(Verb::Get, "/hello", |_r: Request| async {
-            json!({"msg": "Hello World!"})
-        })
-        .route(Verb::Get, "/whoami", |r: Request| async move {
-            let c = r.client();
-            json!({
-                "user": c.user,
-                "fingerprint": c.fingerprint,
-                "comment": c.comment,
-                "peer": c.peer.map(|p| p.to_string()),
-            })
-        })
         .route(
-            Verb::Store,
-            "/echo",
-            |r: Request| async move { r.body_value() },
+            "/hello",
+            get(|_r: Request| async { json!({"msg": "Hello World!"}) }),
         )
         .route(
-            Verb::Get,
+            "/whoami",
+            get(|r: Request| async move {
+                let c = r.client();
+                json!({
+                    "user": c.user,
+                    "fingerprint": c.fingerprint,
+                    "comment": c.comment,
+                    "peer": c.peer.map(|p| p.to_string()),
+                })
+            }),
+        )
+        .route("/echo", store(|r: Request| async move { r.body_value() }))
+        .route(
             "/hold",
-            |_r: Request, probes: Arc<Probes>| async move {
+            get(|_r: Request, probes: Arc<Probes>| async move {
                 let _release = Release(Arc::clone(&probes));
                 probes.holding.fetch_add(1, Ordering::SeqCst);
                 std::future::pending::<Value>().await
-            },
+            }),
         )
-        .route(Verb::Get, "/boom/{n}", |r: Request| async move {
-            let n: u64 = r.param("n").unwrap().parse().unwrap();
-            if n.is_multiple_of(10) {
-                panic!("boom {n}");
-            }
-            json!({ "n": n })
-        })
         .route(
-            Verb::Get,
+            "/boom/{n}",
+            get(|r: Request| async move {
+                let n: u64 = r.param("n").unwrap().parse().unwrap();
+                if n.is_multiple_of(10) {
+                    panic!("boom {n}");
+                }
+                json!({ "n": n })
+            }),
+        )
+        .route(
             "/delay/{ms}/{tag}",
-            |r: Request, probes: Arc<Probes>| async move {
+            get(|r: Request, probes: Arc<Probes>| async move {
                 let ms: u64 = r.param("ms").unwrap().parse().unwrap();
                 let tag = r.param("tag").unwrap().to_owned();
                 probes.delays.lock().unwrap().started.insert(tag.clone());
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 probes.delays.lock().unwrap().finished.insert(tag.clone());
                 json!({ "tag": tag })
-            },
+            }),
         )
 }
 
@@ -433,7 +435,8 @@ async fn a_client_offering_no_key_is_refused() {
         .known_hosts(server.keys.dir.path().join("known_hosts"));
     let err = KorvClient::connect(config).await.err().unwrap();
     assert!(
-        matches!(&err, Error::AuthRefused { tried, .. } if tried.starts_with("none")),
+        matches!(&err, Error::AuthRefused { tried, .. } if tried.is_empty())
+            && err.to_string().contains("keys tried: none"),
         "{err}"
     );
 }

@@ -1,4 +1,5 @@
-//! Routes: a verb plus a pattern of static segments and `{name}` captures.
+//! The routing table: patterns of static segments and `{name}` captures, each
+//! with a handler per verb, matched against a request's verb and resource.
 //!
 //! Resources are matched byte for byte, segment by segment (split on `/`). A
 //! capture matches one non-empty segment. When several patterns match, the
@@ -11,6 +12,8 @@ use std::sync::Arc;
 use korv_proto::Verb;
 
 use crate::handler::BoxedHandler;
+use crate::request::Params;
+use crate::routing::{MethodRouter, RouteError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -29,30 +32,6 @@ impl fmt::Debug for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
-}
-
-/// A pattern that cannot be registered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
-    /// The pattern is malformed.
-    #[error("invalid route pattern {pattern:?}: {reason}")]
-    InvalidPattern {
-        /// The pattern as given.
-        pattern: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The same verb and pattern (captures compared by position, not name) was
-    /// registered before.
-    #[error("route conflict: {verb} {pattern:?} is already registered (as {existing:?})")]
-    Conflict {
-        /// The verb.
-        verb: Verb,
-        /// The pattern being registered.
-        pattern: String,
-        /// The equivalent pattern registered earlier.
-        existing: String,
-    },
 }
 
 impl Pattern {
@@ -118,7 +97,7 @@ impl Pattern {
                 Segment::Static(s) if s == part => {}
                 Segment::Static(_) => return None,
                 Segment::Capture(_) if part.is_empty() => return None,
-                Segment::Capture(name) => params.0.push((name.clone(), part.to_owned())),
+                Segment::Capture(name) => params.push(name, part),
             }
         }
         parts.next().is_none().then_some(params)
@@ -133,38 +112,15 @@ impl Pattern {
     }
 }
 
-/// The captures of a matched route, in pattern order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(Vec<(String, String)>);
-
-impl Params {
-    /// The value captured for `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Every capture, as (name, value) pairs in pattern order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
-    }
-
-    /// Whether there are no captures.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
+/// One pattern and its handler for each verb, indexed by [`verb_index`].
 struct Route<S> {
     pattern: Pattern,
-    handlers: [Option<Arc<BoxedHandler<S>>>; 4],
+    handlers: [Option<BoxedHandler<S>>; Verb::ALL.len()],
 }
 
 /// What routing a request found.
 pub(crate) enum Routed<S> {
-    Found(Arc<BoxedHandler<S>>, Params),
+    Found(BoxedHandler<S>, Params),
     /// A route matches but not for this verb: the verbs that do.
     NotAllowed(Vec<Verb>),
     NotFound,
@@ -172,8 +128,9 @@ pub(crate) enum Routed<S> {
 
 /// The routing table.
 pub(crate) struct Router<S> {
+    /// Most specific first, so the first match with the verb is the best one.
     routes: Vec<Route<S>>,
-    fallback: Option<Arc<BoxedHandler<S>>>,
+    fallback: Option<BoxedHandler<S>>,
 }
 
 impl<S> Default for Router<S> {
@@ -185,6 +142,7 @@ impl<S> Default for Router<S> {
     }
 }
 
+/// A verb's place in [`Verb::ALL`], the order of a `405`'s `allow`.
 fn verb_index(verb: Verb) -> usize {
     match verb {
         Verb::Get => 0,
@@ -195,45 +153,54 @@ fn verb_index(verb: Verb) -> usize {
 }
 
 impl<S> Router<S> {
+    /// Adds the handlers of `methods` on `pattern`. Nothing is added when
+    /// any of them conflicts.
     pub(crate) fn add(
         &mut self,
-        verb: Verb,
         pattern: &str,
-        handler: BoxedHandler<S>,
+        methods: MethodRouter<S>,
     ) -> Result<(), RouteError> {
         let pattern = Pattern::parse(pattern)?;
-        let handler = Some(Arc::new(handler));
-        // Captures are compared by position: `/u/{id}` and `/u/{name}` are one route.
-        if let Some(existing) = self
-            .routes
-            .iter()
-            .find(|r| r.pattern.same_shape(&pattern) && r.handlers[verb_index(verb)].is_some())
-        {
-            return Err(RouteError::Conflict {
-                verb,
-                pattern: pattern.text,
-                existing: existing.pattern.text.clone(),
-            });
+        for (i, (verb, _)) in methods.endpoints.iter().enumerate() {
+            let given_twice = methods.endpoints[..i].iter().any(|(v, _)| v == verb);
+            // Captures are compared by position: `/u/{id}` and `/u/{name}` are one route.
+            let existing = self
+                .routes
+                .iter()
+                .find(|r| r.pattern.same_shape(&pattern) && r.handlers[verb_index(*verb)].is_some())
+                .map(|r| &r.pattern.text);
+            if let Some(existing) = existing.or(given_twice.then_some(&pattern.text)) {
+                return Err(RouteError::Conflict {
+                    verb: *verb,
+                    pattern: pattern.text.clone(),
+                    existing: existing.clone(),
+                });
+            }
         }
-        if let Some(route) = self.routes.iter_mut().find(|r| r.pattern == pattern) {
-            route.handlers[verb_index(verb)] = handler;
-            return Ok(());
+        let index = match self.routes.iter().position(|r| r.pattern == pattern) {
+            Some(index) => index,
+            None => {
+                self.routes.push(Route {
+                    pattern,
+                    handlers: Default::default(),
+                });
+                self.routes.len() - 1
+            }
+        };
+        for (verb, handler) in methods.endpoints {
+            self.routes[index].handlers[verb_index(verb)] = Some(handler);
         }
-        let mut handlers = [None, None, None, None];
-        handlers[verb_index(verb)] = handler;
-        self.routes.push(Route { pattern, handlers });
-        // Most specific first, so the first match with the verb is the best one.
         self.routes
             .sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
         Ok(())
     }
 
     pub(crate) fn set_fallback(&mut self, handler: BoxedHandler<S>) {
-        self.fallback = Some(Arc::new(handler));
+        self.fallback = Some(handler);
     }
 
     pub(crate) fn route(&self, verb: Verb, resource: &str) -> Routed<S> {
-        let mut allowed = [false; 4];
+        let mut allowed = [false; Verb::ALL.len()];
         let mut any = false;
         for route in &self.routes {
             let Some(params) = route.pattern.matches(resource) else {

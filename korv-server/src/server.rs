@@ -1,5 +1,8 @@
-//! `KorvServer`: routes, settings, and serving streams.
+//! [`KorvServer`] (routes and settings), and the three ways to serve it: over
+//! SSH ([`BoundServer`]), over any byte stream ([`StreamService`]), until a
+//! [`ShutdownHandle`] or a future says stop.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,37 +11,32 @@ use std::sync::Arc;
 use korv_proto::Verb;
 use russh::keys::{PrivateKey, PublicKey};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::ServerError;
 use crate::authorized::AuthorizedKeys;
 use crate::config::Limits;
-use crate::handler::{ClientInfo, Handler, boxed};
-use crate::router::{RouteError, Router};
+use crate::error::ServerError;
+use crate::handler::{Handler, boxed};
+use crate::listener::{self, Listener};
+use crate::request::ClientInfo;
+use crate::router::Router;
+use crate::routing::{MethodRouter, RouteError, on};
+use crate::state::Shared;
+use crate::stream::run_stream;
 
 /// The default port: 8022.
 pub const DEFAULT_PORT: u16 = 8022;
 
-/// What every stream of a server shares.
-pub(crate) struct Shared<S> {
-    pub(crate) router: Router<S>,
-    pub(crate) state: S,
-    pub(crate) limits: Limits,
-    pub(crate) tracebacks: bool,
-    pub(crate) shutdown: CancellationToken,
-}
-
 /// Where host keys come from.
 #[derive(Debug, Clone)]
-pub(crate) enum HostKeySource {
+enum HostKeySource {
     File(PathBuf),
     Key(Box<PrivateKey>),
 }
 
 /// Where authorized keys come from.
 #[derive(Debug, Clone)]
-pub(crate) enum AuthorizedSource {
+enum AuthorizedSource {
     /// An OpenSSH authorized_keys file, re-read when it changes.
     File(PathBuf),
     /// Keys given in memory, with their comments.
@@ -46,12 +44,12 @@ pub(crate) enum AuthorizedSource {
 }
 
 /// A Korv server: routes plus settings. Build it, register handlers with
-/// [`add_callback`](Self::add_callback) (or [`route`](Self::route)), then
-/// [`serve`](Self::serve) it over SSH or [`serve_stream`](Self::serve_stream)
-/// it over any byte stream.
+/// [`route`](Self::route), then [`serve`](Self::serve) it over SSH or
+/// [`serve_stream`](Self::serve_stream) it over any byte stream.
 ///
 /// ```no_run
-/// use korv_server::{KorvServer, Request, Verb};
+/// use korv_server::routing::get;
+/// use korv_server::{KorvServer, Request};
 /// use serde_json::{json, Value};
 ///
 /// async fn hello(_req: Request) -> (u16, Value) {
@@ -59,21 +57,22 @@ pub(crate) enum AuthorizedSource {
 /// }
 ///
 /// # async fn run() -> Result<(), korv_server::ServerError> {
-/// let mut server = KorvServer::new()
+/// KorvServer::new()
 ///     .host_key_file("/etc/korv/host_ed25519")
-///     .authorized_keys_file("/home/me/.ssh/authorized_keys");
-/// server.add_callback(Verb::Get, "/hello", hello);
-/// server.serve().await
+///     .authorized_keys_file("/home/me/.ssh/authorized_keys")
+///     .route("/hello", get(hello))
+///     .serve()
+///     .await
 /// # }
 /// ```
 pub struct KorvServer<S = ()> {
-    pub(crate) router: Router<S>,
-    pub(crate) state: S,
-    pub(crate) limits: Limits,
-    pub(crate) tracebacks: bool,
-    pub(crate) listen: SocketAddr,
-    pub(crate) host_keys: Vec<HostKeySource>,
-    pub(crate) authorized: Option<AuthorizedSource>,
+    router: Router<S>,
+    state: S,
+    limits: Limits,
+    tracebacks: bool,
+    listen: SocketAddr,
+    host_keys: Vec<HostKeySource>,
+    authorized: Option<AuthorizedSource>,
 }
 
 impl Default for KorvServer<()> {
@@ -104,13 +103,65 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
         }
     }
 
-    /// Registers `handler` for `verb` on `pattern` (static segments and
-    /// `{name}` captures, e.g. `/users/{id}`).
+    /// Serves `pattern` with the handlers of `methods`, one per verb.
+    /// A pattern is static segments and `{name}` captures, e.g.
+    /// `/users/{id}`; when several match a resource, the most specific wins
+    /// (`/users/me` before `/users/{id}`). Registering the same pattern again
+    /// adds verbs to it.
+    ///
+    /// ```
+    /// use korv_server::routing::{any, get};
+    /// use korv_server::{KorvServer, Request};
+    /// use serde_json::{Value, json};
+    ///
+    /// async fn read(req: Request) -> Value {
+    ///     json!({"id": req.param("id")})
+    /// }
+    /// async fn create(req: Request) -> (u16, Value) {
+    ///     (201, req.body_value())
+    /// }
+    /// async fn echo(req: Request) -> Value {
+    ///     req.body_value()
+    /// }
+    ///
+    /// let server = KorvServer::new()
+    ///     .route("/notes/{id}", get(read).store(create))
+    ///     .route("/echo", any(echo));
+    /// ```
     ///
     /// # Panics
-    /// When the pattern is malformed, or the same verb and pattern is already
-    /// registered: a route is never silently replaced. Use
-    /// [`try_add_callback`](Self::try_add_callback) to get the error instead.
+    /// When the pattern is malformed, or one of its verbs is already served
+    /// on the same pattern (captures compared by position): a route is never
+    /// silently replaced. [`try_route`](Self::try_route) returns the error
+    /// instead.
+    #[track_caller]
+    pub fn route(self, pattern: &str, methods: MethodRouter<S>) -> Self {
+        match self.try_route(pattern, methods) {
+            Ok(server) => server,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// Like [`route`](Self::route), returning the error instead of panicking.
+    /// Nothing of `methods` is registered when it fails.
+    ///
+    /// # Errors
+    /// The pattern is malformed, or one of the verbs is already served on it.
+    pub fn try_route(
+        mut self,
+        pattern: &str,
+        methods: MethodRouter<S>,
+    ) -> Result<Self, RouteError> {
+        self.router.add(pattern, methods)?;
+        Ok(self)
+    }
+
+    /// Serves `verb` on `pattern` with `handler`, through a `&mut` borrow:
+    /// `route(pattern, on(verb, handler))` for code that registers routes
+    /// one by one, at run time.
+    ///
+    /// # Panics
+    /// As [`route`](Self::route).
     #[track_caller]
     pub fn add_callback<T, H: Handler<T, S>>(
         &mut self,
@@ -118,33 +169,9 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
         pattern: &str,
         handler: H,
     ) -> &mut Self {
-        if let Err(err) = self.try_add_callback(verb, pattern, handler) {
+        if let Err(err) = self.router.add(pattern, on(verb, handler)) {
             panic!("{err}");
         }
-        self
-    }
-
-    /// Like [`add_callback`](Self::add_callback), returning the error.
-    ///
-    /// # Errors
-    /// The pattern is malformed, or the verb and pattern are already registered.
-    pub fn try_add_callback<T, H: Handler<T, S>>(
-        &mut self,
-        verb: Verb,
-        pattern: &str,
-        handler: H,
-    ) -> Result<&mut Self, RouteError> {
-        self.router.add(verb, pattern, boxed(handler))?;
-        Ok(self)
-    }
-
-    /// [`add_callback`](Self::add_callback), builder style.
-    ///
-    /// # Panics
-    /// As `add_callback`.
-    #[track_caller]
-    pub fn route<T, H: Handler<T, S>>(mut self, verb: Verb, pattern: &str, handler: H) -> Self {
-        self.add_callback(verb, pattern, handler);
         self
     }
 
@@ -211,48 +238,63 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
     /// No host key or authorized keys; a host key file unreadable, malformed,
     /// encrypted or readable by others; the address cannot be bound.
     pub async fn bind(mut self) -> Result<BoundServer<S>, ServerError> {
-        let keys = load_host_keys(&self.host_keys)?;
+        let host_keys = load_host_keys(&self.host_keys)?;
         let authorized = match self.authorized.take() {
             Some(AuthorizedSource::File(path)) => AuthorizedKeys::from_file(path),
             Some(AuthorizedSource::Keys(keys)) => AuthorizedKeys::from_keys(keys),
             None => return Err(ServerError::NoAuthorizedKeys),
         };
-        let addr = self.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        let (tcp, local_addr) = listener::bind(self.listen).await?;
         let shared = self.into_shared();
-        let config = Arc::new(crate::ssh::russh_config(&shared, keys));
+        let shutdown = shared.shutdown.clone();
         tracing::info!(addr = %local_addr, "korv server listening");
         Ok(BoundServer {
-            shared,
-            listener,
+            listener: Listener::new(shared, tcp, host_keys, authorized),
             local_addr,
-            config,
-            authorized: Arc::new(authorized),
+            shutdown,
         })
     }
 
-    /// Binds and serves until Ctrl-C or SIGTERM, then shuts down gracefully.
+    /// Binds and serves until `shutdown` completes, then shuts down
+    /// gracefully: no new connections, in-flight requests finish within
+    /// [`Limits::shutdown_grace`]. Returns once they have.
+    ///
+    /// ```no_run
+    /// use korv_server::routing::get;
+    /// use korv_server::{KorvServer, Request};
+    /// use serde_json::json;
+    ///
+    /// # async fn run() -> Result<(), korv_server::ServerError> {
+    /// KorvServer::new()
+    ///     .host_key_file("host_ed25519")
+    ///     .authorized_keys_file("authorized_keys")
+    ///     .route("/hello", get(|_req: Request| async { json!("hello") }))
+    ///     .serve_with_shutdown(async {
+    ///         let _ = tokio::signal::ctrl_c().await;
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind).
+    pub async fn serve_with_shutdown(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        self.bind().await?.run_until(shutdown).await
+    }
+
+    /// Binds and serves until Ctrl-C or SIGTERM ([`shutdown_signal`]), then
+    /// shuts down gracefully.
     ///
     /// # Errors
     /// As [`bind`](Self::bind).
     pub async fn serve(self) -> Result<(), ServerError> {
-        let bound = self.bind().await?;
-        let handle = bound.shutdown_handle();
-        tokio::spawn(async move {
-            if wait_for_signal().await.is_ok() {
-                tracing::info!("shutdown signal received");
-                handle.shutdown();
-            }
-        });
-        bound.run().await
+        self.serve_with_shutdown(shutdown_signal()).await
     }
 
-    pub(crate) fn into_shared(self) -> Arc<Shared<S>> {
+    fn into_shared(self) -> Arc<Shared<S>> {
         Arc::new(Shared {
             router: self.router,
             state: self.state,
@@ -289,11 +331,9 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
 
 /// A server bound to its address, ready to [`run`](Self::run).
 pub struct BoundServer<S> {
-    shared: Arc<Shared<S>>,
-    listener: TcpListener,
+    listener: Listener<S>,
     local_addr: SocketAddr,
-    config: Arc<russh::server::Config>,
-    authorized: Arc<AuthorizedKeys>,
+    shutdown: CancellationToken,
 }
 
 impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
@@ -305,7 +345,7 @@ impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
     /// A handle that starts a graceful shutdown.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
-            token: self.shared.shutdown.clone(),
+            token: self.shutdown.clone(),
         }
     }
 
@@ -316,24 +356,63 @@ impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
     /// # Errors
     /// None today; reserved for fatal listener errors.
     pub async fn run(self) -> Result<(), ServerError> {
-        crate::ssh::accept_loop(self.shared, self.listener, self.config, self.authorized).await
+        self.listener.run().await
+    }
+
+    /// Like [`run`](Self::run), and also shuts down when `shutdown`
+    /// completes.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let token = self.shutdown.clone();
+        let run = self.run();
+        tokio::pin!(run);
+        tokio::select! {
+            result = &mut run => return result,
+            () = shutdown => {
+                tracing::info!("shutting down");
+                token.cancel();
+            }
+        }
+        run.await
     }
 }
 
-async fn wait_for_signal() -> Result<(), ServerError> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.map_err(ServerError::Signal),
-            _ = term.recv() => Ok(()),
+/// Completes on Ctrl-C or, on Unix, SIGTERM: the usual `shutdown` for
+/// [`KorvServer::serve_with_shutdown`] and [`BoundServer::run_until`]. A
+/// signal that cannot be watched is logged and left out; if neither can,
+/// this never completes.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%err, "cannot watch for Ctrl-C");
+            std::future::pending::<()>().await;
         }
-    }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot watch for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.map_err(ServerError::Signal)
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
     }
+    tracing::info!("shutdown signal received");
 }
 
 fn load_host_keys(sources: &[HostKeySource]) -> Result<Vec<PrivateKey>, ServerError> {
@@ -398,7 +477,7 @@ impl<S: Clone + Send + Sync + 'static> StreamService<S> {
     where
         IO: AsyncRead + AsyncWrite + Send,
     {
-        crate::stream::run_stream(
+        run_stream(
             Arc::clone(&self.shared),
             io,
             Arc::new(client),
@@ -449,7 +528,7 @@ impl<S: Clone + Send + Sync + 'static> StreamService<S> {
 /// requests, in-flight requests finish within the grace period.
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
-    pub(crate) token: CancellationToken,
+    token: CancellationToken,
 }
 
 impl ShutdownHandle {

@@ -41,10 +41,12 @@ use tokio_util::codec::{Decoder, Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::handler::{ClientInfo, Request, TRACEBACKS, internal_error};
+use crate::handler::BoxedHandler;
 use crate::panic::CatchPanic;
+use crate::request::{ClientInfo, Params, Request};
+use crate::response::{TRACEBACKS, internal_error};
 use crate::router::Routed;
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Bytes read from the transport at a time, at least.
 const READ_CAPACITY: usize = 64 * 1024;
@@ -354,7 +356,7 @@ enum Dispatch<S> {
 struct Run<S> {
     id: RequestId,
     request: WireRequest,
-    handler: (Arc<crate::handler::BoxedHandler<S>>, crate::router::Params),
+    handler: (BoxedHandler<S>, Params),
     /// Small enough to try on this task first.
     inline: bool,
 }

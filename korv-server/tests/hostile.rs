@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use korv_proto::{Frame, KorvCodec};
+use korv_server::routing::get;
 use korv_server::{
     BodyError, ClientInfo, KorvServer, Limits, Request, RequestId, Response, StatusCode,
-    StreamService, Verb,
+    StreamService,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
@@ -132,12 +133,11 @@ async fn echo(req: Request) -> Result<Value, BodyError> {
 fn app_with(limits: Limits) -> StreamService<()> {
     KorvServer::new()
         .limits(limits)
-        .route(Verb::Get, "/hello", |_req: Request| async {
-            (200, json!({"msg": "Hello World!"}))
-        })
-        .route(Verb::Get, "/echo", echo)
-        .route(Verb::Store, "/echo", echo)
-        .route(Verb::Update, "/echo", echo)
+        .route(
+            "/hello",
+            get(|_req: Request| async { (200, json!({"msg": "Hello World!"})) }),
+        )
+        .route("/echo", get(echo).store(echo).update(echo))
         .into_stream_service()
 }
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use korv_proto::{Frame, KorvCodec};
-use korv_server::{ClientInfo, KorvServer, Limits, Request, RequestId, Response, StatusCode, Verb};
+use korv_server::routing::get;
+use korv_server::{ClientInfo, KorvServer, Limits, Request, RequestId, Response, StatusCode};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::FramedRead;
@@ -42,9 +43,10 @@ fn resident_bytes() -> u64 {
 async fn a_4_gib_frame_is_answered_413_and_skipped_without_buffering_it() {
     let service = KorvServer::new()
         .limits(Limits::default())
-        .route(Verb::Get, "/hello", |_req: Request| async {
-            (200, json!({"msg": "Hello World!"}))
-        })
+        .route(
+            "/hello",
+            get(|_req: Request| async { (200, json!({"msg": "Hello World!"})) }),
+        )
         .into_stream_service();
     let (ours, theirs) = tokio::io::duplex(1 << 20);
     let served =

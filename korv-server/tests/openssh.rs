@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use korv_server::{KorvServer, Request, Response, ShutdownHandle, StatusCode, Verb};
+use korv_server::routing::get;
+use korv_server::{KorvServer, Request, Response, ShutdownHandle, StatusCode};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -47,11 +48,11 @@ impl Fixture {
             .host_key_file(host)
             .authorized_keys_file(&authorized_keys)
             .listen("127.0.0.1:0".parse().unwrap())
-            .route(Verb::Get, "/hello", |_r: Request| async { (200, json!({"msg": "Hello World!"})) })
-            .route(Verb::Get, "/whoami", |r: Request| async move {
+            .route("/hello", get(|_r: Request| async { (200, json!({"msg": "Hello World!"})) }))
+            .route("/whoami", get(|r: Request| async move {
                 let c = r.client();
                 json!({"user": c.user, "fp": c.fingerprint, "alg": c.algorithm, "comment": c.comment})
-            })
+            }))
             .bind()
             .await
             .unwrap();
@@ -477,9 +478,10 @@ async fn an_authenticated_connection_outlives_the_auth_deadline() {
         .host_key_file(host)
         .authorized_keys_file(&authorized_keys)
         .listen("127.0.0.1:0".parse().unwrap())
-        .route(Verb::Get, "/hello", |_r: Request| async {
-            (200, json!({"msg": "Hello World!"}))
-        })
+        .route(
+            "/hello",
+            get(|_r: Request| async { (200, json!({"msg": "Hello World!"})) }),
+        )
         .bind()
         .await
         .unwrap();
@@ -533,4 +535,106 @@ async fn an_authenticated_connection_outlives_the_auth_deadline() {
     let second = second.expect("the connection was closed at the authentication deadline");
     assert_eq!(second.code, StatusCode::OK);
     assert_eq!(second.request_id, Some(korv_server::RequestId::from(2_u64)));
+}
+
+/// Signals between a test and the handler of `/slow`.
+#[derive(Default)]
+struct Gate {
+    /// The handler has started.
+    started: tokio::sync::Notify,
+    /// The handler may answer.
+    release: tokio::sync::Notify,
+}
+
+#[tokio::test]
+async fn run_until_returns_after_its_future_completes_and_in_flight_requests_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
+    let id = keygen(dir.path(), "id", &["-t", "ed25519"]);
+    let authorized_keys = dir.path().join("authorized_keys");
+    std::fs::write(&authorized_keys, public(&id)).unwrap();
+    let gate = std::sync::Arc::new(Gate::default());
+    let bound = KorvServer::with_state(std::sync::Arc::clone(&gate))
+        .host_key_file(host)
+        .authorized_keys_file(&authorized_keys)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .route(
+            "/slow",
+            get(|_r: Request, gate: std::sync::Arc<Gate>| async move {
+                gate.started.notify_one();
+                gate.release.notified().await;
+                json!("finished")
+            }),
+        )
+        .bind()
+        .await
+        .unwrap();
+    let port = bound.local_addr().port();
+    let handle = bound.shutdown_handle();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bound.run_until(async {
+        let _ = stopped.await;
+    }));
+    let client = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("ssh")
+            .args(["-F", "/dev/null", "-o", "BatchMode=yes"])
+            .args(["-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
+            .args(["-p", &port.to_string(), "-i"])
+            .arg(&id)
+            .args(["-W", "localhost:8022", "alice@127.0.0.1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let request = frame(json!({"id": 1, "verb": "GET", "resource": "/slow"}));
+        child.stdin.take().unwrap().write_all(&request).unwrap();
+        child.wait_with_output().unwrap()
+    });
+    gate.started.notified().await;
+    stop.send(()).unwrap();
+    // The test runs on one thread: while it yields, the server task runs, and
+    // a server that returned on shutdown would be finished by now.
+    while !handle.is_shutting_down() {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !server.is_finished(),
+        "run_until returned while a request was in flight"
+    );
+    gate.release.notify_one();
+    tokio::time::timeout(std::time::Duration::from_secs(30), server)
+        .await
+        .expect("run_until returns once the request has finished")
+        .unwrap()
+        .unwrap();
+    let output = client.await.unwrap();
+    let answers = responses(&output.stdout);
+    assert_eq!(answers.len(), 1, "the in-flight request was answered");
+    assert_eq!(answers[0].code, StatusCode::OK);
+    assert_eq!(answers[0].body, json!("finished"));
+}
+
+#[tokio::test]
+async fn serve_with_shutdown_returns_when_its_future_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(
+        KorvServer::new()
+            .host_key_file(host)
+            .authorized_keys_file(dir.path().join("none"))
+            .listen("127.0.0.1:0".parse().unwrap())
+            .route("/hello", get(|_r: Request| async { json!("hello") }))
+            .serve_with_shutdown(async {
+                let _ = stopped.await;
+            }),
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), served)
+        .await
+        .expect("serve_with_shutdown returns once its future completes")
+        .unwrap()
+        .unwrap();
 }

@@ -1,0 +1,470 @@
+//! One SSH connection, as russh's server [`Handler`](russh::server::Handler):
+//! public-key authentication against authorized_keys, the two channel kinds
+//! that carry Korv streams (`direct-tcpip`, and session channels asking for
+//! the `korv` subsystem), and a refusal for everything else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
+use russh::server::{
+    Auth, ChannelOpenHandle, Config, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
+
+use crate::authorized::{AuthorizedKeys, Refusal};
+use crate::config::Limits;
+use crate::direct::{LEGACY_FIRST_BYTE, Prefixed, WholeWrites, first_data};
+use crate::request::ClientInfo;
+use crate::state::Shared;
+use crate::stream::{Format, run_stream};
+
+/// The subsystem name of Korv protocol version 1.
+const SUBSYSTEM: &str = "korv";
+
+/// The two kinds of channel that carry a Korv stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelKind {
+    /// `direct-tcpip`: version 1, or korv 0.2.1's format by its first byte.
+    DirectTcpip,
+    /// A session channel with the `korv` subsystem: version 1.
+    Subsystem,
+}
+
+/// Serves a `direct-tcpip` channel in the format its first byte names:
+/// `0x1f` for korv 0.2.1's, anything else for version 1.
+async fn serve_direct_tcpip<S>(
+    shared: Arc<Shared<S>>,
+    mut channel: Channel<Msg>,
+    client: Arc<ClientInfo>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    // The client's maximum packet size, as it announced it: nothing has been
+    // written yet, so the writable size is that maximum (or the client's
+    // initial window, when that is smaller).
+    let max_packet = channel.writable_packet_size().await;
+    let first = tokio::select! {
+        first = first_data(&mut channel) => first,
+        () = shutdown.cancelled() => None,
+    };
+    let Some(first) = first else {
+        return Ok(());
+    };
+    if first.first() == Some(&LEGACY_FIRST_BYTE) {
+        debug!(max_packet, "stream in korv 0.2.1's format");
+        let stream = WholeWrites::new(channel, first, max_packet);
+        let format = Format::Legacy {
+            max_message: max_packet,
+        };
+        run_stream(shared, stream, client, shutdown, format).await
+    } else {
+        let stream = Prefixed::new(first, channel.into_stream());
+        run_stream(shared, stream, client, shutdown, Format::Version1).await
+    }
+}
+
+/// Smallest RSA key accepted from clients, in bits.
+const MIN_RSA_BITS: usize = 2048;
+
+/// Builds russh's configuration from our limits and host keys.
+pub(crate) fn russh_config(limits: &Limits, keys: Vec<PrivateKey>) -> Config {
+    let mut preferred = russh::Preferred::default();
+    // Never SHA-1 `ssh-rsa` signatures.
+    preferred.key = preferred
+        .key
+        .iter()
+        .filter(|a| **a != Algorithm::Rsa { hash: None })
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    Config {
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(250),
+        // OpenSSH probes with `none` first: answer it at once.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys,
+        max_auth_attempts: limits.max_auth_attempts,
+        inactivity_timeout: limits.idle_timeout,
+        keepalive_interval: limits.keepalive_interval,
+        keepalive_max: limits.keepalive_max,
+        nodelay: true,
+        window_size: 8 * 1024 * 1024,
+        // The largest russh accepts: fewer packets (and fewer MACs) per
+        // large body than the default 32 KiB.
+        maximum_packet_size: 65535,
+        // Packets russh queues per channel before the connection waits for
+        // the stream to read: with 64 KiB packets, at most 8 MiB (one
+        // window) held per channel.
+        channel_buffer_size: 128,
+        preferred,
+        ..Config::default()
+    }
+}
+
+/// What the listener watches of a connection while russh drives it.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionStatus {
+    /// Set once a key is accepted.
+    pub(crate) authenticated: Arc<AtomicBool>,
+    /// Streams running (spawned and not yet ended).
+    pub(crate) running: Arc<AtomicUsize>,
+    /// Cancelled when the connection has ended: its streams stop.
+    pub(crate) gone: CancellationToken,
+}
+
+/// One SSH connection's state.
+pub(crate) struct Connection<S> {
+    shared: Arc<Shared<S>>,
+    authorized: Arc<AuthorizedKeys>,
+    peer: SocketAddr,
+    client: Option<Arc<ClientInfo>>,
+    /// Channels admitted: running streams plus pending session channels.
+    streams: Arc<AtomicUsize>,
+    /// Session channels waiting for their subsystem request.
+    pending: HashMap<ChannelId, Channel<Msg>>,
+    /// The place under `max_unauthenticated`, released on authentication.
+    unauth_permit: Option<OwnedSemaphorePermit>,
+    status: ConnectionStatus,
+    /// Where the streams run, so that shutdown waits for them.
+    tracker: TaskTracker,
+}
+
+impl<S: Clone + Send + Sync + 'static> Connection<S> {
+    /// A connection from `peer`, not yet authenticated.
+    pub(crate) fn new(
+        shared: Arc<Shared<S>>,
+        authorized: Arc<AuthorizedKeys>,
+        peer: SocketAddr,
+        unauth_permit: OwnedSemaphorePermit,
+        tracker: TaskTracker,
+    ) -> Self {
+        Connection {
+            shared,
+            authorized,
+            peer,
+            client: None,
+            streams: Arc::new(AtomicUsize::new(0)),
+            pending: HashMap::new(),
+            unauth_permit: Some(unauth_permit),
+            status: ConnectionStatus::default(),
+            tracker,
+        }
+    }
+
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub(crate) fn shared(&self) -> &Shared<S> {
+        &self.shared
+    }
+
+    pub(crate) fn status(&self) -> ConnectionStatus {
+        self.status.clone()
+    }
+
+    /// Refuses SHA-1 `ssh-rsa` signatures and RSA keys under [`MIN_RSA_BITS`].
+    fn key_acceptable(&self, key: &PublicKey, algorithm: &Algorithm) -> bool {
+        if *algorithm == (Algorithm::Rsa { hash: None }) {
+            return false;
+        }
+        if let Some(rsa) = key.key_data().rsa() {
+            let bits = rsa.n().as_positive_bytes().map_or(0, |n| n.len() * 8);
+            if bits < MIN_RSA_BITS {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Counts a new stream; the refusal when the client has not
+    /// authenticated, the server is shutting down, or the connection is at
+    /// its limit.
+    fn admit_stream(&self) -> Result<(), ChannelOpenFailure> {
+        if self.client.is_none() || self.shared.shutdown.is_cancelled() {
+            return Err(ChannelOpenFailure::AdministrativelyProhibited);
+        }
+        let max = self.shared.limits.max_streams_per_connection;
+        let admitted = self
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if admitted {
+            Ok(())
+        } else {
+            Err(ChannelOpenFailure::ResourceShortage)
+        }
+    }
+
+    /// Serves a Korv stream on an admitted channel; a subsystem channel
+    /// reports exit status 0 when it ends, which `ssh -s` exits with.
+    fn spawn_stream(&self, channel: Channel<Msg>, handle: Handle, kind: ChannelKind) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let streams = Arc::clone(&self.streams);
+        let running = Arc::clone(&self.status.running);
+        running.fetch_add(1, Ordering::AcqRel);
+        let gone = self.status.gone.clone();
+        let id = channel.id();
+        self.tracker.spawn(async move {
+            let shutdown = shared.shutdown.clone();
+            let serve = async move {
+                match kind {
+                    ChannelKind::Subsystem => {
+                        let stream = channel.into_stream();
+                        run_stream(shared, stream, client, shutdown, Format::Version1).await
+                    }
+                    ChannelKind::DirectTcpip => {
+                        serve_direct_tcpip(shared, channel, client, shutdown).await
+                    }
+                }
+            };
+            tokio::select! {
+                result = serve => {
+                    if let Err(err) = result {
+                        debug!(%err, "stream ended with an error");
+                    }
+                }
+                // Dropping the stream cancels the handlers it runs.
+                () = gone.cancelled() => debug!("connection lost: stream and requests in flight dropped"),
+            }
+            if kind == ChannelKind::Subsystem {
+                let _ = handle.exit_status_request(id, 0).await;
+            }
+            let _ = handle.close(id).await;
+            streams.fetch_sub(1, Ordering::AcqRel);
+            running.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// Writes a method of russh's server `Handler` that refuses what Korv does not
+/// serve. Give the method's name and its own arguments, those between the
+/// channel and the session:
+///
+/// - `request`: a request on a session channel, answered with channel failure;
+/// - `open`: a channel kind, whose opening is rejected as administratively
+///   prohibited.
+macro_rules! refuse {
+    (request $method:ident($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        async fn $method(
+            &mut self,
+            channel: ChannelId,
+            $($arg: $ty,)*
+            session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            session.channel_failure(channel)
+        }
+    };
+    (open $method:ident($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        async fn $method(
+            &mut self,
+            _channel: Channel<Msg>,
+            $($arg: $ty,)*
+            reply: ChannelOpenHandle,
+            _session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            Ok(())
+        }
+    };
+}
+
+impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(reject())
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        info!(peer = %self.peer, user, "password authentication refused: Korv takes public keys only");
+        Ok(reject())
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        _user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(reject())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if !self.key_acceptable(offer.public_key, offer.algorithm) {
+            return Ok(reject());
+        }
+        Ok(
+            match self
+                .authorized
+                .check(offer.public_key, Some(self.peer.ip()))
+            {
+                Ok(_) => Auth::Accept,
+                Err(_) => reject(),
+            },
+        )
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.client.is_some() {
+            // Already authenticated: a second authentication cannot change the user.
+            return Ok(reject());
+        }
+        let fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
+        if !self.key_acceptable(key.public_key, key.algorithm) {
+            info!(peer = %self.peer, user, %fingerprint, "refused: SHA-1 signature or RSA key under 2048 bits");
+            return Ok(reject());
+        }
+        match self.authorized.check(key.public_key, Some(self.peer.ip())) {
+            Ok(entry) => {
+                info!(peer = %self.peer, user, fingerprint = %entry.fingerprint(), "authenticated");
+                self.client = Some(Arc::new(ClientInfo::new(
+                    user,
+                    fingerprint,
+                    key.public_key.algorithm().as_str(),
+                    entry.comment(),
+                    Some(self.peer),
+                )));
+                self.status.authenticated.store(true, Ordering::Release);
+                self.unauth_permit = None;
+                Ok(Auth::Accept)
+            }
+            Err(refusal) => {
+                let why = match refusal {
+                    Refusal::Unknown => "key not in authorized_keys",
+                    Refusal::Expired => "key past its expiry-time",
+                    Refusal::FromMismatch => "address not allowed by the key's from= option",
+                };
+                info!(peer = %self.peer, user, %fingerprint, why, "refused");
+                Ok(reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.admit_stream() {
+            Ok(()) => {
+                self.pending.insert(channel.id(), channel);
+                reply.accept().await;
+            }
+            Err(reason) => reply.reject(reason).await,
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        _host: &str,
+        _port: u32,
+        _originator: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.admit_stream() {
+            Ok(()) => {
+                reply.accept().await;
+                self.spawn_stream(channel, session.handle(), ChannelKind::DirectTcpip);
+            }
+            Err(reason) => reply.reject(reason).await,
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.pending.remove(&channel).is_some() {
+            self.streams.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match (name == SUBSYSTEM, self.pending.remove(&channel)) {
+            (true, Some(korv)) => {
+                session.channel_success(channel)?;
+                self.spawn_stream(korv, session.handle(), ChannelKind::Subsystem);
+            }
+            (_, pending) => {
+                if let Some(pending) = pending {
+                    self.pending.insert(channel, pending);
+                }
+                session.channel_failure(channel)?;
+            }
+        }
+        Ok(())
+    }
+
+    // Commands, shells, terminals, X11 and environment variables: a Korv
+    // stream needs none of them.
+    refuse!(request exec_request(_command: &[u8]));
+    refuse!(request shell_request());
+    refuse!(request pty_request(
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)]
+    ));
+    refuse!(request x11_request(_single_connection: bool, _protocol: &str, _cookie: &str, _screen: u32));
+    refuse!(request env_request(_name: &str, _value: &str));
+    // Channels Korv never serves. Remote forwarding requests (`tcpip_forward`)
+    // keep russh's answer, a refusal.
+    refuse!(open channel_open_x11(_address: &str, _port: u32));
+    refuse!(open channel_open_forwarded_tcpip(
+        _host: &str,
+        _port: u32,
+        _originator: &str,
+        _originator_port: u32
+    ));
+}
+
+/// Authentication refused; public keys remain the one method to try.
+fn reject() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+        partial_success: false,
+    }
+}
