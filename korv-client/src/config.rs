@@ -45,6 +45,7 @@ pub struct ClientConfig {
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) max_frame: usize,
     pub(crate) reconnect: bool,
+    pub(crate) legacy: bool,
 }
 
 impl ClientConfig {
@@ -71,6 +72,7 @@ impl ClientConfig {
             request_timeout: Some(Duration::from_secs(30)),
             max_frame: korv_proto::DEFAULT_MAX_FRAME,
             reconnect: false,
+            legacy: false,
         }
     }
 
@@ -128,6 +130,21 @@ impl ClientConfig {
     /// The host key policy (default [`HostKeyPolicy::Strict`]).
     pub fn host_key_policy(mut self, policy: HostKeyPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Speak korv 0.2.1's format, to call a server of the original Python
+    /// Korv (default off): each request is one gzip member sent as one SSH
+    /// channel-data message within the server's maximum packet size (a
+    /// larger request is an [`Error::Protocol`](crate::Error::Protocol)),
+    /// always on a `direct-tcpip` channel, the only kind korv 0.2.1 serves.
+    /// Answers are matched by id and those that match no request are
+    /// ignored (korv 0.2.1 answers a `STORE` or `UPDATE` twice: a `400` with
+    /// id 0, then the real answer). A `500`'s traceback, one string in this
+    /// format, is split into its lines, so that a [`Response`](crate::Response)
+    /// looks the same in both formats.
+    pub fn legacy_format(mut self, on: bool) -> Self {
+        self.legacy = on;
         self
     }
 

@@ -38,7 +38,10 @@
 //!   [`CloseReason`].
 //! - `config`: [`ClientConfig`], [`HostKeyPolicy`], [`ChannelKind`].
 //! - `ssh`: connecting, host key checks against known_hosts, identities.
-//! - `mux`: the multiplexed stream (ids, in-flight map, reader and writer tasks).
+//! - `whole`: the channel for korv 0.2.1's format, whose writes each leave
+//!   as one channel-data message.
+//! - `mux`: the multiplexed stream (ids, in-flight map, reader and writer
+//!   tasks), in version 1's format or korv 0.2.1's.
 //! - `client`: [`KorvClient`], the async client over `ssh` and `mux`.
 //! - [`blocking`]: the synchronous client, over [`KorvClient`].
 
@@ -48,6 +51,7 @@ mod config;
 mod error;
 mod mux;
 mod ssh;
+mod whole;
 
 pub use client::KorvClient;
 pub use config::{ChannelKind, ClientConfig, HostKeyPolicy};

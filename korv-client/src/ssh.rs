@@ -127,10 +127,10 @@ impl client::Handler for HostCheck {
     }
 }
 
-/// Connects and opens the Korv channel, as a byte stream.
+/// Connects and opens the Korv channel.
 pub(crate) async fn connect(
     config: &ClientConfig,
-) -> Result<(Session, russh::ChannelStream<client::Msg>), Error> {
+) -> Result<(Session, russh::Channel<client::Msg>), Error> {
     tokio::time::timeout(config.connect_timeout, connect_inner(config))
         .await
         .map_err(|_| Error::ConnectTimeout {
@@ -141,7 +141,7 @@ pub(crate) async fn connect(
 
 async fn connect_inner(
     config: &ClientConfig,
-) -> Result<(Session, russh::ChannelStream<client::Msg>), Error> {
+) -> Result<(Session, russh::Channel<client::Msg>), Error> {
     let addr = format!("{}:{}", config.host, config.port);
     let socket = TcpStream::connect((config.host.as_str(), config.port))
         .await
@@ -183,7 +183,12 @@ async fn connect_inner(
         }
     };
     authenticate(&mut handle, config, &addr).await?;
-    let channel = match config.channel {
+    // korv 0.2.1 serves direct-tcpip channels only.
+    let kind = match config.legacy {
+        true => ChannelKind::DirectTcpip,
+        false => config.channel,
+    };
+    let channel = match kind {
         ChannelKind::DirectTcpip => handle
             .channel_open_direct_tcpip("localhost", u32::from(config.port), "127.0.0.1", 0)
             .await
@@ -200,7 +205,7 @@ async fn connect_inner(
             channel
         }
     };
-    Ok((Session { _handle: handle }, channel.into_stream()))
+    Ok((Session { _handle: handle }, channel))
 }
 
 /// The error for a refused `channel`.
