@@ -1,44 +1,20 @@
 //! The `korv` binary against `korv serve` on a free port, with keys made by
 //! `ssh-keygen` in each test; and `korv serve --stdio` hosted by OpenSSH's sshd.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::CommandCargoExt;
+use korv_testkit::keys::{KeyKind, keygen, known_hosts_line, public_key, public_key_path};
+use korv_testkit::net::free_port;
+use korv_testkit::process::wait_until_listening;
+use korv_testkit::sshd::{Sshd, current_user};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for(addr: SocketAddr) {
-    let started = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "nothing listens on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// How long `korv serve` may take to listen.
+const LISTEN_WITHIN: Duration = Duration::from_secs(20);
 
 struct Server {
     dir: TempDir,
@@ -49,8 +25,8 @@ struct Server {
 impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let host = keygen(dir.path(), "host");
-        let id = keygen(dir.path(), "id");
+        let host = keygen(dir.path(), "host", KeyKind::Ed25519);
+        let id = keygen(dir.path(), "id", KeyKind::Ed25519);
         std::fs::copy(id.with_extension("pub"), dir.path().join("authorized_keys")).unwrap();
         let _ = host;
         let mut server = Server {
@@ -76,8 +52,8 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.child = Some(child);
-        wait_for(([127, 0, 0, 1], self.port).into());
+        let child = self.child.insert(child);
+        wait_until_listening(child, self.port, LISTEN_WITHIN).unwrap();
     }
 
     fn stop(&mut self) {
@@ -101,12 +77,8 @@ impl Server {
     }
 
     fn trust(&self) {
-        let host_pub = std::fs::read_to_string(self.dir.path().join("host.pub")).unwrap();
-        std::fs::write(
-            self.known_hosts(),
-            format!("[127.0.0.1]:{} {host_pub}", self.port),
-        )
-        .unwrap();
+        let host_pub = public_key(&self.dir.path().join("host"));
+        std::fs::write(self.known_hosts(), known_hosts_line(self.port, &host_pub)).unwrap();
     }
 
     /// `korv VERB ...` with the connection options, returning (exit code, stdout, stderr).
@@ -297,47 +269,26 @@ fn bench_with_1000_requests_reports_1000_answers() {
 
 #[test]
 fn serve_stdio_hosted_by_openssh_sshd_answers_the_subsystem() {
-    let sshd = Path::new("/usr/sbin/sshd");
     assert!(
-        sshd.exists(),
+        Sshd::installed(),
         "openssh-server is needed (.ci/run installs it)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let host = keygen(dir.path(), "sshd_host");
-    let id = keygen(dir.path(), "id");
+    let host = keygen(dir.path(), "sshd_host", KeyKind::Ed25519);
+    let id = keygen(dir.path(), "id", KeyKind::Ed25519);
     let authorized = dir.path().join("authorized_keys");
-    std::fs::copy(id.with_extension("pub"), &authorized).unwrap();
+    std::fs::copy(public_key_path(&id), &authorized).unwrap();
     let korv = assert_cmd::cargo::cargo_bin("korv");
-    let port = free_port();
-    let config = dir.path().join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
-             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\nSubsystem korv {} serve --stdio --data {}\n",
-            host.display(),
-            authorized.display(),
-            dir.path().join("sshd.pid").display(),
-            korv.display(),
-            dir.path().join("store.redb").display(),
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let mut daemon = Command::new(sshd)
-        .arg("-D")
-        .arg("-e")
-        .arg("-f")
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(([127, 0, 0, 1], port).into());
+    let subsystem = format!(
+        "Subsystem korv {} serve --stdio --data {}",
+        korv.display(),
+        dir.path().join("store.redb").display(),
+    );
+    let sshd = Sshd::start(dir.path(), &host, &authorized, &[&subsystem]).unwrap();
+    let port = sshd.port();
     let known_hosts = dir.path().join("known_hosts");
-    let host_pub = std::fs::read_to_string(host.with_extension("pub")).unwrap();
-    std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
-    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    std::fs::write(&known_hosts, known_hosts_line(port, &public_key(&host))).unwrap();
+    let user = current_user();
     let out = Command::cargo_bin("korv")
         .unwrap()
         .args([
@@ -352,8 +303,7 @@ fn serve_stdio_hosted_by_openssh_sshd_answers_the_subsystem() {
         .env_remove("SSH_AUTH_SOCK")
         .output()
         .unwrap();
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(sshd);
     assert!(
         out.status.success(),
         "stderr: {}",

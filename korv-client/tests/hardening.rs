@@ -25,6 +25,7 @@ use futures_util::StreamExt;
 use korv_client::{ClientConfig, Error, KorvClient, StatusCode};
 use korv_server::routing::{get, store};
 use korv_server::{KorvServer, Limits, Request, ShutdownHandle};
+use korv_testkit::keys::{KeyKind, keygen, known_hosts_line, public_key};
 use russh::client::{AuthResult, Handle, Msg};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure, MethodKind};
@@ -36,25 +37,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------- keys
-
-fn keygen(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
-    let path = dir.join(name);
-    let status = Command::new("ssh-keygen")
-        .args(args)
-        .args(["-q", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(status.success());
-    path
-}
-
-fn public(path: &Path) -> String {
-    std::fs::read_to_string(path.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
 
 /// A host key; alice and bob, both authorized; a stranger, not authorized.
 struct Keys {
@@ -68,14 +50,13 @@ struct Keys {
 impl Keys {
     fn new() -> Keys {
         let dir = tempfile::tempdir().unwrap();
-        let ed = ["-t", "ed25519"];
-        let host = keygen(dir.path(), "host", &ed);
-        let alice = keygen(dir.path(), "alice", &ed);
-        let bob = keygen(dir.path(), "bob", &ed);
-        let stranger = keygen(dir.path(), "stranger", &ed);
+        let host = keygen(dir.path(), "host", KeyKind::Ed25519);
+        let alice = keygen(dir.path(), "alice", KeyKind::Ed25519);
+        let bob = keygen(dir.path(), "bob", KeyKind::Ed25519);
+        let stranger = keygen(dir.path(), "stranger", KeyKind::Ed25519);
         std::fs::write(
             dir.path().join("authorized_keys"),
-            format!("{}\n{}\n", public(&alice), public(&bob)),
+            format!("{}\n{}\n", public_key(&alice), public_key(&bob)),
         )
         .unwrap();
         Keys {
@@ -93,7 +74,7 @@ impl Keys {
 
     fn authorize(&self, key: &Path) {
         let mut text = std::fs::read_to_string(self.authorized_keys()).unwrap();
-        text.push_str(&public(key));
+        text.push_str(&public_key(key));
         text.push('\n');
         std::fs::write(self.authorized_keys(), text).unwrap();
     }
@@ -222,7 +203,7 @@ impl Server {
         let (addr, shutdown, runtime) = rx.recv().unwrap();
         std::fs::write(
             keys.dir.path().join("known_hosts"),
-            format!("[127.0.0.1]:{} {}\n", addr.port(), public(&keys.host)),
+            known_hosts_line(addr.port(), &public_key(&keys.host)),
         )
         .unwrap();
         Server {
@@ -462,7 +443,7 @@ async fn an_authenticated_connection_outlives_the_authentication_deadline() {
 async fn sha1_ssh_rsa_signatures_are_refused() {
     let _serial = SERIAL.lock().await;
     let server = Server::start(Limits::default());
-    let rsa = keygen(server.keys.dir.path(), "rsa", &["-t", "rsa", "-b", "2048"]);
+    let rsa = keygen(server.keys.dir.path(), "rsa", KeyKind::Rsa(2048));
     server.keys.authorize(&rsa);
     let key = load_key(&rsa);
 

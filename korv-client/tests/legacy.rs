@@ -4,25 +4,14 @@
 //! `tests/legacy/` at the workspace root, run by `cargo xtask test`.)
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use korv_client::{ClientConfig, Error, HostKeyPolicy, KorvClient, ProtoError, StatusCode};
 use korv_server::routing::{any, get};
 use korv_server::{KorvServer, Request, ShutdownHandle};
+use korv_testkit::keys::{KeyKind, keygen, public_key_path};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-
-fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    path
-}
 
 async fn fail(_req: Request) -> anyhow::Result<Value> {
     let cause: Result<Value, std::io::Error> = Err(std::io::Error::other("the disk is full"));
@@ -52,10 +41,10 @@ struct Fixture {
 impl Fixture {
     async fn start() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let host = keygen(dir.path(), "host");
-        let key = keygen(dir.path(), "id_ed25519");
+        let host = keygen(dir.path(), "host", KeyKind::Ed25519);
+        let key = keygen(dir.path(), "id_ed25519", KeyKind::Ed25519);
         let authorized = dir.path().join("authorized_keys");
-        std::fs::copy(key.with_extension("pub"), &authorized).unwrap();
+        std::fs::copy(public_key_path(&key), &authorized).unwrap();
         let bound = KorvServer::new()
             .route(
                 "/hello",

@@ -5,91 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use korv_proto::{Frame, KorvCodec};
 use korv_server::routing;
 use korv_server::{
-    ClientInfo, Error, KorvServer, Limits, Request, RequestId, Response, StatusCode, StreamService,
-    Verb,
+    ClientInfo, Error, KorvServer, Limits, Request, RequestId, StatusCode, StreamService, Verb,
 };
+use korv_testkit::frame::frame;
+use korv_testkit::pipe::Pipe;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::task::JoinHandle;
-use tokio_util::codec::FramedRead;
-
-/// A client end of an in-memory stream served by a `StreamService`.
-struct Pipe {
-    writer: WriteHalf<DuplexStream>,
-    reader: FramedRead<ReadHalf<DuplexStream>, KorvCodec>,
-    served: JoinHandle<std::io::Result<()>>,
-}
-
-impl Pipe {
-    fn open<S: Clone + Send + Sync + 'static>(service: &StreamService<S>) -> Pipe {
-        let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let service = service.clone();
-        let served = tokio::spawn(async move {
-            service
-                .serve_as(
-                    theirs,
-                    ClientInfo::new("alice", "SHA256:abc", "ssh-ed25519", "alice@laptop", None),
-                )
-                .await
-        });
-        let (reader, writer) = tokio::io::split(ours);
-        Pipe {
-            writer,
-            reader: FramedRead::new(reader, KorvCodec::new()),
-            served,
-        }
-    }
-
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.unwrap();
-    }
-
-    async fn send(&mut self, request: Value) {
-        let payload = request.to_string();
-        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(payload.as_bytes());
-        self.send_raw(&frame).await;
-    }
-
-    async fn recv(&mut self) -> Response {
-        let frame = tokio::time::timeout(Duration::from_secs(10), self.reader.next())
-            .await
-            .expect("a response within 10 s")
-            .expect("the stream is open")
-            .unwrap();
-        let Frame::Payload(payload) = frame else {
-            panic!("unexpected {frame:?}")
-        };
-        Response::from_payload(&payload).unwrap()
-    }
-
-    async fn call(&mut self, request: Value) -> Response {
-        self.send(request).await;
-        self.recv().await
-    }
-
-    /// Sends EOF, collects the remaining responses, and expects the server to close.
-    async fn finish(mut self) -> Vec<Response> {
-        self.writer.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), self.reader.next())
-            .await
-            .expect("the server closes after EOF")
-        {
-            let Frame::Payload(payload) = frame.unwrap() else {
-                panic!("bad frame")
-            };
-            rest.push(Response::from_payload(&payload).unwrap());
-        }
-        self.served.await.unwrap().unwrap();
-        rest
-    }
-}
+use tokio::io::AsyncWriteExt;
 
 #[derive(Deserialize)]
 struct NewUser {
@@ -437,9 +361,7 @@ async fn shutdown_answers_new_requests_503_and_drains_in_flight_ones() {
         (Some(RequestId::from(1)), StatusCode::OK)
     );
     // With nothing left in flight the server closes the stream by itself.
-    let end = tokio::time::timeout(Duration::from_secs(5), pipe.reader.next())
-        .await
-        .unwrap();
+    let end = pipe.recv_or_end(Duration::from_secs(5)).await;
     assert!(end.is_none());
 }
 
@@ -593,10 +515,7 @@ async fn a_client_that_never_reads_answers_has_its_stream_closed_at_the_bound() 
     let (_reader, mut writer) = tokio::io::split(ours);
     let sending = tokio::spawn(async move {
         for id in 0..2000 {
-            let payload = get(id, "/count").to_string();
-            let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-            frame.extend_from_slice(payload.as_bytes());
-            if writer.write_all(&frame).await.is_err() {
+            if writer.write_all(&frame(&get(id, "/count"))).await.is_err() {
                 return id;
             }
         }

@@ -10,24 +10,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{cargo, root, step};
+use crate::workspace::{cargo, root, step, target_dir};
 
 /// What the venv holds: korv 0.2.1 itself (which needs asyncssh), and pytest.
 const REQUIREMENTS: [&str; 3] = ["korv==0.2.1", "asyncssh", "pytest"];
-
-/// The cargo target folder: `CARGO_TARGET_DIR` when set, else `target/`.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|dir| {
-            if dir.is_absolute() {
-                dir
-            } else {
-                root().join(dir)
-            }
-        })
-        .unwrap_or_else(|| root().join("target"))
-}
 
 /// The venv's python, making the venv and installing the requirements
 /// when they are not there yet.
