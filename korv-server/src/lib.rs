@@ -3,7 +3,10 @@
 //! Register async handlers on a [`KorvServer`], one per verb and route, give
 //! it a host key and authorized keys, and serve. Each SSH channel
 //! (`direct-tcpip` or the `korv` subsystem) carries one Korv stream of
-//! length-prefixed JSON frames; see the protocol in `docs/PROTOCOL.md`.
+//! length-prefixed JSON frames; see the protocol in `docs/PROTOCOL.md`. A
+//! `direct-tcpip` stream whose first byte is `0x1f` speaks korv 0.2.1's
+//! format instead (gzip messages, the original Python Korv's), so its
+//! clients are served unchanged by the same routes.
 //!
 //! ```no_run
 //! use korv_server::routing::{any, get};
