@@ -57,9 +57,12 @@ where
         first = first_data(&mut channel) => first,
         () = shutdown.cancelled() => None,
     };
-    // A channel that ends (or a server that shuts down) before any data
-    // is a version-1 stream with nothing to answer: it closes as one does.
-    let first = first.unwrap_or_default();
+    let Some(first) = first else {
+        // The channel ended (or the server shuts down) before any data:
+        // nothing to answer. It closes as a version-1 stream does, EOF first.
+        let _ = channel.eof().await;
+        return Ok(());
+    };
     if first.first() == Some(&LEGACY_FIRST_BYTE) {
         debug!(max_packet, "stream in korv 0.2.1's format");
         let stream = WholeWrites::new(channel, first, max_packet);
