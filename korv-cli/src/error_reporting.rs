@@ -68,12 +68,31 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 /// What to do about `err`, when the message alone does not say.
 fn hint(err: &anyhow::Error) -> Option<&'static str> {
-    match find::<ClientError>(err)? {
+    let mut client = find::<ClientError>(err)?;
+    // A jump host's failure gets the hint of its cause.
+    while let ClientError::JumpHost { source, .. } = client {
+        client = source;
+    }
+    match client {
+        ClientError::Forward { .. } => Some(
+            "the jump host must allow TCP forwarding (AllowTcpForwarding in its sshd_config) and reach the next host",
+        ),
         ClientError::HostKeyUnknown { .. } => {
             Some("if you trust this server, run again with --accept-new to record its key")
         }
+        ClientError::AuthRefused { tried, .. }
+            if tried.iter().any(|key| key.contains("certificate")) =>
+        {
+            Some(
+                "the server refused the certificate: check that its principals include the user name \
+                 (or a principal the server requires) and that the server trusts its CA",
+            )
+        }
         ClientError::AuthRefused { .. } => Some(
             "add your public key (~/.ssh/id_ed25519.pub) to the server's authorized_keys, or name a key with -i",
+        ),
+        ClientError::HostCertificate { .. } => Some(
+            "trust the host CA with a line `@cert-authority HOSTS CA-PUBLIC-KEY` in known_hosts, or ask for a valid host certificate",
         ),
         ClientError::Identity {
             reason: IdentityError::Encrypted,
@@ -123,6 +142,15 @@ mod tests {
             tried: Vec::new(),
         });
         assert!(hint(&refused).unwrap().contains("authorized_keys"));
+        let via = anyhow::Error::new(ClientError::JumpHost {
+            host: "bastion".into(),
+            source: Box::new(ClientError::HostKeyUnknown {
+                host: "bastion".into(),
+                fingerprint: "SHA256:x".into(),
+                known_hosts: "k".into(),
+            }),
+        });
+        assert!(hint(&via).unwrap().contains("--accept-new"));
         let io: anyhow::Result<()> = Err(io::Error::other("disk")).context("cannot write");
         assert_eq!(exit_code(&io.unwrap_err()), 1);
     }

@@ -19,11 +19,17 @@ const LISTEN_WITHIN: Duration = Duration::from_secs(20);
 struct Server {
     dir: TempDir,
     port: u16,
+    /// `korv serve` arguments beyond the listen address, keys and store.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let host = keygen(dir.path(), "host", KeyKind::Ed25519);
         let id = keygen(dir.path(), "id", KeyKind::Ed25519);
@@ -32,6 +38,7 @@ impl Server {
         let mut server = Server {
             dir,
             port: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         server.spawn();
@@ -48,6 +55,7 @@ impl Server {
             .arg(self.dir.path().join("authorized_keys"))
             .arg("--data")
             .arg(self.dir.path().join("store.redb"))
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -56,19 +64,29 @@ impl Server {
         wait_until_listening(child, self.port, LISTEN_WITHIN).unwrap();
     }
 
+    /// Sends SIGTERM and waits for `korv serve` to exit 0; fails the test if
+    /// it is still running after 15 s (it is then killed) or exits otherwise.
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
+            let status = Command::new("kill")
                 .arg("-TERM")
                 .arg(child.id().to_string())
-                .status();
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill -TERM failed");
             let started = Instant::now();
-            while child.try_wait().unwrap().is_none() {
+            let exited = loop {
+                if let Some(exited) = child.try_wait().unwrap() {
+                    break exited;
+                }
                 if started.elapsed() > Duration::from_secs(15) {
                     let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("korv serve was still running 15 s after SIGTERM");
                 }
                 std::thread::sleep(Duration::from_millis(20));
-            }
+            };
+            assert!(exited.success(), "korv serve exited {exited} on SIGTERM");
         }
     }
 
@@ -223,6 +241,60 @@ fn the_store_survives_a_server_restart() {
     assert_eq!(server.json(&["get", "/keep/me"]), (0, json!({"v": 1})));
 }
 
+#[tokio::test]
+async fn serve_on_sigterm_answers_the_requests_in_flight_and_exits_0() {
+    let mut server = Server::start();
+    server.trust();
+    let config = korv_client::ClientConfig::new("127.0.0.1")
+        .port(server.port)
+        .identity_file(server.dir.path().join("id"))
+        .use_agent(false)
+        .known_hosts(server.known_hosts());
+    let client = korv_client::KorvClient::connect(config).await.unwrap();
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get("/delay/1500").await })
+    };
+    // The stream reads its requests in order: once /hello, sent after
+    // /delay, is answered, /delay is running.
+    let hello = client.get("/hello").await.unwrap();
+    assert_eq!(hello.code, 200);
+    let stopping = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    });
+    let answer = slow.await.unwrap().unwrap();
+    assert_eq!(answer.code, 200, "{}", answer.body);
+    stopping.await.unwrap();
+}
+
+#[test]
+fn serve_creates_its_default_host_key_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let id = keygen(dir.path(), "id", KeyKind::Ed25519);
+    std::fs::copy(public_key_path(&id), dir.path().join("authorized_keys")).unwrap();
+    let port = free_port();
+    let data_home = dir.path().join("data");
+    let mut child = Command::cargo_bin("korv")
+        .unwrap()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--authorized-keys")
+        .arg(dir.path().join("authorized_keys"))
+        .env("XDG_DATA_HOME", &data_home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let listening = wait_until_listening(&mut child, port, LISTEN_WITHIN);
+    let _ = child.kill();
+    let _ = child.wait();
+    listening.unwrap();
+    let key = data_home.join("korv").join("host_ed25519");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} has mode {mode:o}", key.display());
+}
+
 #[test]
 fn whoami_and_the_subsystem_flag() {
     let server = Server::start();
@@ -231,6 +303,44 @@ fn whoami_and_the_subsystem_flag() {
     assert_eq!(code, 0);
     assert_eq!(me["comment"], json!("id"));
     assert!(me["fingerprint"].as_str().unwrap().starts_with("SHA256:"));
+}
+
+#[test]
+fn serve_takes_the_limits_before_authentication_from_its_flags() {
+    use std::io::Read;
+    // One unauthenticated connection per source, loopback not exempt.
+    let server = Server::start_with(&[
+        "--max-unauthenticated-per-source",
+        "1",
+        "--exempt",
+        "none",
+        "--penalty-base",
+        "0",
+    ]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.port));
+    let connect = || {
+        let socket = std::net::TcpStream::connect(addr).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        socket
+    };
+    // A silent connection holds 127.0.0.1's one place, once the server has
+    // freed the place of the probe that saw it listening.
+    let started = Instant::now();
+    let _first = loop {
+        let mut socket = connect();
+        let mut banner = [0u8; 8];
+        if socket.read_exact(&mut banner).is_ok() && &banner == b"SSH-2.0-" {
+            break socket;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never admitted");
+    };
+    // A second one is closed at once, before the server's SSH version.
+    let mut second = connect();
+    let mut got = Vec::new();
+    second.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
 }
 
 #[test]

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use korv_proto::ProtoError;
 
+use crate::ssh_config::ConfigError;
+
 /// Everything that can go wrong calling a Korv server.
 ///
 /// Each message says what failed; where another error is the cause,
@@ -74,12 +76,35 @@ pub enum Error {
         /// The line of the recorded key.
         line: usize,
     },
-    /// The server presented a host certificate, which this client does not
-    /// check (only plain host keys are).
-    #[error("the host key for {host} is a certificate: host certificates are not supported")]
+    /// The server presented a host certificate that known_hosts does not
+    /// let this client trust: its CA is not on an `@cert-authority` line for
+    /// the host, or the certificate fails a check (type, window, principals).
+    #[error("the host certificate of {host} is refused: {reason} (known_hosts {known_hosts})")]
     HostCertificate {
         /// `host` or `[host]:port`.
         host: String,
+        /// What failed: the expiry date, the missing principal, or the
+        /// untrusted CA's fingerprint.
+        reason: String,
+        /// The known_hosts file consulted.
+        known_hosts: String,
+    },
+    /// The server's host key, or the CA of its host certificate, is marked
+    /// `@revoked` in known_hosts.
+    #[error(
+        "the host {what} of {host} ({fingerprint}) is revoked at {known_hosts}:{line}; refusing to connect"
+    )]
+    HostKeyRevoked {
+        /// `host` or `[host]:port`.
+        host: String,
+        /// `key` or `CA`.
+        what: &'static str,
+        /// The revoked key's fingerprint.
+        fingerprint: String,
+        /// The known_hosts file.
+        known_hosts: String,
+        /// The `@revoked` line.
+        line: usize,
     },
     /// The known_hosts file could not be read, or the host key not added to it.
     #[error("cannot {doing} {}", .path.display())]
@@ -120,6 +145,42 @@ pub enum Error {
         #[source]
         source: Box<russh::Error>,
     },
+    /// The SSH configuration is malformed or cannot be read, or the jump
+    /// host list is malformed, or the jump hosts lead in a circle; the
+    /// source names the file and line.
+    #[error("the SSH configuration cannot be used")]
+    Config(#[source] ConfigError),
+    /// A jump host on the way failed: `source` says how (it could not be
+    /// reached, its host key was refused, it refused authentication or to
+    /// forward).
+    #[error("jump host {host}")]
+    JumpHost {
+        /// The jump host, as named in `-J`, `ProxyJump` or
+        /// [`ClientConfig::jump`](crate::ClientConfig::jump).
+        host: String,
+        /// What went wrong there.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The `ProxyCommand` that should carry the connection cannot start.
+    #[error("cannot start the ProxyCommand {command:?}")]
+    ProxyCommand {
+        /// The command, its tokens expanded.
+        command: String,
+        /// Why it did not start.
+        #[source]
+        source: io::Error,
+    },
+    /// A jump host refused to open a channel to the next host on the way
+    /// (`AllowTcpForwarding no`, or it could not connect there).
+    #[error("cannot open a channel to {to}")]
+    Forward {
+        /// The next host: its name and `host:port`.
+        to: String,
+        /// russh's error, with the jump host's reason (boxed: it is large).
+        #[source]
+        source: Box<russh::Error>,
+    },
     /// A request body could not be serialized to JSON.
     #[error("the body does not serialize")]
     Body(#[source] serde_json::Error),
@@ -157,6 +218,16 @@ pub enum IdentityError {
     /// wrong passphrase lands here too).
     #[error(transparent)]
     Load(russh::keys::Error),
+    /// The key's certificate (`…-cert.pub`, or the one named) cannot be
+    /// used: it does not parse, certifies another key, is a host
+    /// certificate, or is outside its validity window.
+    #[error("certificate {}: {reason}", .path.display())]
+    Certificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// What is wrong with it, e.g. `it expired at 2030-02-01 00:00:00 UTC`.
+        reason: String,
+    },
 }
 
 /// Why a connection's stream closed. Cheap to clone: every request in flight

@@ -1,5 +1,6 @@
 //! One SSH connection, as russh's server [`Handler`](russh::server::Handler):
-//! public-key authentication against authorized_keys, the two channel kinds
+//! public-key authentication against authorized_keys, OpenSSH user
+//! certificates against the trusted CAs, the two channel kinds
 //! that carry Korv streams (`direct-tcpip`, and session channels asking for
 //! the `korv` subsystem), and a refusal for everything else.
 
@@ -7,19 +8,20 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
+use russh::keys::{Algorithm, Certificate, HashAlg, PrivateKey, PublicKey};
 use russh::server::{
     Auth, ChannelOpenHandle, Config, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use crate::authorized::{AuthorizedKeys, Refusal};
+use crate::admission::Slot;
+use crate::authorized::Refusal;
+use crate::certificate::{Trust, check_user_certificate};
 use crate::config::Limits;
 use crate::direct::{LEGACY_FIRST_BYTE, Prefixed, WholeWrites, first_data};
 use crate::request::ClientInfo;
@@ -89,8 +91,13 @@ const SERVER_CIPHERS: &[russh::cipher::Name] = &[
 /// Smallest RSA key accepted from clients, in bits.
 const MIN_RSA_BITS: usize = 2048;
 
-/// Builds russh's configuration from our limits and host keys.
-pub(crate) fn russh_config(limits: &Limits, keys: Vec<PrivateKey>) -> Config {
+/// Builds russh's configuration from our limits, host keys and host
+/// certificates (offered alongside the keys they certify).
+pub(crate) fn russh_config(
+    limits: &Limits,
+    keys: Vec<PrivateKey>,
+    certificates: Vec<Certificate>,
+) -> Config {
     let mut preferred = russh::Preferred::default();
     // Never SHA-1 `ssh-rsa` signatures.
     preferred.key = preferred
@@ -110,6 +117,7 @@ pub(crate) fn russh_config(limits: &Limits, keys: Vec<PrivateKey>) -> Config {
         // OpenSSH probes with `none` first: answer it at once.
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys,
+        certificates,
         max_auth_attempts: limits.max_auth_attempts,
         inactivity_timeout: limits.idle_timeout,
         keepalive_interval: limits.keepalive_interval,
@@ -142,15 +150,15 @@ pub(crate) struct ConnectionStatus {
 /// One SSH connection's state.
 pub(crate) struct Connection<S> {
     shared: Arc<Shared<S>>,
-    authorized: Arc<AuthorizedKeys>,
+    trust: Arc<Trust>,
     peer: SocketAddr,
     client: Option<Arc<ClientInfo>>,
     /// Channels admitted: running streams plus pending session channels.
     streams: Arc<AtomicUsize>,
     /// Session channels waiting for their subsystem request.
     pending: HashMap<ChannelId, Channel<Msg>>,
-    /// The place under `max_unauthenticated`, released on authentication.
-    unauth_permit: Option<OwnedSemaphorePermit>,
+    /// Its unauthenticated place, freed when it authenticates.
+    slot: Option<Arc<Slot>>,
     status: ConnectionStatus,
     /// Where the streams run, so that shutdown waits for them.
     tracker: TaskTracker,
@@ -160,19 +168,19 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
     /// A connection from `peer`, not yet authenticated.
     pub(crate) fn new(
         shared: Arc<Shared<S>>,
-        authorized: Arc<AuthorizedKeys>,
+        trust: Arc<Trust>,
         peer: SocketAddr,
-        unauth_permit: OwnedSemaphorePermit,
+        slot: Arc<Slot>,
         tracker: TaskTracker,
     ) -> Self {
         Connection {
             shared,
-            authorized,
+            trust,
             peer,
             client: None,
             streams: Arc::new(AtomicUsize::new(0)),
             pending: HashMap::new(),
-            unauth_permit: Some(unauth_permit),
+            slot: Some(slot),
             status: ConnectionStatus::default(),
             tracker,
         }
@@ -192,16 +200,33 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
 
     /// Refuses SHA-1 `ssh-rsa` signatures and RSA keys under [`MIN_RSA_BITS`].
     fn key_acceptable(&self, key: &PublicKey, algorithm: &Algorithm) -> bool {
-        if *algorithm == (Algorithm::Rsa { hash: None }) {
-            return false;
-        }
-        if let Some(rsa) = key.key_data().rsa() {
-            let bits = rsa.n().as_positive_bytes().map_or(0, |n| n.len() * 8);
-            if bits < MIN_RSA_BITS {
-                return false;
+        *algorithm != (Algorithm::Rsa { hash: None }) && rsa_size_acceptable(key)
+    }
+
+    /// Whether `key` is listed in the revoked keys (or the list cannot be
+    /// read, which refuses every key), logging why.
+    fn revoked(&self, user: &str, key: &PublicKey) -> bool {
+        match self.trust.is_revoked(key.key_data()) {
+            Ok(false) => false,
+            Ok(true) => {
+                info!(peer = %self.peer, user, fingerprint = %key.fingerprint(HashAlg::Sha256), "refused: key listed in the revoked keys");
+                true
+            }
+            Err(reason) => {
+                info!(peer = %self.peer, user, %reason, "refused: the revoked keys cannot be read");
+                true
             }
         }
-        true
+    }
+
+    /// Records the authenticated client.
+    fn authenticated(&mut self, client: ClientInfo) -> Auth {
+        self.client = Some(Arc::new(client));
+        self.status.authenticated.store(true, Ordering::Release);
+        if let Some(slot) = self.slot.take() {
+            slot.authenticated();
+        }
+        Auth::Accept
     }
 
     /// Counts a new stream; the refusal when the client has not
@@ -328,21 +353,29 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
 
     async fn auth_publickey_offered(
         &mut self,
-        _user: &str,
+        user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        if !self.key_acceptable(offer.public_key, offer.algorithm) {
+        if !self.key_acceptable(offer.public_key, offer.algorithm)
+            || self.revoked(user, offer.public_key)
+        {
             return Ok(reject());
         }
-        Ok(
-            match self
-                .authorized
+        let authorized = self.trust.authorized.as_ref().is_some_and(|authorized| {
+            authorized
                 .check(offer.public_key, Some(self.peer.ip()))
-            {
-                Ok(_) => Auth::Accept,
-                Err(_) => reject(),
-            },
-        )
+                .is_ok()
+        });
+        // russh shows a certificate offer here as the certificate's bare
+        // key, with nothing to tell the two apart. When certificates can be
+        // accepted, the offer is let through and the decision made once the
+        // signature is verified: in `auth_publickey` for a plain key, in
+        // `auth_openssh_certificate` for a certificate.
+        Ok(if authorized || self.trust.accepts_certificates() {
+            Auth::Accept
+        } else {
+            reject()
+        })
     }
 
     async fn auth_publickey(
@@ -359,19 +392,23 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
             info!(peer = %self.peer, user, %fingerprint, "refused: SHA-1 signature or RSA key under 2048 bits");
             return Ok(reject());
         }
-        match self.authorized.check(key.public_key, Some(self.peer.ip())) {
+        if self.revoked(user, key.public_key) {
+            return Ok(reject());
+        }
+        let checked = match &self.trust.authorized {
+            Some(authorized) => authorized.check(key.public_key, Some(self.peer.ip())),
+            None => Err(Refusal::Unknown),
+        };
+        match checked {
             Ok(entry) => {
                 info!(peer = %self.peer, user, fingerprint = %entry.fingerprint(), "authenticated");
-                self.client = Some(Arc::new(ClientInfo::new(
+                Ok(self.authenticated(ClientInfo::new(
                     user,
                     fingerprint,
                     key.public_key.algorithm().as_str(),
                     entry.comment(),
                     Some(self.peer),
-                )));
-                self.status.authenticated.store(true, Ordering::Release);
-                self.unauth_permit = None;
-                Ok(Auth::Accept)
+                )))
             }
             Err(refusal) => {
                 let why = match refusal {
@@ -380,6 +417,47 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
                     Refusal::FromMismatch => "address not allowed by the key's from= option",
                 };
                 info!(peer = %self.peer, user, %fingerprint, why, "refused");
+                Ok(reject())
+            }
+        }
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        if self.client.is_some() {
+            // Already authenticated: a second authentication cannot change the user.
+            return Ok(reject());
+        }
+        let key = PublicKey::new(certificate.public_key().clone(), "");
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let key_id = certificate.key_id();
+        let serial = certificate.serial();
+        if !rsa_size_acceptable(&key) {
+            info!(peer = %self.peer, user, key_id, serial, %fingerprint, "certificate refused: RSA key under 2048 bits");
+            return Ok(reject());
+        }
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match check_user_certificate(certificate, user, Some(self.peer.ip()), now, &self.trust) {
+            Ok(info) => {
+                info!(peer = %self.peer, user, key_id, serial, %fingerprint, ca = %info.ca_fingerprint, "authenticated with a certificate");
+                Ok(self.authenticated(
+                    ClientInfo::new(
+                        user,
+                        fingerprint,
+                        key.algorithm().as_str(),
+                        "",
+                        Some(self.peer),
+                    )
+                    .with_certificate(info),
+                ))
+            }
+            Err(refusal) => {
+                info!(peer = %self.peer, user, key_id, serial, %fingerprint, %refusal, "certificate refused");
                 Ok(reject())
             }
         }
@@ -476,6 +554,13 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         _originator: &str,
         _originator_port: u32
     ));
+}
+
+/// Refuses RSA keys under [`MIN_RSA_BITS`]; other keys pass.
+fn rsa_size_acceptable(key: &PublicKey) -> bool {
+    key.key_data()
+        .rsa()
+        .is_none_or(|rsa| rsa.n().as_positive_bytes().map_or(0, |n| n.len() * 8) >= MIN_RSA_BITS)
 }
 
 /// Authentication refused; public keys remain the one method to try.

@@ -10,9 +10,21 @@ pub enum ServerError {
         "no host key: add one with host_key_file(PATH) (make it with `ssh-keygen -t ed25519 -N '' -f PATH`)"
     )]
     NoHostKey,
-    /// No authorized keys were configured: nobody could log in.
-    #[error("no authorized keys: add an authorized_keys file or keys in memory")]
+    /// No authorized keys and no trusted user CA were configured: nobody
+    /// could log in.
+    #[error(
+        "no authorized keys: add an authorized_keys file, keys in memory, or trusted user CA keys"
+    )]
     NoAuthorizedKeys,
+    /// A host certificate cannot be read or parsed, is not a host
+    /// certificate, or certifies none of the host keys.
+    #[error("host certificate {path}: {reason}")]
+    HostCertificate {
+        /// The certificate file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A host key file cannot be read or parsed.
     #[error("host key {path}: {reason}")]
     HostKey {

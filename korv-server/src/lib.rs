@@ -43,13 +43,20 @@
 //!
 //! Modules import only the ones listed above them:
 //!
+//! - `ipnet`: [`IpNet`], networks in CIDR notation.
 //! - `config`: [`Limits`], every limit with its default.
 //! - `error`: [`ServerError`].
-//! - `authorized`: the OpenSSH authorized_keys file and its options.
+//! - `reload`: a configuration file parsed again when it changes.
+//! - `authorized`: the OpenSSH authorized_keys file and its options
+//!   (`cert-authority` and `principals=` included).
+//! - `certificate`: OpenSSH user certificates: trusted CA keys, revoked keys,
+//!   and every check a certificate must pass; [`CertificateInfo`].
 //! - `panic`: a handler's panic turned into an error with its location.
 //! - `request`: what a handler receives: [`Request`], [`Params`],
 //!   [`ClientInfo`], [`BodyError`].
 //! - `response`: what it returns: [`IntoResponse`], [`Error`], and the `500`s.
+//! - `authorize`: rules checked after routing, refused with `403`:
+//!   [`Authorization`].
 //! - `handler`: the [`Handler`] trait and its type-erased form.
 //! - [`routing`]: [`MethodRouter`](routing::MethodRouter) and its
 //!   constructors ([`get`](routing::get), [`any`](routing::any), ...).
@@ -63,19 +70,26 @@
 //!   korv 0.2.1's clients.
 //! - `connection`: one SSH connection (russh's `Handler`): authentication,
 //!   the channels that carry streams, refusals.
-//! - `listener`: the accept loop, connection limits, the authentication
-//!   deadline, the drain on shutdown.
+//! - `admission`: who may hold an unauthenticated place: per-source
+//!   limits, eviction when full, penalties ([`AdmissionStats`]).
+//! - `listener`: the accept loop, connection limits, the version and
+//!   authentication deadlines, the drain on shutdown.
 //! - `server`: [`KorvServer`], [`BoundServer`], [`StreamService`],
 //!   [`ShutdownHandle`], [`shutdown_signal`].
 
+mod admission;
+mod authorize;
 mod authorized;
+mod certificate;
 mod config;
 mod connection;
 mod direct;
 mod error;
 mod handler;
+mod ipnet;
 mod listener;
 mod panic;
+mod reload;
 mod request;
 mod response;
 mod router;
@@ -84,9 +98,13 @@ mod server;
 mod state;
 mod stream;
 
+pub use admission::{AdmissionMonitor, AdmissionStats};
+pub use authorize::Authorization;
+pub use certificate::CertificateInfo;
 pub use config::Limits;
 pub use error::ServerError;
 pub use handler::{BoxFuture, Handler};
+pub use ipnet::{IpNet, IpNetError};
 pub use korv_proto::{Headers, RequestId, Response, StatusCode, Verb};
 pub use request::{BodyError, ClientInfo, Params, Request};
 pub use response::{Error, IntoResponse};

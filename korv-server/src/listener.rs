@@ -1,25 +1,28 @@
 //! The TCP side of the SSH server: the accept loop with its connection
-//! limits, the authentication deadline of each connection, and the drain on
-//! shutdown.
+//! limits, the version and authentication deadlines of each connection, and
+//! the drain on shutdown.
 //!
-//! Two semaphores bound the connections: all of them (`max_connections`) and
-//! those not yet authenticated (`max_unauthenticated`). Past either limit a
-//! new TCP connection is closed before the SSH handshake. Every connection
-//! and stream runs in one [`TaskTracker`], so that shutdown can wait for them.
+//! A semaphore bounds all connections (`max_connections`); [`Admission`]
+//! decides which new ones get an unauthenticated place (per source, with
+//! eviction when all are taken, and penalties). A connection refused by
+//! either is closed before the SSH handshake. Every connection and stream
+//! runs in one [`TaskTracker`], so that shutdown can wait for them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use russh::keys::PrivateKey;
+use russh::keys::{Certificate, PrivateKey};
 use russh::server::{Config, Handle};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use crate::authorized::AuthorizedKeys;
+use crate::admission::{Admission, Denied, Slot};
+use crate::certificate::Trust;
 use crate::connection::{Connection, russh_config};
 use crate::error::ServerError;
 use crate::state::Shared;
@@ -29,7 +32,8 @@ pub(crate) struct Listener<S> {
     shared: Arc<Shared<S>>,
     tcp: TcpListener,
     config: Arc<Config>,
-    authorized: Arc<AuthorizedKeys>,
+    trust: Arc<Trust>,
+    admission: Arc<Admission>,
 }
 
 impl<S: Clone + Send + Sync + 'static> Listener<S> {
@@ -37,15 +41,23 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
         shared: Arc<Shared<S>>,
         tcp: TcpListener,
         host_keys: Vec<PrivateKey>,
-        authorized: AuthorizedKeys,
+        host_certificates: Vec<Certificate>,
+        trust: Trust,
     ) -> Self {
-        let config = Arc::new(russh_config(&shared.limits, host_keys));
+        let config = Arc::new(russh_config(&shared.limits, host_keys, host_certificates));
+        let admission = Admission::new(&shared.limits);
         Listener {
             shared,
             tcp,
             config,
-            authorized: Arc::new(authorized),
+            trust: Arc::new(trust),
+            admission,
         }
+    }
+
+    /// Admission's counters, shared with the running listener.
+    pub(crate) fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// Accepts connections until `shared.shutdown` fires, then stops
@@ -55,10 +67,10 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
             shared,
             tcp,
             config,
-            authorized,
+            trust,
+            admission,
         } = self;
         let connections = Arc::new(Semaphore::new(shared.limits.max_connections));
-        let unauthenticated = Arc::new(Semaphore::new(shared.limits.max_unauthenticated));
         let tracker = TaskTracker::new();
         loop {
             let accepted = tokio::select! {
@@ -75,25 +87,28 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
                     continue;
                 }
             };
+            // A refused connection is closed here, before the SSH banner;
+            // `admission` counts and logs (rate-limited) every refusal.
             let Ok(connection_permit) = Arc::clone(&connections).try_acquire_owned() else {
-                warn!(%peer, "connection limit reached: closing");
+                admission.refuse(Denied::ConnectionLimit, peer.ip());
                 continue;
             };
-            let Ok(unauth_permit) = Arc::clone(&unauthenticated).try_acquire_owned() else {
-                warn!(%peer, "too many unauthenticated connections: closing");
+            let Ok(slot) = admission.admit(peer.ip()) else {
                 continue;
             };
+            let slot = Arc::new(slot);
             let connection = Connection::new(
                 Arc::clone(&shared),
-                Arc::clone(&authorized),
+                Arc::clone(&trust),
                 peer,
-                unauth_permit,
+                Arc::clone(&slot),
                 tracker.clone(),
             );
             tracker.spawn(serve_connection(
                 Arc::clone(&config),
                 socket,
                 connection,
+                slot,
                 connection_permit,
             ));
         }
@@ -112,32 +127,48 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
     }
 }
 
-/// Runs one SSH connection to its end: closes it at the authentication
-/// deadline if it has not authenticated by then, and on shutdown once its
-/// streams have drained. `_permit` holds its place under `max_connections`.
+/// Runs one SSH connection to its end: closes it at the version deadline if
+/// it has not sent its SSH version by then, at the authentication deadline
+/// if it has not authenticated, when admission gives its place to a
+/// newcomer, and on shutdown once its streams have drained. `_permit` holds
+/// its place under `max_connections`; dropping `slot` records how an
+/// unauthenticated connection ended.
 async fn serve_connection<S: Clone + Send + Sync + 'static>(
     config: Arc<Config>,
     socket: TcpStream,
     connection: Connection<S>,
+    slot: Arc<Slot>,
     _permit: OwnedSemaphorePermit,
 ) {
     let peer = connection.peer();
     let status = connection.status();
     let shutdown = connection.shared().shutdown.clone();
-    let auth_timeout = connection.shared().limits.auth_timeout;
+    let limits = &connection.shared().limits;
+    let accepted = Instant::now();
+    let auth_deadline = deadline(accepted, limits.auth_timeout);
+    let version_deadline = deadline(accepted, limits.version_timeout.min(limits.auth_timeout));
+    let evicted = slot.evicted().clone();
     // However this function ends, the connection is gone: its streams stop
     // and their handlers are cancelled, as no answer can reach the client.
     let _streams_end = status.gone.clone().drop_guard();
     let mut poll = tokio::time::interval(Duration::from_millis(50));
     let _ = socket.set_nodelay(true);
-    // One deadline from accept to authentication, covering the SSH version
-    // exchange too: a client that sends nothing is closed when it passes.
-    let auth_deadline = tokio::time::sleep(auth_timeout);
-    tokio::pin!(auth_deadline);
+    // `run_stream` sends the server's version line and returns once it has
+    // read the client's: a client that has not sent it by the version
+    // deadline is closed.
     let started = tokio::select! {
         started = russh::server::run_stream(config, socket, connection) => started,
-        () = &mut auth_deadline => {
-            info!(%peer, "no SSH handshake before the authentication deadline: closing");
+        () = tokio::time::sleep_until(version_deadline) => {
+            slot.deadline_passed();
+            debug!(%peer, "no SSH version before the deadline: closing");
+            return;
+        }
+        () = evicted.cancelled() => {
+            debug!(%peer, "no SSH version yet, and its place was given to a newcomer: closing");
+            return;
+        }
+        () = shutdown.cancelled() => {
+            slot.spare();
             return;
         }
     };
@@ -148,6 +179,10 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
             return;
         }
     };
+    slot.version_received();
+    // The authentication deadline counts from accept too.
+    let auth_deadline = tokio::time::sleep_until(auth_deadline);
+    tokio::pin!(auth_deadline);
     let handle = session.handle();
     tokio::pin!(session);
     let mut draining = false;
@@ -166,10 +201,17 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
             () = &mut auth_deadline, if !deadline_passed => {
                 deadline_passed = true;
                 if !status.authenticated.load(Ordering::Acquire) {
-                    info!(%peer, "authentication deadline passed: closing");
+                    slot.deadline_passed();
+                    debug!(%peer, "authentication deadline passed: closing");
                     disconnect(&handle, "authentication timed out").await;
                     break;
                 }
+            }
+            // Only a connection still unauthenticated holds a place to lose.
+            () = evicted.cancelled() => {
+                debug!(%peer, "not authenticated, and its place was given to a newcomer: closing");
+                disconnect(&handle, "too many unauthenticated connections").await;
+                break;
             }
             () = shutdown.cancelled(), if !draining => draining = true,
             _ = poll.tick(), if draining => {
@@ -177,12 +219,20 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
                 // have. Session channels still waiting for their subsystem
                 // request hold nothing to drain.
                 if status.running.load(Ordering::Acquire) == 0 {
+                    slot.spare();
                     disconnect(&handle, "server shutting down").await;
                     break;
                 }
             }
         }
     }
+}
+
+/// `timeout` after `start`; a timeout too long to represent is a century.
+fn deadline(start: Instant, timeout: Duration) -> Instant {
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 async fn disconnect(handle: &Handle, why: &str) {

@@ -10,6 +10,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::certificate::CertificateInfo;
+
 /// Who is on the other end of a stream: the authenticated SSH user and key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -25,6 +27,9 @@ pub struct ClientInfo {
     pub comment: String,
     /// The peer's address, when the transport has one.
     pub peer: Option<SocketAddr>,
+    /// The OpenSSH user certificate the client authenticated with (key id,
+    /// serial, principals, CA, validity); `None` for a plain key.
+    pub certificate: Option<CertificateInfo>,
 }
 
 impl ClientInfo {
@@ -51,7 +56,14 @@ impl ClientInfo {
             algorithm: algorithm.into(),
             comment: comment.into(),
             peer,
+            certificate: None,
         }
+    }
+
+    /// The same client, authenticated with `certificate`.
+    pub fn with_certificate(mut self, certificate: CertificateInfo) -> Self {
+        self.certificate = Some(certificate);
+        self
     }
 }
 

@@ -1,16 +1,21 @@
-//! The routing table: patterns of static segments and `{name}` captures, each
-//! with a handler per verb, matched against a request's verb and resource.
+//! The routing table: patterns of static segments, `{name}` captures and a
+//! final `{*name}` capture of the rest, each with a handler per verb and the
+//! authorization rules of the route, matched against a request's verb and
+//! resource.
 //!
 //! Resources are matched byte for byte, segment by segment (split on `/`). A
-//! capture matches one non-empty segment. When several patterns match, the
-//! most specific wins: at the first segment where they differ, a static
-//! segment beats a capture. `/users/me` is served before `/users/{id}`.
+//! capture matches one non-empty segment; a rest capture matches one or more
+//! segments, slashes included. When several patterns match, the most
+//! specific wins: at the first segment where they differ, a static segment
+//! beats a capture, which beats a rest capture. `/users/me` is served before
+//! `/users/{id}`, and that before `/users/{*path}`.
 
 use std::fmt;
 use std::sync::Arc;
 
 use korv_proto::Verb;
 
+use crate::authorize::Rule;
 use crate::handler::BoxedHandler;
 use crate::request::Params;
 use crate::routing::{MethodRouter, RouteError};
@@ -19,6 +24,8 @@ use crate::routing::{MethodRouter, RouteError};
 enum Segment {
     Static(String),
     Capture(String),
+    /// `{*name}`, the last segment: the rest of the resource.
+    Rest(String),
 }
 
 /// A parsed route pattern.
@@ -45,11 +52,19 @@ impl Pattern {
         };
         let mut segments = Vec::new();
         let mut names: Vec<&str> = Vec::new();
-        for part in rest.split('/') {
+        let parts: Vec<&str> = rest.split('/').collect();
+        for (index, part) in parts.iter().copied().enumerate() {
             if let Some(inner) = part.strip_prefix('{') {
                 let Some(name) = inner.strip_suffix('}') else {
                     return Err(invalid("a capture must be a whole segment, like {id}"));
                 };
+                let (rest_capture, name) = match name.strip_prefix('*') {
+                    Some(name) => (true, name),
+                    None => (false, name),
+                };
+                if rest_capture && index + 1 != parts.len() {
+                    return Err(invalid("a {*rest} capture must be the last segment"));
+                }
                 if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
                     return Err(invalid(
                         "a capture's name must be letters, digits or '_', like {user_id}",
@@ -59,7 +74,11 @@ impl Pattern {
                     return Err(invalid("the same capture name appears twice"));
                 }
                 names.push(name);
-                segments.push(Segment::Capture(name.to_owned()));
+                segments.push(if rest_capture {
+                    Segment::Rest(name.to_owned())
+                } else {
+                    Segment::Capture(name.to_owned())
+                });
             } else if part.contains(['{', '}']) {
                 return Err(invalid("a capture must be a whole segment, like {id}"));
             } else {
@@ -81,7 +100,8 @@ impl Pattern {
                 .zip(&other.segments)
                 .all(|pair| match pair {
                     (Segment::Static(a), Segment::Static(b)) => a == b,
-                    (Segment::Capture(_), Segment::Capture(_)) => true,
+                    (Segment::Capture(_), Segment::Capture(_))
+                    | (Segment::Rest(_), Segment::Rest(_)) => true,
                     _ => false,
                 })
     }
@@ -92,22 +112,36 @@ impl Pattern {
         let mut params = Params::default();
         let mut parts = rest.split('/');
         for segment in &self.segments {
+            if let Segment::Rest(name) = segment {
+                let remainder: Vec<&str> = parts.by_ref().collect();
+                if remainder.is_empty() || remainder.iter().all(|p| p.is_empty()) {
+                    return None;
+                }
+                params.push(name, &remainder.join("/"));
+                return Some(params);
+            }
             let part = parts.next()?;
             match segment {
                 Segment::Static(s) if s == part => {}
                 Segment::Static(_) => return None,
                 Segment::Capture(_) if part.is_empty() => return None,
                 Segment::Capture(name) => params.push(name, part),
+                Segment::Rest(_) => unreachable!("handled above"),
             }
         }
         parts.next().is_none().then_some(params)
     }
 
-    /// Specificity key: statics before captures, segment by segment.
-    fn specificity(&self) -> Vec<bool> {
+    /// Specificity key, segment by segment: a static segment (2) before a
+    /// capture (1) before a rest capture (0).
+    fn specificity(&self) -> Vec<u8> {
         self.segments
             .iter()
-            .map(|s| matches!(s, Segment::Static(_)))
+            .map(|s| match s {
+                Segment::Static(_) => 2,
+                Segment::Capture(_) => 1,
+                Segment::Rest(_) => 0,
+            })
             .collect()
     }
 }
@@ -116,11 +150,15 @@ impl Pattern {
 struct Route<S> {
     pattern: Pattern,
     handlers: [Option<BoxedHandler<S>>; Verb::ALL.len()],
+    /// Authorization rules of this route, checked after routing.
+    rules: Arc<[Rule]>,
 }
 
 /// What routing a request found.
 pub(crate) enum Routed<S> {
-    Found(BoxedHandler<S>, Params),
+    /// The handler, the captures, and the rules that must allow the request:
+    /// the route's own, then the server's.
+    Found(BoxedHandler<S>, Params, Vec<Rule>),
     /// A route matches but not for this verb: the verbs that do.
     NotAllowed(Vec<Verb>),
     NotFound,
@@ -131,6 +169,10 @@ pub(crate) struct Router<S> {
     /// Most specific first, so the first match with the verb is the best one.
     routes: Vec<Route<S>>,
     fallback: Option<BoxedHandler<S>>,
+    /// The pattern registered last, which `restrict_last` applies to.
+    last: Option<Pattern>,
+    /// Rules for every request that routing finds a handler for.
+    rules: Vec<Rule>,
 }
 
 impl<S> Default for Router<S> {
@@ -138,6 +180,8 @@ impl<S> Default for Router<S> {
         Router {
             routes: Vec::new(),
             fallback: None,
+            last: None,
+            rules: Vec::new(),
         }
     }
 }
@@ -177,12 +221,14 @@ impl<S> Router<S> {
                 });
             }
         }
+        self.last = Some(pattern.clone());
         let index = match self.routes.iter().position(|r| r.pattern == pattern) {
             Some(index) => index,
             None => {
                 self.routes.push(Route {
                     pattern,
                     handlers: Default::default(),
+                    rules: Arc::from([]),
                 });
                 self.routes.len() - 1
             }
@@ -199,6 +245,27 @@ impl<S> Router<S> {
         self.fallback = Some(handler);
     }
 
+    /// Adds `rule` to the route registered last (every verb of its
+    /// pattern); `None` when no route is registered yet.
+    pub(crate) fn restrict_last(&mut self, rule: Rule) -> Option<()> {
+        let last = self.last.as_ref()?;
+        let route = self.routes.iter_mut().find(|r| r.pattern == *last)?;
+        let mut rules = route.rules.to_vec();
+        rules.push(rule);
+        route.rules = Arc::from(rules);
+        Some(())
+    }
+
+    /// Adds a rule for every request that routing finds a handler for.
+    pub(crate) fn restrict_all(&mut self, rule: Rule) {
+        self.rules.push(rule);
+    }
+
+    /// The route's rules followed by the server's.
+    fn rules_for(&self, route: &[Rule]) -> Vec<Rule> {
+        route.iter().chain(&self.rules).cloned().collect()
+    }
+
     pub(crate) fn route(&self, verb: Verb, resource: &str) -> Routed<S> {
         let mut allowed = [false; Verb::ALL.len()];
         let mut any = false;
@@ -208,7 +275,7 @@ impl<S> Router<S> {
             };
             any = true;
             if let Some(handler) = &route.handlers[verb_index(verb)] {
-                return Routed::Found(Arc::clone(handler), params);
+                return Routed::Found(Arc::clone(handler), params, self.rules_for(&route.rules));
             }
             for (slot, present) in allowed.iter_mut().zip(&route.handlers) {
                 *slot |= present.is_some();
@@ -223,7 +290,9 @@ impl<S> Router<S> {
             return Routed::NotAllowed(verbs);
         }
         match &self.fallback {
-            Some(handler) => Routed::Found(Arc::clone(handler), Params::default()),
+            Some(handler) => {
+                Routed::Found(Arc::clone(handler), Params::default(), self.rules_for(&[]))
+            }
             None => Routed::NotFound,
         }
     }
@@ -262,8 +331,24 @@ mod tests {
     }
 
     #[test]
+    fn a_rest_capture_takes_the_remaining_segments() {
+        let p = parse("/admin/{*rest}");
+        let params = p.matches("/admin/users/1").unwrap();
+        assert_eq!(params.get("rest"), Some("users/1"));
+        assert_eq!(p.matches("/admin/x").unwrap().get("rest"), Some("x"));
+        assert!(p.matches("/admin").is_none());
+        assert!(p.matches("/admin/").is_none());
+        assert!(p.matches("/other/x").is_none());
+        // More specific patterns win.
+        assert!(parse("/admin/{id}").specificity() > p.specificity());
+        assert!(parse("/admin/users/{id}").specificity() > p.specificity());
+    }
+
+    #[test]
     fn malformed_patterns_are_refused_with_a_reason() {
-        for bad in ["hello", "/a/{", "/a/{}", "/a/x{id}", "/{a}/{a}", "/{a-b}"] {
+        for bad in [
+            "hello", "/a/{", "/a/{}", "/a/x{id}", "/{a}/{a}", "/{a-b}", "/{*a}/b", "/{*}",
+        ] {
             let err = Pattern::parse(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }

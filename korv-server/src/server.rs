@@ -9,11 +9,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use korv_proto::Verb;
-use russh::keys::{PrivateKey, PublicKey};
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::{Certificate, PrivateKey, PublicKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::AdmissionMonitor;
+use crate::authorize::{Authorization, Rule};
 use crate::authorized::AuthorizedKeys;
+use crate::certificate::{KeyList, Trust};
 use crate::config::Limits;
 use crate::error::ServerError;
 use crate::handler::{Handler, boxed};
@@ -34,10 +38,10 @@ enum HostKeySource {
     Key(Box<PrivateKey>),
 }
 
-/// Where authorized keys come from.
+/// Where authorized keys, or trusted CA keys, come from.
 #[derive(Debug, Clone)]
 enum AuthorizedSource {
-    /// An OpenSSH authorized_keys file, re-read when it changes.
+    /// A file, re-read when it changes.
     File(PathBuf),
     /// Keys given in memory, with their comments.
     Keys(Vec<(PublicKey, String)>),
@@ -72,7 +76,10 @@ pub struct KorvServer<S = ()> {
     tracebacks: bool,
     listen: SocketAddr,
     host_keys: Vec<HostKeySource>,
+    host_certificates: Vec<PathBuf>,
     authorized: Option<AuthorizedSource>,
+    user_ca_keys: Option<AuthorizedSource>,
+    revoked_keys: Option<PathBuf>,
 }
 
 impl Default for KorvServer<()> {
@@ -99,7 +106,10 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
             tracebacks: true,
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             host_keys: Vec::new(),
+            host_certificates: Vec::new(),
             authorized: None,
+            user_ca_keys: None,
+            revoked_keys: None,
         }
     }
 
@@ -175,6 +185,72 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
         self
     }
 
+    /// Lets only clients whose OpenSSH certificate carries `principal` use
+    /// the route registered last (all its verbs); others get `403` with a
+    /// message. Checked after routing: an unknown resource is still `404`.
+    ///
+    /// ```
+    /// use korv_server::routing::any;
+    /// use korv_server::{KorvServer, Request};
+    /// use serde_json::{Value, json};
+    ///
+    /// async fn admin(req: Request) -> Value {
+    ///     json!({"path": req.param("rest")})
+    /// }
+    ///
+    /// let server = KorvServer::new()
+    ///     .route("/admin/{*rest}", any(admin))
+    ///     .require_principal("admin");
+    /// ```
+    ///
+    /// # Panics
+    /// When no route is registered yet.
+    #[track_caller]
+    pub fn require_principal(mut self, principal: impl Into<String>) -> Self {
+        if self
+            .router
+            .restrict_last(Rule::principal(principal))
+            .is_none()
+        {
+            panic!(
+                "require_principal applies to the route registered last: register a route first"
+            );
+        }
+        self
+    }
+
+    /// Adds an authorization rule for every routed request: `rule` sees the
+    /// client (its user, key and certificate), the verb and the resource,
+    /// and answers `true` or `Ok(())` to allow, `false` or `Err(message)` to
+    /// refuse with `403`. Rules run after routing (a `404` or `405` comes
+    /// first), the route's own rules before these, the first refusal wins.
+    ///
+    /// ```
+    /// use korv_server::routing::any;
+    /// use korv_server::{ClientInfo, KorvServer, Request, Verb};
+    /// use serde_json::Value;
+    ///
+    /// # async fn notes(req: Request) -> Value { req.body_value() }
+    /// let server = KorvServer::new()
+    ///     .route("/notes/{id}", any(notes))
+    ///     .authorize(|client: &ClientInfo, verb: Verb, _resource: &str| {
+    ///         match &client.certificate {
+    ///             Some(cert) if verb != Verb::Get && !cert.has_principal("writer") => {
+    ///                 Err(format!("{verb} needs the writer principal"))
+    ///             }
+    ///             _ => Ok(()),
+    ///         }
+    ///     });
+    /// ```
+    pub fn authorize<F, A>(mut self, rule: F) -> Self
+    where
+        F: Fn(&ClientInfo, Verb, &str) -> A + Send + Sync + 'static,
+        A: Authorization,
+    {
+        self.router.restrict_all(Rule::new(rule));
+        self
+    }
+
     /// The handler for requests that no route matches (instead of a `404`). It
     /// gets every verb.
     pub fn fallback<T, H: Handler<T, S>>(mut self, handler: H) -> Self {
@@ -222,6 +298,48 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
         self
     }
 
+    /// Trusts the user CA keys of a file in OpenSSH's `TrustedUserCAKeys`
+    /// format (one public key per line): a certificate signed by one of them
+    /// is accepted when its principals include the SSH user name and it
+    /// passes every check (type user, validity window, `source-address`, no
+    /// other critical option, no SHA-1 `ssh-rsa` CA signature, not revoked).
+    /// The file is re-read when it changes.
+    ///
+    /// CAs can also be trusted by `cert-authority` lines in authorized_keys,
+    /// with their `principals="…"` option.
+    pub fn trusted_user_ca_keys(mut self, path: impl Into<PathBuf>) -> Self {
+        self.user_ca_keys = Some(AuthorizedSource::File(path.into()));
+        self
+    }
+
+    /// Trusts a user CA key held in memory, as
+    /// [`trusted_user_ca_keys`](Self::trusted_user_ca_keys) does a file's.
+    pub fn trusted_user_ca_key(mut self, key: PublicKey) -> Self {
+        match &mut self.user_ca_keys {
+            Some(AuthorizedSource::Keys(keys)) => keys.push((key, String::new())),
+            _ => self.user_ca_keys = Some(AuthorizedSource::Keys(vec![(key, String::new())])),
+        }
+        self
+    }
+
+    /// Refuses the keys listed in a file of OpenSSH public keys (the plain
+    /// form of `RevokedKeys`), as user keys, as certificates' keys and as
+    /// CAs. The file is re-read when it changes; while it cannot be read,
+    /// every key is refused.
+    pub fn revoked_keys(mut self, path: impl Into<PathBuf>) -> Self {
+        self.revoked_keys = Some(path.into());
+        self
+    }
+
+    /// Offers the OpenSSH host certificate in `path` (`ssh-keygen -s CA -h`)
+    /// alongside the plain host key it certifies, which must be one of the
+    /// host keys. Clients that trust the CA (`@cert-authority` in
+    /// known_hosts) accept the server without knowing its key.
+    pub fn host_certificate(mut self, path: impl Into<PathBuf>) -> Self {
+        self.host_certificates.push(path.into());
+        self
+    }
+
     /// Authorizes a key held in memory, with a comment for handlers.
     pub fn authorized_key(mut self, key: PublicKey, comment: impl Into<String>) -> Self {
         match &mut self.authorized {
@@ -235,21 +353,42 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
     /// server, whose address is known (useful with port 0).
     ///
     /// # Errors
-    /// No host key or authorized keys; a host key file unreadable, malformed,
-    /// encrypted or readable by others; the address cannot be bound.
+    /// No host key; neither authorized keys nor trusted user CA keys; a host
+    /// key file unreadable, malformed, encrypted or readable by others; a host
+    /// certificate unreadable, not a host certificate, or for none of the
+    /// host keys; the address cannot be bound.
     pub async fn bind(mut self) -> Result<BoundServer<S>, ServerError> {
         let host_keys = load_host_keys(&self.host_keys)?;
+        let certificates = load_host_certificates(&self.host_certificates, &host_keys)?;
         let authorized = match self.authorized.take() {
-            Some(AuthorizedSource::File(path)) => AuthorizedKeys::from_file(path),
-            Some(AuthorizedSource::Keys(keys)) => AuthorizedKeys::from_keys(keys),
-            None => return Err(ServerError::NoAuthorizedKeys),
+            Some(AuthorizedSource::File(path)) => Some(AuthorizedKeys::from_file(path)),
+            Some(AuthorizedSource::Keys(keys)) => Some(AuthorizedKeys::from_keys(keys)),
+            None => None,
+        };
+        if authorized.is_none() && self.user_ca_keys.is_none() {
+            return Err(ServerError::NoAuthorizedKeys);
+        }
+        let trust = Trust {
+            user_cas: self.user_ca_keys.take().map(|source| match source {
+                AuthorizedSource::File(path) => KeyList::from_file(path, "trusted user CA keys"),
+                AuthorizedSource::Keys(keys) => KeyList::from_keys(
+                    keys.into_iter()
+                        .map(|(key, _)| key.key_data().clone())
+                        .collect(),
+                ),
+            }),
+            authorized: authorized.map(Arc::new),
+            revoked: self
+                .revoked_keys
+                .take()
+                .map(|path| KeyList::from_file(path, "revoked keys")),
         };
         let (tcp, local_addr) = listener::bind(self.listen).await?;
         let shared = self.into_shared();
         let shutdown = shared.shutdown.clone();
         tracing::info!(addr = %local_addr, "korv server listening");
         Ok(BoundServer {
-            listener: Listener::new(shared, tcp, host_keys, authorized),
+            listener: Listener::new(shared, tcp, host_keys, certificates, trust),
             local_addr,
             shutdown,
         })
@@ -349,6 +488,15 @@ impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
         }
     }
 
+    /// Reads the counters of connections admitted, refused, evicted and
+    /// penalised before authentication ([`AdmissionStats`]), while the
+    /// server runs.
+    ///
+    /// [`AdmissionStats`]: crate::AdmissionStats
+    pub fn admission_monitor(&self) -> AdmissionMonitor {
+        AdmissionMonitor::new(self.listener.admission())
+    }
+
     /// Serves connections until the shutdown handle fires, then stops
     /// accepting, drains the streams (in-flight requests get the grace period)
     /// and returns.
@@ -424,6 +572,39 @@ fn load_host_keys(sources: &[HostKeySource]) -> Result<Vec<PrivateKey>, ServerEr
         .map(|source| match source {
             HostKeySource::Key(key) => Ok((**key).clone()),
             HostKeySource::File(path) => load_host_key_file(path),
+        })
+        .collect()
+}
+
+/// Reads each host certificate and checks that it is a host certificate
+/// for one of `keys`.
+fn load_host_certificates(
+    paths: &[PathBuf],
+    keys: &[PrivateKey],
+) -> Result<Vec<Certificate>, ServerError> {
+    paths
+        .iter()
+        .map(|path| {
+            let fail = |reason: String| ServerError::HostCertificate {
+                path: path.clone(),
+                reason,
+            };
+            let cert = Certificate::read_file(path)
+                .map_err(|err| fail(format!("not an OpenSSH certificate: {err}")))?;
+            if cert.cert_type() != CertType::Host {
+                return Err(fail(
+                    "it is a user certificate: sign the host key with `ssh-keygen -h`".into(),
+                ));
+            }
+            if !keys
+                .iter()
+                .any(|key| key.public_key().key_data() == cert.public_key())
+            {
+                return Err(fail(
+                    "it certifies none of the host keys: add the key it certifies with host_key_file".into(),
+                ));
+            }
+            Ok(cert)
         })
         .collect()
 }

@@ -41,6 +41,7 @@ use tokio_util::codec::{Decoder, Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::authorize;
 use crate::handler::BoxedHandler;
 use crate::panic::CatchPanic;
 use crate::request::{ClientInfo, Params, Request};
@@ -247,7 +248,7 @@ where
                     if frame.ends_stream() {
                         reading = false;
                     }
-                    match dispatch(shared, frame, shutting_down) {
+                    match dispatch(shared, client, frame, shutting_down) {
                         Dispatch::Now(response) => {
                             log_answer(&response, None, started);
                             encode(&mut codec, &response, &mut out);
@@ -365,7 +366,12 @@ struct Run<S> {
 const INLINE_MAX_PAYLOAD: usize = 16 * 1024;
 
 /// Validates and routes one frame: an answer now, or a handler to run.
-fn dispatch<S>(shared: &Shared<S>, incoming: Incoming, shutting_down: bool) -> Dispatch<S> {
+fn dispatch<S>(
+    shared: &Shared<S>,
+    client: &ClientInfo,
+    incoming: Incoming,
+    shutting_down: bool,
+) -> Dispatch<S> {
     let (payload, legacy) = match incoming {
         Incoming::Frame(Frame::Empty) => return Dispatch::Now(Response::empty_frame()),
         Incoming::Frame(Frame::Oversized { len }) => {
@@ -404,12 +410,20 @@ fn dispatch<S>(shared: &Shared<S>, incoming: Incoming, shutting_down: bool) -> D
         ));
     }
     match shared.router.route(request.verb, &request.resource) {
-        Routed::Found(handler, params) => Dispatch::Run(Run {
-            id,
-            request,
-            handler: (handler, params),
-            inline: payload.len() <= INLINE_MAX_PAYLOAD,
-        }),
+        Routed::Found(handler, params, rules) => {
+            match authorize::check_all(&rules, client, request.verb, &request.resource) {
+                Ok(()) => Dispatch::Run(Run {
+                    id,
+                    request,
+                    handler: (handler, params),
+                    inline: payload.len() <= INLINE_MAX_PAYLOAD,
+                }),
+                Err(message) => {
+                    tracing::info!(user = %client.user, verb = %request.verb, resource = %request.resource, %message, "refused: 403");
+                    Dispatch::Now(Response::error(id, StatusCode::FORBIDDEN, message))
+                }
+            }
+        }
         Routed::NotAllowed(allow) => Dispatch::Now(Response::new(
             id,
             StatusCode::METHOD_NOT_ALLOWED,

@@ -3,6 +3,7 @@
 //!
 //! - [`keys`]: SSH keys made by `ssh-keygen`, their public lines, and
 //!   `known_hosts` entries;
+//! - [`certs`]: OpenSSH certificates signed by `ssh-keygen -s`;
 //! - [`net`]: a free port on 127.0.0.1;
 //! - [`frame`]: Korv frames (a 4-byte big-endian length, then the payload);
 //! - [`process`]: child processes that are killed when dropped, and waiting
@@ -18,6 +19,7 @@
 //! This crate is not published: the crates that use it take it as a
 //! path-only dev-dependency, which `cargo publish` leaves out.
 
+pub mod certs;
 pub mod frame;
 pub mod keys;
 pub mod net;

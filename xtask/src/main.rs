@@ -1,9 +1,11 @@
 //! Korv's project tasks. Run from anywhere in the workspace:
 //!
 //! ```text
-//! cargo xtask test      # fmt check, clippy (warnings are errors), every test
+//! cargo xtask test      # fmt check, clippy (warnings are errors), every test;
+//!                       # fuzz/ formatted, linted and built too
 //! cargo xtask legacy    # only the korv 0.2.1 interoperability tests (pytest)
 //! cargo xtask bench     # Korv against its peers; rewrites BENCHMARKS.md
+//!                       # (--check: fail on a missed target or failed load)
 //! cargo xtask soak      # korv serve under valid and malformed frames, 60 s
 //! cargo xtask fuzz      # every fuzz target, 60 s each
 //! ```
@@ -48,9 +50,10 @@ fn print_help() {
     println!(
         "cargo xtask TASK\n\n\
          Tasks:\n  \
-         test    cargo fmt --check, cargo clippy -D warnings, cargo test --workspace\n  \
+         test    cargo fmt --check, cargo clippy -D warnings (the workspace and fuzz/), cargo test --workspace\n  \
          soak    [--minutes N] korv serve under a full-speed mix of valid and malformed frames\n  \
-         bench   [--quick] Korv against HTTPS, OpenSSH and plain TCP; writes BENCHMARKS.md\n  \
+         bench   [--quick] [--check] Korv against HTTPS, OpenSSH and plain TCP; writes BENCHMARKS.md;\n          \
+         --check fails on a missed target or a failed load\n  \
          fuzz    run each fuzz target for N seconds (default 60): fuzz [--seconds N]\n  \
          legacy  [PYTEST ARGS] only the korv 0.2.1 interoperability tests (pytest, in a venv)\n  \
          help    this text"
@@ -72,6 +75,8 @@ fn test() -> Result<(), String> {
         "warnings",
     ]);
     step("lint", clippy)?;
+
+    fuzz::check()?;
 
     let mut tests = cargo();
     tests.args(["test", "--workspace", "--all-targets"]);
