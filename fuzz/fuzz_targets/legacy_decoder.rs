@@ -126,9 +126,12 @@ fn check_request(request: &Request) {
 fn check_answer(response: &Response, max_message: usize) {
     let mut codec = LegacyCodec::builder().max_message(max_message).build();
     let mut wire = BytesMut::new();
-    codec.encode(response, &mut wire).expect("an answer encodes");
+    codec
+        .encode(response, &mut wire)
+        .expect("an answer encodes");
     assert!(wire.len() <= max_message, "{} > {max_message}", wire.len());
-    let Some(LegacyFrame::Payload(content)) = LegacyCodec::new().decode(&mut wire).expect("decodes")
+    let Some(LegacyFrame::Payload(content)) =
+        LegacyCodec::new().decode(&mut wire).expect("decodes")
     else {
         panic!("an encoded answer is one member")
     };
