@@ -44,6 +44,10 @@ pub(crate) struct ConnectArgs {
     /// Use the `korv` subsystem instead of a direct-tcpip channel.
     #[arg(long)]
     pub(crate) subsystem: bool,
+    /// Call a korv 0.2.1 server (the original Python Korv): gzip messages
+    /// without framing, on a direct-tcpip channel.
+    #[arg(long, conflicts_with = "subsystem")]
+    pub(crate) legacy: bool,
     /// Seconds to wait for each connection and for the answer (default: the
     /// SSH configuration's ConnectTimeout, else 10, to connect; 30 for the
     /// answer).
@@ -166,6 +170,9 @@ impl ConnectArgs {
         if self.subsystem {
             config = config.channel(ChannelKind::Subsystem);
         }
+        if self.legacy {
+            config = config.legacy_format(true);
+        }
         config
     }
 }
@@ -254,5 +261,13 @@ mod tests {
         assert_eq!(c.target("korv://h").unwrap().path, "/");
         assert!(c.target("notes").is_err());
         assert!(c.target("korv://h:x/a").is_err());
+    }
+
+    #[test]
+    fn legacy_is_a_flag_that_excludes_the_subsystem() {
+        assert!(!defaults().legacy);
+        let legacy = Options::try_parse_from(["korv", "--legacy"]).unwrap();
+        assert!(legacy.connect.legacy);
+        assert!(Options::try_parse_from(["korv", "--legacy", "--subsystem"]).is_err());
     }
 }

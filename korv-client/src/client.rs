@@ -3,13 +3,17 @@
 
 use std::sync::Arc;
 
+use korv_proto::legacy::LEGACY_MAX_PACKET;
 use korv_proto::{Headers, Request, Response, Verb};
+use russh::client::Msg;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::ClientConfig;
 use crate::error::Error;
-use crate::{mux, ssh};
+use crate::mux::{Mux, Wire};
+use crate::ssh;
+use crate::whole::WholeWrites;
 
 /// An async Korv client. Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -19,7 +23,7 @@ pub struct KorvClient {
 
 struct Inner {
     config: ClientConfig,
-    mux: tokio::sync::RwLock<mux::Mux>,
+    mux: tokio::sync::RwLock<Mux>,
     /// Keeps the SSH connection alive as long as the client.
     _session: tokio::sync::Mutex<Option<ssh::Session>>,
 }
@@ -39,8 +43,8 @@ impl KorvClient {
     /// [`Error::JumpHost`] when a jump host fails, or [`Error::Forward`]
     /// there when it refuses to forward.
     pub async fn connect(config: ClientConfig) -> Result<KorvClient, Error> {
-        let (session, stream) = ssh::connect(&config).await?;
-        let mux = mux::Mux::start(stream, config.max_frame);
+        let (session, channel) = ssh::connect(&config).await?;
+        let mux = start(channel, &config).await;
         Ok(KorvClient {
             inner: Arc::new(Inner {
                 config,
@@ -56,7 +60,13 @@ impl KorvClient {
     where
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let mux = mux::Mux::start(io, config.max_frame);
+        let wire = match config.legacy {
+            true => Wire::Legacy {
+                max_message: LEGACY_MAX_PACKET,
+            },
+            false => Wire::Version1,
+        };
+        let mux = Mux::start(io, config.max_frame, wire);
         KorvClient {
             inner: Arc::new(Inner {
                 config: ClientConfig {
@@ -144,13 +154,28 @@ impl KorvClient {
         mux.call(request, timeout).await
     }
 
-    async fn reconnect(&self) -> Result<mux::Mux, Error> {
+    async fn reconnect(&self) -> Result<Mux, Error> {
         let mut slot = self.inner.mux.write().await;
         if slot.is_closed() {
-            let (session, stream) = ssh::connect(&self.inner.config).await?;
-            *slot = mux::Mux::start(stream, self.inner.config.max_frame);
+            let (session, channel) = ssh::connect(&self.inner.config).await?;
+            *slot = start(channel, &self.inner.config).await;
             *self.inner._session.lock().await = Some(session);
         }
         Ok(slot.clone())
     }
+}
+
+/// The multiplexed stream over the Korv channel, in the configured format.
+async fn start(channel: russh::Channel<Msg>, config: &ClientConfig) -> Mux {
+    if !config.legacy {
+        return Mux::start(channel.into_stream(), config.max_frame, Wire::Version1);
+    }
+    // Nothing has been written yet: the writable size is the server's
+    // maximum packet size (or its initial window, when that is smaller).
+    let max_packet = channel.writable_packet_size().await;
+    let stream = WholeWrites::new(channel, max_packet);
+    let wire = Wire::Legacy {
+        max_message: max_packet,
+    };
+    Mux::start(stream, config.max_frame, wire)
 }

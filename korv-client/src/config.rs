@@ -59,6 +59,7 @@ pub struct ClientConfig {
     pub(crate) ssh_config: Files,
     /// The jump host lists given, joined with commas (parsed when connecting).
     pub(crate) jumps: Option<String>,
+    pub(crate) legacy: bool,
 }
 
 impl ClientConfig {
@@ -88,6 +89,7 @@ impl ClientConfig {
             reconnect: false,
             ssh_config: Files::None,
             jumps: None,
+            legacy: false,
         }
     }
 
@@ -162,6 +164,21 @@ impl ClientConfig {
     /// `StrictHostKeyChecking`, else [`HostKeyPolicy::Strict`]).
     pub fn host_key_policy(mut self, policy: HostKeyPolicy) -> Self {
         self.policy = Some(policy);
+        self
+    }
+
+    /// Speak korv 0.2.1's format, to call a server of the original Python
+    /// Korv (default off): each request is one gzip member sent as one SSH
+    /// channel-data message within the server's maximum packet size (a
+    /// larger request is an [`Error::Protocol`](crate::Error::Protocol)),
+    /// always on a `direct-tcpip` channel, the only kind korv 0.2.1 serves.
+    /// Answers are matched by id and those that match no request are
+    /// ignored (korv 0.2.1 answers a `STORE` or `UPDATE` twice: a `400` with
+    /// id 0, then the real answer). A `500`'s traceback, one string in this
+    /// format, is split into its lines, so that a [`Response`](crate::Response)
+    /// looks the same in both formats.
+    pub fn legacy_format(mut self, on: bool) -> Self {
+        self.legacy = on;
         self
     }
 

@@ -255,6 +255,17 @@ pub enum CloseReason {
     /// The server sent an empty frame, which the protocol does not allow.
     #[error("the server sent an empty frame")]
     EmptyFrame,
+    /// korv 0.2.1's format: the server sent a gzip member holding more than
+    /// this client's maximum frame.
+    #[error("the server sent a gzip member holding more than this client's maximum of {max} bytes")]
+    MemberTooLarge {
+        /// This client's maximum frame size.
+        max: usize,
+    },
+    /// korv 0.2.1's format: the server sent bytes that are not an intact
+    /// gzip member, so the answers after them cannot be found.
+    #[error("the server sent bytes that are not an intact gzip member: {0}")]
+    CorruptMember(String),
     /// The connection's reader or writer task stopped without a reason: its
     /// runtime shut down, or a task panicked.
     #[error("the connection's tasks stopped")]

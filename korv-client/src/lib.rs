@@ -72,7 +72,10 @@
 //!   configuration's; [`ResolvedHost`].
 //! - `ssh`: connecting through the route, host key checks against
 //!   known_hosts, identities with their certificates, and the agent.
-//! - `mux`: the multiplexed stream (ids, in-flight map, reader and writer tasks).
+//! - `whole`: the channel for korv 0.2.1's format, whose writes each leave
+//!   as one channel-data message.
+//! - `mux`: the multiplexed stream (ids, in-flight map, reader and writer
+//!   tasks), in version 1's format or korv 0.2.1's.
 //! - `client`: [`KorvClient`], the async client over `ssh` and `mux`.
 //! - [`blocking`]: the synchronous client, over [`KorvClient`].
 
@@ -87,6 +90,7 @@ mod mux;
 mod route;
 mod ssh;
 pub mod ssh_config;
+mod whole;
 
 pub use client::KorvClient;
 pub use config::{ChannelKind, ClientConfig, HostKeyPolicy};

@@ -1,5 +1,11 @@
 //! One multiplexed Korv stream: ids from a counter, a map of requests in
 //! flight, one reader task and one writer task.
+//!
+//! The stream speaks version 1's frames or korv 0.2.1's gzip members
+//! ([`Wire`]). In korv 0.2.1's format each request is written by itself, in
+//! one write (its server reads each SSH channel-data message as one whole
+//! message); answers whose id matches no request in flight are ignored, and
+//! a `500`'s traceback string is split into its lines.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +14,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use korv_proto::{Frame, KorvCodec, Request, Response};
+use korv_proto::{
+    Frame, KorvCodec, LegacyCodec, LegacyFrame, Request, RequestId, Response, StatusCode,
+};
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Encoder, FramedRead};
@@ -44,6 +53,19 @@ impl State {
     }
 }
 
+/// The format of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// Length-prefixed JSON frames: version 1.
+    Version1,
+    /// korv 0.2.1's gzip members, each request at most `max_message` bytes
+    /// (the server's maximum packet size).
+    Legacy {
+        /// The largest request, in bytes, sent.
+        max_message: usize,
+    },
+}
+
 /// A multiplexed stream. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Mux {
@@ -51,6 +73,7 @@ pub(crate) struct Mux {
     next_id: Arc<AtomicU64>,
     writer: mpsc::UnboundedSender<BytesMut>,
     max_frame: usize,
+    wire: Wire,
 }
 
 /// Removes a request from the map when its caller stops waiting (timeout or
@@ -72,7 +95,7 @@ impl Drop for Pending<'_> {
 
 impl Mux {
     /// Starts the reader and writer tasks over `io`.
-    pub(crate) fn start<IO>(io: IO, max_frame: usize) -> Mux
+    pub(crate) fn start<IO>(io: IO, max_frame: usize, wire: Wire) -> Mux
     where
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -82,13 +105,16 @@ impl Mux {
             closed: Mutex::new(None),
         });
         let (to_writer, from_callers) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(writer, from_callers, Arc::clone(&state)));
-        tokio::spawn(read_loop(reader, max_frame, Arc::clone(&state)));
+        let whole = matches!(wire, Wire::Legacy { .. });
+        tokio::spawn(write_loop(writer, from_callers, Arc::clone(&state), whole));
+        tokio::spawn(read_loop(reader, max_frame, wire, Arc::clone(&state)));
         Mux {
             state,
+            // Never 0: korv 0.2.1 answers 0 to requests it cannot read.
             next_id: Arc::new(AtomicU64::new(1)),
             writer: to_writer,
             max_frame,
+            wire,
         }
     }
 
@@ -106,11 +132,18 @@ impl Mux {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         request.id = id.into();
         let mut frame = BytesMut::new();
-        KorvCodec::builder()
-            .max_frame(self.max_frame)
-            .build()
-            .encode(&request, &mut frame)
-            .map_err(Error::Protocol)?;
+        match self.wire {
+            Wire::Version1 => KorvCodec::builder()
+                .max_frame(self.max_frame)
+                .build()
+                .encode(&request, &mut frame),
+            Wire::Legacy { max_message } => LegacyCodec::builder()
+                .max_frame(self.max_frame)
+                .max_message(max_message)
+                .build()
+                .encode(&request, &mut frame),
+        }
+        .map_err(Error::Protocol)?;
         let (tx, rx) = oneshot::channel();
         {
             let mut waiters = self
@@ -140,15 +173,20 @@ impl Mux {
     }
 }
 
+/// Writes requests as they come, whatever is queued in one write; with
+/// `whole`, each request in a write of its own.
 async fn write_loop<W: AsyncWrite>(
     writer: W,
     mut queue: mpsc::UnboundedReceiver<BytesMut>,
     state: Arc<State>,
+    whole: bool,
 ) {
     tokio::pin!(writer);
     while let Some(mut batch) = queue.recv().await {
-        while let Ok(more) = queue.try_recv() {
-            batch.unsplit(more);
+        if !whole {
+            while let Ok(more) = queue.try_recv() {
+                batch.unsplit(more);
+            }
         }
         let written = async {
             writer.write_all(&batch).await?;
@@ -162,11 +200,36 @@ async fn write_loop<W: AsyncWrite>(
     let _ = writer.shutdown().await;
 }
 
-async fn read_loop<R: AsyncRead>(reader: R, max_frame: usize, state: Arc<State>) {
+async fn read_loop<R: AsyncRead>(reader: R, max_frame: usize, wire: Wire, state: Arc<State>) {
+    let why = match wire {
+        Wire::Version1 => read_frames(reader, max_frame, &state).await,
+        Wire::Legacy { .. } => read_members(reader, max_frame, &state).await,
+    };
+    state.close(why);
+}
+
+/// Hands `response` to the caller waiting for `id`, if one is.
+fn deliver(state: &State, id: u64, response: Response) -> bool {
+    let waiter = state
+        .waiters
+        .lock()
+        .ok()
+        .and_then(|mut w| w.as_mut().and_then(|w| w.remove(&id)));
+    match waiter {
+        Some(waiter) => {
+            let _ = waiter.send(response);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Reads version 1's frames until the stream ends; returns why it did.
+async fn read_frames<R: AsyncRead>(reader: R, max_frame: usize, state: &State) -> CloseReason {
     let codec = KorvCodec::builder().max_frame(max_frame).build();
     let frames = FramedRead::new(reader, codec);
     tokio::pin!(frames);
-    let why = loop {
+    loop {
         match frames.next().await {
             None => break CloseReason::ServerClosed,
             Some(Err(err)) => break CloseReason::Read(Arc::new(err)),
@@ -182,14 +245,7 @@ async fn read_loop<R: AsyncRead>(reader: R, max_frame: usize, state: Arc<State>)
                     tracing::warn!(code = response.code.as_u16(), message = ?response.message(), "response without a request id");
                     continue;
                 };
-                let waiter = state
-                    .waiters
-                    .lock()
-                    .ok()
-                    .and_then(|mut w| w.as_mut().and_then(|w| w.remove(&id)));
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(response);
-                }
+                deliver(state, id, response);
             }
             Some(Ok(Frame::Oversized { len })) => {
                 break CloseReason::FrameTooLarge {
@@ -199,6 +255,64 @@ async fn read_loop<R: AsyncRead>(reader: R, max_frame: usize, state: Arc<State>)
             }
             Some(Ok(Frame::Empty)) => break CloseReason::EmptyFrame,
         }
+    }
+}
+
+/// Reads korv 0.2.1's gzip members until the stream ends; returns why it did.
+async fn read_members<R: AsyncRead>(reader: R, max_frame: usize, state: &State) -> CloseReason {
+    let codec = LegacyCodec::builder().max_frame(max_frame).build();
+    let members = FramedRead::new(reader, codec);
+    tokio::pin!(members);
+    loop {
+        match members.next().await {
+            None => break CloseReason::ServerClosed,
+            Some(Err(err)) => break CloseReason::Read(Arc::new(err)),
+            Some(Ok(LegacyFrame::Payload(content))) => {
+                let delivered = legacy_answer(&content)
+                    .is_some_and(|(id, response)| deliver(state, id, response));
+                if !delivered {
+                    tracing::debug!("ignoring an answer that matches no request in flight");
+                }
+            }
+            Some(Ok(LegacyFrame::Oversized { max_frame })) => {
+                break CloseReason::MemberTooLarge { max: max_frame };
+            }
+            Some(Ok(LegacyFrame::Corrupt { reason })) => break CloseReason::CorruptMember(reason),
+        }
+    }
+}
+
+/// A korv 0.2.1 answer, `{"id": <clock>, "request_id", "code", "body"}`, as
+/// the id of the request it answers and a [`Response`]; `None` when its
+/// `request_id` cannot be one of ours (korv 0.2.1 answers 0 to what it
+/// cannot read) or it is not an answer at all.
+fn legacy_answer(content: &[u8]) -> Option<(u64, Response)> {
+    let Value::Object(mut answer) = serde_json::from_slice(content).ok()? else {
+        return None;
     };
-    state.close(why);
+    let id = answer.get("request_id")?.as_u64().filter(|&id| id != 0)?;
+    let code = answer
+        .get("code")?
+        .as_u64()
+        .and_then(|code| u16::try_from(code).ok())
+        .and_then(StatusCode::from_u16)?;
+    let mut body = answer.remove("body").unwrap_or(Value::Null);
+    // A 500's traceback is one string in this format, an array of lines in
+    // version 1's.
+    if code == StatusCode::INTERNAL_SERVER_ERROR
+        && let Some(traceback) = body.get_mut("traceback")
+        && let Some(text) = traceback.as_str()
+    {
+        let lines = text.trim_end_matches('\n').split('\n').map(Value::from);
+        *traceback = Value::Array(lines.collect());
+    }
+    let mut response = Response::new(RequestId::from(id), code, body);
+    if let Some(Value::Object(headers)) = answer.remove("headers") {
+        for (name, value) in headers {
+            if let Value::String(value) = value {
+                response.headers.insert(name, value);
+            }
+        }
+    }
+    Some((id, response))
 }

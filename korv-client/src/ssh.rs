@@ -289,10 +289,10 @@ pub(crate) fn route(config: &ClientConfig) -> Result<Vec<Endpoint>, Error> {
 }
 
 /// Connects through the route's jump hosts to the server and opens the Korv
-/// channel, as a byte stream.
+/// channel.
 pub(crate) async fn connect(
     config: &ClientConfig,
-) -> Result<(Session, russh::ChannelStream<client::Msg>), Error> {
+) -> Result<(Session, russh::Channel<client::Msg>), Error> {
     let route = route(config)?;
     let mut hops: Vec<Handle<HostCheck>> = Vec::new();
     let mut proxy = None;
@@ -353,7 +353,12 @@ pub(crate) async fn connect(
         (Some(handle), Some(target)) => (handle, target),
         _ => unreachable!("a route ends with the server"),
     };
-    let channel = match config.channel {
+    // korv 0.2.1 serves direct-tcpip channels only.
+    let kind = match config.legacy {
+        true => ChannelKind::DirectTcpip,
+        false => config.channel,
+    };
+    let channel = match kind {
         ChannelKind::DirectTcpip => handle
             .channel_open_direct_tcpip("localhost", u32::from(target.port), "127.0.0.1", 0)
             .await
@@ -376,7 +381,7 @@ pub(crate) async fn connect(
             _hops: hops,
             _proxy: proxy,
         },
-        channel.into_stream(),
+        channel,
     ))
 }
 

@@ -46,14 +46,18 @@
 //! - [`Request`], [`RequestId`], [`Verb`] and the one validation step,
 //!   [`Request::from_payload`].
 //! - [`Response`] and [`StatusCode`].
+//! - [`legacy`]: korv 0.2.1's format (one gzip member per message, no
+//!   framing), for serving its clients and calling its servers.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 pub mod codec;
+pub mod legacy;
 mod request;
 mod response;
 mod status;
 
 pub use codec::{DEFAULT_MAX_FRAME, Frame, KorvCodec, KorvCodecBuilder};
+pub use legacy::{LegacyCodec, LegacyCodecBuilder, LegacyFrame};
 pub use request::{Headers, MAX_RESOURCE_BYTES, Rejection, Request, RequestId, Verb};
 pub use response::{Response, ResponseError};
 pub use status::StatusCode;

@@ -35,6 +35,10 @@ enum IdRepr {
     /// Only for values above `i64::MAX`, so that equal numbers compare equal.
     UInt(u64),
     Str(Box<str>),
+    /// Any other JSON number (a fraction, an exponent, an integer out of
+    /// range), kept as its exact JSON text. Only korv 0.2.1's format has
+    /// such ids: its clients use their clock, a float, as the id.
+    Number(Box<str>),
 }
 
 impl RequestId {
@@ -47,6 +51,32 @@ impl RequestId {
                 .map(RequestId::from)
                 .or_else(|| n.as_u64().map(RequestId::from)),
             Value::String(s) => Some(RequestId::from(s.as_str())),
+            _ => None,
+        }
+    }
+
+    /// The id from the JSON text of a number, kept exactly as written when it
+    /// is not an integer in range (korv 0.2.1's float ids, which must come
+    /// back as the same text). `None` when `text` is not a JSON number.
+    ///
+    /// ```
+    /// use korv_proto::RequestId;
+    /// assert_eq!(RequestId::from_number_text("7"), Some(RequestId::from(7)));
+    /// let id = RequestId::from_number_text("1764505207.1234567").unwrap();
+    /// assert_eq!(id.to_string(), "1764505207.1234567");
+    /// assert_eq!(RequestId::from_number_text("\"7\""), None);
+    /// ```
+    pub fn from_number_text(text: &str) -> Option<RequestId> {
+        if text == "-0" {
+            return Some(RequestId::from(0));
+        }
+        match serde_json::from_str::<Value>(text).ok()? {
+            Value::Number(n) => Some(
+                n.as_i64()
+                    .map(RequestId::from)
+                    .or_else(|| n.as_u64().map(RequestId::from))
+                    .unwrap_or_else(|| RequestId(IdRepr::Number(text.into()))),
+            ),
             _ => None,
         }
     }
@@ -64,7 +94,7 @@ impl RequestId {
         match self.0 {
             IdRepr::Int(n) => u64::try_from(n).ok(),
             IdRepr::UInt(n) => Some(n),
-            IdRepr::Str(_) => None,
+            IdRepr::Str(_) | IdRepr::Number(_) => None,
         }
     }
 
@@ -117,6 +147,7 @@ impl fmt::Display for RequestId {
             IdRepr::Int(n) => write!(f, "{n}"),
             IdRepr::UInt(n) => write!(f, "{n}"),
             IdRepr::Str(s) => write!(f, "{}", Value::from(&**s)),
+            IdRepr::Number(text) => f.write_str(text),
         }
     }
 }
@@ -127,6 +158,11 @@ impl Serialize for RequestId {
             IdRepr::Int(n) => serializer.serialize_i64(*n),
             IdRepr::UInt(n) => serializer.serialize_u64(*n),
             IdRepr::Str(s) => serializer.serialize_str(s),
+            // The text is a JSON number (checked when the id was made):
+            // written as it is, not through an f64 that could change it.
+            IdRepr::Number(text) => serde_json::from_str::<&RawValue>(text)
+                .map_err(serde::ser::Error::custom)?
+                .serialize(serializer),
         }
     }
 }
@@ -332,6 +368,26 @@ impl Request {
     /// assert!(rejection.message.contains("PUT"));
     /// ```
     pub fn from_payload(payload: &[u8]) -> Result<Request, Rejection> {
+        Self::parse(payload, IdRule::Version1)
+    }
+
+    /// Validates the content of a korv 0.2.1 message: the same rules as
+    /// [`Request::from_payload`], except that `id` may be any JSON number
+    /// (korv 0.2.1's clients send their clock, a float), kept as its exact
+    /// text so that the answer's `request_id` is the same number.
+    ///
+    /// ```
+    /// use korv_proto::Request;
+    /// let request = Request::from_legacy_payload(
+    ///     br#"{"id":1764505207.1234567,"verb":"GET","resource":"/hello","body":null}"#,
+    /// ).unwrap();
+    /// assert_eq!(request.id.to_string(), "1764505207.1234567");
+    /// ```
+    pub fn from_legacy_payload(payload: &[u8]) -> Result<Request, Rejection> {
+        Self::parse(payload, IdRule::AnyNumber)
+    }
+
+    fn parse(payload: &[u8], ids: IdRule) -> Result<Request, Rejection> {
         if payload.is_empty() {
             return Err(Rejection::new(
                 None,
@@ -363,8 +419,17 @@ impl Request {
         if text.contains("\\u") {
             check_surrogates(text).map_err(|message| Rejection::new(None, message))?;
         }
-        fields.validate()
+        fields.validate(ids)
     }
+}
+
+/// Which numbers a request's `id` may be.
+#[derive(Clone, Copy)]
+enum IdRule {
+    /// Integers without fraction or exponent, from −2^63 to 2^64−1.
+    Version1,
+    /// Any JSON number, kept as its text (korv 0.2.1's format).
+    AnyNumber,
 }
 
 /// Checks that every `\\uXXXX` escape in already well-formed JSON text is a
@@ -446,9 +511,14 @@ fn member_value(name: &str, raw: Option<Box<RawValue>>) -> Result<Option<Value>,
 }
 
 /// The id in a member's raw text: `-0`, which JSON has no integer for, is 0.
-fn id_from_raw(raw: &RawValue) -> Result<RequestId, String> {
+fn id_from_raw(raw: &RawValue, ids: IdRule) -> Result<RequestId, String> {
     if raw.get() == "-0" {
         return Ok(RequestId::from(0));
+    }
+    if let IdRule::AnyNumber = ids
+        && let Some(id) = RequestId::from_number_text(raw.get())
+    {
+        return Ok(id);
     }
     let found = match serde_json::from_str::<Value>(raw.get()) {
         Ok(value) => match RequestId::from_json(&value) {
@@ -463,10 +533,10 @@ fn id_from_raw(raw: &RawValue) -> Result<RequestId, String> {
 }
 
 impl RawFields {
-    fn validate(self) -> Result<Request, Rejection> {
+    fn validate(self, ids: IdRule) -> Result<Request, Rejection> {
         let id = match self.id {
             None => return Err(Rejection::new(None, "missing `id`")),
-            Some(raw) => id_from_raw(&raw).map_err(|message| Rejection::new(None, message))?,
+            Some(raw) => id_from_raw(&raw, ids).map_err(|message| Rejection::new(None, message))?,
         };
         let reject = |message: String| Err(Rejection::new(Some(id.clone()), message));
         if let Some(name) = self.duplicate {

@@ -23,12 +23,60 @@ use crate::admission::Slot;
 use crate::authorized::Refusal;
 use crate::certificate::{Trust, check_user_certificate};
 use crate::config::Limits;
+use crate::direct::{LEGACY_FIRST_BYTE, Prefixed, WholeWrites, first_data};
 use crate::request::ClientInfo;
 use crate::state::Shared;
-use crate::stream::run_stream;
+use crate::stream::{Format, run_stream};
 
 /// The subsystem name of Korv protocol version 1.
 const SUBSYSTEM: &str = "korv";
+
+/// The two kinds of channel that carry a Korv stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelKind {
+    /// `direct-tcpip`: version 1, or korv 0.2.1's format by its first byte.
+    DirectTcpip,
+    /// A session channel with the `korv` subsystem: version 1.
+    Subsystem,
+}
+
+/// Serves a `direct-tcpip` channel in the format its first byte names:
+/// `0x1f` for korv 0.2.1's, anything else for version 1.
+async fn serve_direct_tcpip<S>(
+    shared: Arc<Shared<S>>,
+    mut channel: Channel<Msg>,
+    client: Arc<ClientInfo>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    // The client's maximum packet size, as it announced it: nothing has been
+    // written yet, so the writable size is that maximum (or the client's
+    // initial window, when that is smaller).
+    let max_packet = channel.writable_packet_size().await;
+    let first = tokio::select! {
+        first = first_data(&mut channel) => first,
+        () = shutdown.cancelled() => None,
+    };
+    let Some(first) = first else {
+        // The channel ended (or the server shuts down) before any data:
+        // nothing to answer. It closes as a version-1 stream does, EOF first.
+        let _ = channel.eof().await;
+        return Ok(());
+    };
+    if first.first() == Some(&LEGACY_FIRST_BYTE) {
+        debug!(max_packet, "stream in korv 0.2.1's format");
+        let stream = WholeWrites::new(channel, first, max_packet);
+        let format = Format::Legacy {
+            max_message: max_packet,
+        };
+        run_stream(shared, stream, client, shutdown, format).await
+    } else {
+        let stream = Prefixed::new(first, channel.into_stream());
+        run_stream(shared, stream, client, shutdown, Format::Version1).await
+    }
+}
 
 /// The ciphers the server offers: russh's defaults plus AES-128-GCM.
 const SERVER_CIPHERS: &[russh::cipher::Name] = &[
@@ -215,7 +263,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
 
     /// Serves a Korv stream on an admitted channel; a subsystem channel
     /// reports exit status 0 when it ends, which `ssh -s` exits with.
-    fn spawn_stream(&self, channel: Channel<Msg>, handle: Handle, exit_status: bool) {
+    fn spawn_stream(&self, channel: Channel<Msg>, handle: Handle, kind: ChannelKind) {
         let Some(client) = self.client.clone() else {
             return;
         };
@@ -225,11 +273,21 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         running.fetch_add(1, Ordering::AcqRel);
         let gone = self.status.gone.clone();
         let id = channel.id();
-        let stream = channel.into_stream();
-        let serve = async move {
+        let task = async move {
             let shutdown = shared.shutdown.clone();
+            let serve = async move {
+                match kind {
+                    ChannelKind::Subsystem => {
+                        let stream = channel.into_stream();
+                        run_stream(shared, stream, client, shutdown, Format::Version1).await
+                    }
+                    ChannelKind::DirectTcpip => {
+                        serve_direct_tcpip(shared, channel, client, shutdown).await
+                    }
+                }
+            };
             tokio::select! {
-                result = run_stream(shared, stream, client, shutdown) => {
+                result = serve => {
                     if let Err(err) = result {
                         debug!(%err, "stream ended with an error");
                     }
@@ -237,7 +295,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
                 // Dropping the stream cancels the handlers it runs.
                 () = gone.cancelled() => debug!("connection lost: stream and requests in flight dropped"),
             }
-            if exit_status {
+            if kind == ChannelKind::Subsystem {
                 let _ = handle.exit_status_request(id, 0).await;
             }
             let _ = handle.close(id).await;
@@ -245,7 +303,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
             running.fetch_sub(1, Ordering::AcqRel);
         };
         self.tracker
-            .spawn(serve.instrument(self.shared.span.clone()));
+            .spawn(task.instrument(self.shared.span.clone()));
     }
 }
 
@@ -447,7 +505,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         match self.admit_stream() {
             Ok(()) => {
                 reply.accept().await;
-                self.spawn_stream(channel, session.handle(), false);
+                self.spawn_stream(channel, session.handle(), ChannelKind::DirectTcpip);
             }
             Err(reason) => reply.reject(reason).await,
         }
@@ -474,7 +532,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         match (name == SUBSYSTEM, self.pending.remove(&channel)) {
             (true, Some(korv)) => {
                 session.channel_success(channel)?;
-                self.spawn_stream(korv, session.handle(), true);
+                self.spawn_stream(korv, session.handle(), ChannelKind::Subsystem);
             }
             (_, pending) => {
                 if let Some(pending) = pending {

@@ -3,7 +3,10 @@
 //! Register async handlers on a [`KorvServer`], one per verb and route, give
 //! it a host key and authorized keys, and serve. Each SSH channel
 //! (`direct-tcpip` or the `korv` subsystem) carries one Korv stream of
-//! length-prefixed JSON frames; see the protocol in `docs/PROTOCOL.md`.
+//! length-prefixed JSON frames; see the protocol in `docs/PROTOCOL.md`. A
+//! `direct-tcpip` stream whose first byte is `0x1f` speaks korv 0.2.1's
+//! format instead (gzip messages, the original Python Korv's), so its
+//! clients are served unchanged by the same routes.
 //!
 //! ```no_run
 //! use korv_server::routing::{any, get};
@@ -64,7 +67,11 @@
 //!   and the HTTP listener that serves them to Prometheus.
 //! - `state`: what the listener, connections and streams share: routes,
 //!   state, limits, the shutdown token, the metrics, the server's log span.
-//! - `stream`: the per-stream loop, generic over `AsyncRead + AsyncWrite`.
+//! - `stream`: the per-stream loop, generic over `AsyncRead + AsyncWrite`,
+//!   in version 1's format or korv 0.2.1's.
+//! - `direct`: `direct-tcpip` channels: the format their first byte names,
+//!   and writes that leave whole, one channel-data message each, for
+//!   korv 0.2.1's clients.
 //! - `connection`: one SSH connection (russh's `Handler`): authentication,
 //!   the channels that carry streams, refusals.
 //! - `proxy`: the PROXY protocol header a load balancer sends first, and
@@ -80,6 +87,7 @@ mod authorized;
 mod certificate;
 mod config;
 mod connection;
+mod direct;
 mod error;
 mod handler;
 mod ipnet;

@@ -794,6 +794,36 @@ impl<S: Clone + Send + Sync + 'static> StreamService<S> {
             io,
             Arc::new(client),
             self.shared.shutdown.clone(),
+            crate::stream::Format::Version1,
+        )
+        .await
+    }
+
+    /// Serves one stream in korv 0.2.1's format (gzip members, no framing)
+    /// with handlers seeing `client` as the caller: the same routes, limits
+    /// and shutdown as [`serve_as`](Self::serve_as). Each answer is one write
+    /// of at most `max_message` bytes (over SSH, the client's maximum packet
+    /// size; korv 0.2.1's client announces 32,768); a larger one becomes a
+    /// `500`. SSH servers choose this format by themselves, for a
+    /// `direct-tcpip` channel whose first byte is `0x1f`.
+    ///
+    /// # Errors
+    /// Reading or writing `io` failed.
+    pub async fn serve_legacy_as<IO>(
+        &self,
+        io: IO,
+        client: ClientInfo,
+        max_message: usize,
+    ) -> io::Result<()>
+    where
+        IO: AsyncRead + AsyncWrite + Send,
+    {
+        crate::stream::run_stream(
+            Arc::clone(&self.shared),
+            io,
+            Arc::new(client),
+            self.shared.shutdown.clone(),
+            crate::stream::Format::Legacy { max_message },
         )
         .await
     }

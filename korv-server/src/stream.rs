@@ -16,6 +16,14 @@
 //!   period, answers the rest `503`, then closes once nothing has arrived for
 //!   [`SHUTDOWN_LINGER`]: requests already on their way when shutdown began
 //!   get a `503`, not a closed stream.
+//!
+//! A stream speaks one [`Format`], chosen before it starts: version 1's
+//! frames, or korv 0.2.1's gzip members. The format is the codec's choice
+//! alone; validation, routing, handlers, limits and shutdown are the same.
+//! In korv 0.2.1's format every answer is written by itself, in one write
+//! (its reader takes each SSH channel-data message as one whole message),
+//! and a member too large or corrupt ends the stream after its answer, as
+//! nothing says where the next member starts.
 
 use std::io;
 use std::sync::Arc;
@@ -25,10 +33,13 @@ use std::time::Instant;
 use bytes::BytesMut;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use korv_proto::{Frame, KorvCodec, Request as WireRequest, RequestId, Response, StatusCode};
+use korv_proto::{
+    Frame, KorvCodec, LegacyCodec, LegacyFrame, ProtoError, Request as WireRequest, RequestId,
+    Response, StatusCode,
+};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::codec::{Decoder, Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
@@ -48,12 +59,26 @@ pub(crate) const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::fro
 /// Bytes read from the transport at a time, at least.
 const READ_CAPACITY: usize = 64 * 1024;
 
+/// The wire format of one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Length-prefixed JSON frames: version 1.
+    Version1,
+    /// korv 0.2.1's gzip members. Each answer is one write of at most
+    /// `max_message` bytes (the client's maximum packet size).
+    Legacy {
+        /// The largest answer, in bytes, encoded.
+        max_message: usize,
+    },
+}
+
 /// Serves one stream until the client's EOF (or shutdown), then closes it.
 pub(crate) async fn run_stream<S, IO>(
     shared: Arc<Shared<S>>,
     io: IO,
     client: Arc<ClientInfo>,
     shutdown: CancellationToken,
+    format: Format,
 ) -> io::Result<()>
 where
     S: Clone + Send + Sync + 'static,
@@ -68,9 +93,12 @@ where
     let unwritten = AtomicUsize::new(0);
     // The first error ends both: a reader that gives up on a client that
     // does not read must not leave the writer blocked on that client.
+    let whole = matches!(format, Format::Legacy { .. });
     tokio::try_join!(
-        read_loop(&shared, reader, &client, &shutdown, to_writer, &unwritten),
-        write_loop(writer, from_reader, &unwritten),
+        read_loop(
+            &shared, reader, &client, &shutdown, to_writer, &unwritten, format
+        ),
+        write_loop(writer, from_reader, &unwritten, whole),
     )
     .map(|_| ())
 }
@@ -94,10 +122,12 @@ const MAX_UNWRITTEN_FRAMES: usize = 8;
 
 /// Writes encoded responses as they come, coalescing whatever is queued into
 /// one write and one flush; at the end, shuts the writing side down (EOF).
+/// With `whole`, each part (one answer) is a write of its own instead.
 async fn write_loop<W: AsyncWrite>(
     writer: W,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Batch>,
     unwritten: &AtomicUsize,
+    whole: bool,
 ) -> io::Result<()> {
     tokio::pin!(writer);
     let mut gathered = BytesMut::new();
@@ -105,6 +135,14 @@ async fn write_loop<W: AsyncWrite>(
         while let Ok(more) = queue.try_recv() {
             batch.parts.extend(more.parts);
             batch.bytes += more.bytes;
+        }
+        if whole {
+            for part in batch.parts {
+                writer.write_all(&part).await?;
+            }
+            writer.flush().await?;
+            unwritten.fetch_sub(batch.bytes, Ordering::AcqRel);
+            continue;
         }
         for part in batch.parts {
             if part.len() < GATHER_BELOW {
@@ -134,14 +172,15 @@ async fn read_loop<S, R>(
     shutdown: &CancellationToken,
     to_writer: tokio::sync::mpsc::UnboundedSender<Batch>,
     unwritten: &AtomicUsize,
+    format: Format,
 ) -> io::Result<()>
 where
     S: Clone + Send + Sync + 'static,
     R: AsyncRead,
 {
-    let mut codec = KorvCodec::builder()
-        .max_frame(shared.limits.max_frame)
-        .build();
+    let mut codec = Codec::new(format, shared.limits.max_frame);
+    // Each answer a part of its own, so that the writer writes it alone.
+    let whole = matches!(format, Format::Legacy { .. });
     let frames = FramedRead::with_capacity(reader, codec.clone(), READ_CAPACITY);
     tokio::pin!(frames);
     // Cancelled when the grace period ends or this stream goes away: the
@@ -225,6 +264,9 @@ where
                         let quiet_until = tokio::time::Instant::now() + SHUTDOWN_LINGER;
                         linger.as_mut().reset(quiet_until.min(grace_ends));
                     }
+                    if frame.ends_stream() {
+                        reading = false;
+                    }
                     match dispatch(shared, client, frame, shutting_down) {
                         Dispatch::Now(response, verb) => {
                             log_answer(&response, None, started);
@@ -232,6 +274,9 @@ where
                                 metrics.answered(verb, response.code.as_u16(), started.elapsed());
                             }
                             encode(&mut codec, &response, &mut out);
+                            if whole {
+                                parts.push(out.split());
+                            }
                         }
                         Dispatch::Run(run) => {
                             in_flight.push(run_handler(shared, client, run, abort.clone(), &codec));
@@ -243,14 +288,82 @@ where
     }
 }
 
-fn into_io(err: korv_proto::ProtoError) -> io::Error {
+fn into_io(err: ProtoError) -> io::Error {
     match err {
-        korv_proto::ProtoError::Io(err) => err,
+        ProtoError::Io(err) => err,
         other => io::Error::other(other),
     }
 }
 
-fn encode(codec: &mut KorvCodec, response: &Response, out: &mut BytesMut) {
+/// The stream's codec: one format for the whole stream.
+#[derive(Clone)]
+enum Codec {
+    Version1(KorvCodec),
+    Legacy(LegacyCodec),
+}
+
+impl Codec {
+    fn new(format: Format, max_frame: usize) -> Codec {
+        match format {
+            Format::Version1 => Codec::Version1(KorvCodec::builder().max_frame(max_frame).build()),
+            Format::Legacy { max_message } => Codec::Legacy(
+                LegacyCodec::builder()
+                    .max_frame(max_frame)
+                    .max_message(max_message)
+                    .build(),
+            ),
+        }
+    }
+}
+
+/// What the codec read: a version-1 frame or a korv 0.2.1 member.
+enum Incoming {
+    Frame(Frame),
+    Legacy(LegacyFrame),
+}
+
+impl Incoming {
+    /// Whether nothing can be read after this: a korv 0.2.1 member that is
+    /// too large or corrupt has no length to skip it by.
+    fn ends_stream(&self) -> bool {
+        matches!(
+            self,
+            Incoming::Legacy(LegacyFrame::Oversized { .. } | LegacyFrame::Corrupt { .. })
+        )
+    }
+}
+
+impl Decoder for Codec {
+    type Item = Incoming;
+    type Error = ProtoError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, ProtoError> {
+        match self {
+            Codec::Version1(codec) => Ok(codec.decode(src)?.map(Incoming::Frame)),
+            Codec::Legacy(codec) => Ok(codec.decode(src)?.map(Incoming::Legacy)),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, ProtoError> {
+        match self {
+            Codec::Version1(codec) => Ok(codec.decode_eof(src)?.map(Incoming::Frame)),
+            Codec::Legacy(codec) => Ok(codec.decode_eof(src)?.map(Incoming::Legacy)),
+        }
+    }
+}
+
+impl Encoder<&Response> for Codec {
+    type Error = ProtoError;
+
+    fn encode(&mut self, response: &Response, dst: &mut BytesMut) -> Result<(), ProtoError> {
+        match self {
+            Codec::Version1(codec) => codec.encode(response, dst),
+            Codec::Legacy(codec) => codec.encode(response, dst),
+        }
+    }
+}
+
+fn encode(codec: &mut Codec, response: &Response, out: &mut BytesMut) {
     if let Err(err) = codec.encode(response, out) {
         // Only a maximum frame too small for a bare 500 gets here.
         tracing::error!(%err, "could not encode a response");
@@ -280,20 +393,41 @@ const INLINE_MAX_PAYLOAD: usize = 16 * 1024;
 fn dispatch<S>(
     shared: &Shared<S>,
     client: &ClientInfo,
-    frame: Frame,
+    incoming: Incoming,
     shutting_down: bool,
 ) -> Dispatch<S> {
-    let payload = match frame {
-        Frame::Empty => return Dispatch::Now(Response::empty_frame(), None),
-        Frame::Oversized { len } => {
+    let (payload, legacy) = match incoming {
+        Incoming::Frame(Frame::Empty) => return Dispatch::Now(Response::empty_frame(), None),
+        Incoming::Frame(Frame::Oversized { len }) => {
             return Dispatch::Now(
                 Response::payload_too_large(len, shared.limits.max_frame),
                 None,
             );
         }
-        Frame::Payload(payload) => payload,
+        Incoming::Frame(Frame::Payload(payload)) => (payload, false),
+        Incoming::Legacy(LegacyFrame::Payload(payload)) => (payload, true),
+        Incoming::Legacy(LegacyFrame::Oversized { max_frame }) => {
+            return Dispatch::Now(
+                Response::new(
+                    None,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    json!({
+                        "message": format!("gzip member holds more than the maximum of {max_frame} bytes"),
+                        "max_frame_bytes": max_frame,
+                    }),
+                ),
+                None,
+            );
+        }
+        Incoming::Legacy(LegacyFrame::Corrupt { reason }) => {
+            return Dispatch::Now(Response::error(None, StatusCode::BAD_REQUEST, reason), None);
+        }
     };
-    let request = match WireRequest::from_payload(&payload) {
+    let parsed = match legacy {
+        false => WireRequest::from_payload(&payload),
+        true => WireRequest::from_legacy_payload(&payload),
+    };
+    let request = match parsed {
         Ok(request) => request,
         Err(rejection) => return Dispatch::Now(rejection.into_response(), None),
     };
@@ -361,7 +495,7 @@ fn run_handler<S>(
     client: &Arc<ClientInfo>,
     run: Run<S>,
     abort: CancellationToken,
-    codec: &KorvCodec,
+    codec: &Codec,
 ) -> impl std::future::Future<Output = BytesMut> + use<S>
 where
     S: Clone + Send + Sync + 'static,

@@ -15,7 +15,7 @@ use std::process::Stdio;
 use crate::workspace::{cargo, root, step};
 
 /// The targets in `fuzz/fuzz_targets/`, in the order they run.
-const TARGETS: [&str; 2] = ["frame_decoder", "client_response"];
+const TARGETS: [&str; 3] = ["frame_decoder", "legacy_decoder", "client_response"];
 
 const DEFAULT_SECONDS: u64 = 60;
 

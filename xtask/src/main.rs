@@ -3,6 +3,7 @@
 //! ```text
 //! cargo xtask test      # fmt check, clippy (warnings are errors), every test;
 //!                       # fuzz/ formatted, linted and built too
+//! cargo xtask legacy    # only the korv 0.2.1 interoperability tests (pytest)
 //! cargo xtask bench     # Korv against its peers; rewrites BENCHMARKS.md
 //!                       # (--check: fail on a missed target or failed load)
 //! cargo xtask soak      # korv serve under valid and malformed frames, 60 s
@@ -16,6 +17,7 @@
 mod bench;
 mod fleet;
 mod fuzz;
+mod legacy_venv;
 mod soak;
 mod workspace;
 
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Some("fleet") => fleet::fleet(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("legacy") => legacy_venv::legacy_tests(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print_help();
             Ok(())
@@ -56,6 +59,7 @@ fn print_help() {
          --check fails on a missed target or a failed load\n  \
          fleet   [--release] three korv serve behind HAProxy with the PROXY protocol, every scenario\n  \
          fuzz    run each fuzz target for N seconds (default 60): fuzz [--seconds N]\n  \
+         legacy  [PYTEST ARGS] only the korv 0.2.1 interoperability tests (pytest, in a venv)\n  \
          help    this text"
     );
 }
@@ -85,6 +89,8 @@ fn test() -> Result<(), String> {
     let mut doctests = cargo();
     doctests.args(["test", "--workspace", "--doc"]);
     step("doctests", doctests)?;
+
+    legacy_venv::legacy_tests(&[])?;
 
     println!("\nall steps passed");
     Ok(())

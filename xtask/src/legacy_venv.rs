@@ -1,0 +1,81 @@
+//! The korv 0.2.1 interoperability tests (`tests/legacy/`, pytest): korv
+//! 0.2.1's own client and server, from PyPI, against ours.
+//!
+//! They run in a venv under the cargo target folder (`venv-legacy`), made
+//! with `python3 -m venv` and filled by pip on first use; later runs reuse it
+//! as long as its recorded requirements are the same. The tests find the
+//! `korv` binary and the interop example server through environment
+//! variables set here.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::workspace::{cargo, root, step, target_dir};
+
+/// What the venv holds: korv 0.2.1 itself (which needs asyncssh), and pytest.
+const REQUIREMENTS: [&str; 3] = ["korv==0.2.1", "asyncssh", "pytest"];
+
+/// The venv's python, making the venv and installing the requirements
+/// when they are not there yet.
+fn venv() -> Result<PathBuf, String> {
+    let dir = target_dir().join("venv-legacy");
+    let python = dir.join("bin").join("python");
+    let stamp = dir.join("korv-legacy-requirements.txt");
+    let wanted = REQUIREMENTS.join("\n");
+    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|have| have == wanted) {
+        return Ok(python);
+    }
+    let mut make = Command::new("python3");
+    make.args(["-m", "venv", "--clear"]).arg(&dir);
+    step("python venv for korv 0.2.1", make)?;
+    let mut install = Command::new(&python);
+    install
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(REQUIREMENTS);
+    step("pip install korv 0.2.1, asyncssh, pytest", install)?;
+    std::fs::write(&stamp, wanted)
+        .map_err(|err| format!("could not write {}: {err}", stamp.display()))?;
+    Ok(python)
+}
+
+/// Builds the binaries the tests drive, then runs pytest on `tests/legacy/`.
+/// Arguments are passed on to pytest (`-k NAME`, `-x`, ...).
+pub(crate) fn legacy_tests(args: &[String]) -> Result<(), String> {
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--package",
+        "korv-cli",
+        "--bin",
+        "korv",
+        "--package",
+        "korv-server",
+        "--example",
+        "interop",
+    ]);
+    step("build korv and the interop server", build)?;
+    let python = venv()?;
+    let bin = target_dir().join("debug");
+    let mut pytest = Command::new(python);
+    pytest
+        .current_dir(root())
+        .args([
+            "-m",
+            "pytest",
+            "tests/legacy",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ])
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("KORV_BIN", bin.join("korv"))
+        .env("KORV_INTEROP_SERVER", bin.join("examples").join("interop"));
+    step("korv 0.2.1 interoperability (pytest)", pytest)
+}
