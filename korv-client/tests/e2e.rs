@@ -646,8 +646,11 @@ async fn graceful_shutdown_over_ssh_finishes_in_flight_requests_then_closes() {
         (answer.code, answer.body.clone()),
         (StatusCode::OK, json!("held"))
     );
-    // With nothing left in flight the server closes the connection: every
-    // request from then on fails as closed, after at most 503s.
+    // With nothing left in flight the server closes the stream once nothing
+    // has arrived for its shutdown linger (200 ms; each request arriving
+    // meanwhile gets 503 and starts it again): every request from then on
+    // fails as closed, after at most 503s. The pause between requests is the
+    // quiet the server waits for, not a synchronization.
     let started = Instant::now();
     loop {
         match client.get("/echo").await {
@@ -663,7 +666,7 @@ async fn graceful_shutdown_over_ssh_finishes_in_flight_requests_then_closes() {
             started.elapsed() < Duration::from_secs(20),
             "the server did not close the connection"
         );
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
     // No new connections are accepted either.
     assert!(KorvClient::connect(fixture.config()).await.is_err());
