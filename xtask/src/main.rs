@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo xtask test      # fmt check, clippy (warnings are errors), every test
+//! cargo xtask python    # the Python package's tests alone (also part of `test`)
 //! cargo xtask bench     # Korv against its peers; rewrites BENCHMARKS.md
 //! cargo xtask soak      # korv serve under valid and malformed frames, 60 s
 //! ```
@@ -11,6 +12,7 @@
 
 mod bench;
 mod fuzz;
+mod python;
 mod soak;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("python") => python::test(),
         Some("bench") => bench::bench(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
@@ -43,7 +46,8 @@ fn print_help() {
     println!(
         "cargo xtask TASK\n\n\
          Tasks:\n  \
-         test    cargo fmt --check, cargo clippy -D warnings, cargo test --workspace\n  \
+         test    cargo fmt --check, cargo clippy -D warnings, cargo test --workspace, python\n  \
+         python  the Python package: a venv in the target folder, the wheel, pytest\n  \
          soak    [--minutes N] korv serve under a full-speed mix of valid and malformed frames\n  \
          bench   [--quick] Korv against HTTPS, OpenSSH and plain TCP; writes BENCHMARKS.md\n  \
          fuzz    run each fuzz target for N seconds (default 60): fuzz [--seconds N]\n  \
@@ -111,6 +115,8 @@ fn test() -> Result<(), String> {
     let mut doctests = cargo();
     doctests.args(["test", "--workspace", "--doc"]);
     step("doctests", doctests)?;
+
+    python::test()?;
 
     println!("\nall steps passed");
     Ok(())

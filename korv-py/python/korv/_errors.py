@@ -1,0 +1,110 @@
+"""The exceptions of the korv package, all under :class:`KorvError`.
+
+Each carries the details of its cause as attributes (``host``,
+``fingerprint``, ``path``...), and its message says what to do about it.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+__all__ = [
+    "KorvError",
+    "ConnectError",
+    "HostKeyError",
+    "HostKeyUnknownError",
+    "HostKeyChangedError",
+    "IdentityError",
+    "AuthenticationError",
+    "ProtocolError",
+    "RequestTimeoutError",
+    "ConnectionClosedError",
+    "ServerError",
+]
+
+
+class KorvError(Exception):
+    """Base of every error the korv package raises."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        for name, value in details.items():
+            setattr(self, name, value)
+
+
+class ConnectError(KorvError, ConnectionError):
+    """The TCP connection or the SSH handshake failed."""
+
+    address: str
+    """The address tried, ``host:port``."""
+
+
+class HostKeyError(KorvError):
+    """The server's host key is not the one known_hosts expects."""
+
+    host: str
+    """``host`` or ``[host]:port``, as known_hosts names it."""
+    fingerprint: str
+    """The ``SHA256:`` fingerprint of the key the server offered."""
+    known_hosts: str
+    """The known_hosts file consulted."""
+
+
+class HostKeyUnknownError(HostKeyError):
+    """The server's host key is not in known_hosts.
+
+    Check the fingerprint, then trust it once with ``accept_new=True`` (or
+    add it to known_hosts yourself).
+    """
+
+
+class HostKeyChangedError(HostKeyError):
+    """The server's host key differs from the one in known_hosts: someone
+    may be in the middle, or the key was replaced. Korv refuses to connect."""
+
+    line: int
+    """The line of known_hosts that holds the recorded key."""
+
+
+class IdentityError(KorvError):
+    """A private key file (``client_keys``) cannot be used."""
+
+    path: str
+    """The key file."""
+    reason: str
+    """What is wrong with it."""
+
+
+class AuthenticationError(KorvError, PermissionError):
+    """The server refused every key offered."""
+
+    user: str
+    """The SSH user name."""
+    tried: str
+    """The keys tried, with their fingerprints."""
+
+
+class ProtocolError(KorvError):
+    """The server refused the channel or broke the protocol."""
+
+
+class RequestTimeoutError(KorvError, builtins.TimeoutError):
+    """No answer came within the client's ``timeout``."""
+
+    timeout: float
+    """The timeout, in seconds."""
+
+
+class ConnectionClosedError(KorvError, ConnectionError):
+    """The connection is closed; requests in flight when it closed fail with
+    this error, as do requests on a closed client."""
+
+    reason: str
+    """Why it closed."""
+
+
+class ServerError(KorvError):
+    """A server cannot start: a host key or the authorized keys are missing
+    or unusable, or the address cannot be bound."""
