@@ -338,7 +338,7 @@ impl Route {
                 py,
                 &what(&request),
                 err.value(py).as_any(),
-                None,
+                err.traceback(py).as_ref().map(Bound::as_any),
                 tracebacks,
             ),
             Ok(result) if is_awaitable(py, &result) => {
