@@ -8,13 +8,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use hdrhistogram::Histogram;
+use korv_cli::load::{Labels, Tally, error_message, parse_duration, parse_warmup};
 use korv_client::KorvClient;
 use korv_proto::Verb;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::cli::{ConnectArgs, UsageError};
+use crate::body::read_body;
+use crate::connect::ConnectArgs;
+use crate::error_reporting::{self, UsageError};
 
+/// The arguments of `korv bench`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
     /// A path or korv:// URL.
@@ -68,75 +71,15 @@ fn parse_verb(text: &str) -> Result<Verb, String> {
         .map_err(|e| format!("{e}"))
 }
 
-fn parse_warmup(text: &str) -> Result<Duration, String> {
-    if text.trim().trim_end_matches(['s', 'm']).trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    parse_duration(text)
-}
-
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| c.is_ascii_alphabetic())
-            .unwrap_or(text.len()),
-    );
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("bad duration {text:?}: use 10s, 500ms or 2m"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        _ => return Err(format!("bad duration unit in {text:?}: use ms, s or m")),
-    };
-    if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(format!("duration {text:?} must be positive"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-/// What one worker saw.
-struct Tally {
-    latency: Histogram<u64>,
-    codes: BTreeMap<u16, u64>,
-    errors: BTreeMap<String, u64>,
-    bytes: u64,
-}
-
-impl Tally {
-    fn new() -> anyhow::Result<Tally> {
-        Ok(Tally {
-            latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-            codes: BTreeMap::new(),
-            errors: BTreeMap::new(),
-            bytes: 0,
-        })
-    }
-
-    fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
-        self.latency.add(&other.latency)?;
-        for (code, n) in other.codes {
-            *self.codes.entry(code).or_default() += n;
-        }
-        for (error, n) in other.errors {
-            *self.errors.entry(error).or_default() += n;
-        }
-        self.bytes += other.bytes;
-        Ok(())
-    }
-}
-
+/// Runs the load: `--connections` clients, `--concurrency` closed loops on
+/// each, for `--duration` after `--warmup` or for `--requests`; prints the
+/// report. Exits 1 when any request got no answer.
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.connections == 0 || args.concurrency == 0 {
         return Err(UsageError("--connections and --concurrency must be at least 1".into()).into());
     }
-    let target = crate::request::parse_target(&args.resource, &args.connect)?;
-    let body = args
-        .body
-        .as_deref()
-        .map(crate::request::read_body)
-        .transpose()?;
+    let target = args.connect.target(&args.resource)?;
+    let body = args.body.as_deref().map(read_body).transpose()?;
     if args.verb.requires_body() && body.is_none() {
         return Err(UsageError(format!("{} needs --body", args.verb)).into());
     }
@@ -147,7 +90,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .transpose()?
         .map(Arc::new);
     let body_bytes = body.as_ref().map_or(0, |b| b.get().len() as u64);
-    let config = crate::request::client_config(&target, &args.connect);
+    let config = args.connect.client_config(&target);
     let mut clients = Vec::new();
     for _ in 0..args.connections {
         clients.push(KorvClient::connect(config.clone()).await?);
@@ -177,7 +120,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let body = body.clone();
             let verb = args.verb;
             workers.push(tokio::spawn(async move {
-                let mut tally = Tally::new()?;
+                let mut tally = Tally::new();
                 // Answers to the same request are the same size: measure the
                 // first of each code rather than re-encode every answer.
                 let mut sizes = BTreeMap::<u16, u64>::new();
@@ -196,22 +139,20 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     let result = client
                         .request(verb, &path, body.as_deref(), Default::default())
                         .await;
-                    let micros = sent.elapsed().as_micros().max(1) as u64;
-                    tally.latency.saturating_record(micros);
+                    let latency = sent.elapsed();
                     match result {
                         Ok(response) => {
                             let code = response.code.as_u16();
-                            *tally.codes.entry(code).or_default() += 1;
                             let size = *sizes
                                 .entry(code)
                                 .or_insert_with(|| response_size(&response.body));
-                            tally.bytes += body_bytes + size;
+                            tally.answer(latency, code, body_bytes + size);
                         }
-                        Err(err) => *tally.errors.entry(err.to_string()).or_default() += 1,
+                        Err(err) => tally.error(Some(latency), error_message(&err)),
                     }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-                anyhow::Ok(tally)
+                tally
             }));
         }
     }
@@ -232,89 +173,31 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         })
     };
-    let mut tally = Tally::new()?;
+    let mut tally = Tally::new();
     for worker in workers {
-        tally.merge(worker.await??)?;
+        tally.merge(&worker.await?);
     }
     let elapsed = started.elapsed().as_secs_f64();
     ticker.abort();
     bar.finish_and_clear();
-    let answered: u64 = tally.codes.values().sum();
-    let errors: u64 = tally.errors.values().sum();
-    let q = |p: f64| tally.latency.value_at_quantile(p);
-    let report = json!({
-        "resource": target.path,
-        "verb": args.verb.as_str(),
-        "connections": args.connections,
-        "concurrency": args.concurrency,
-        "seconds": elapsed,
-        "requests": answered + errors,
-        "answered": answered,
-        "errors": errors,
-        "requests_per_second": (answered as f64) / elapsed,
-        "mb_per_second": (tally.bytes as f64) / elapsed / 1e6,
-        "latency_us": {
-            "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": tally.latency.max(),
-        },
-        "codes": tally.codes.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        "error_counts": tally.errors,
-    });
+    let labels = Labels {
+        resource: target.path,
+        verb: args.verb.as_str().to_owned(),
+        connections: args.connections,
+        concurrency: args.concurrency,
+    };
+    let report = tally.report(&labels, elapsed);
     if args.json {
-        println!("{report}");
+        println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
-            "{} {}: {} requests in {elapsed:.2}s over {} connection(s) x {} in flight",
-            args.verb,
-            target.path,
-            answered + errors,
-            args.connections,
-            args.concurrency
-        );
-        println!(
-            "  {:.0} requests/s, {:.2} MB/s",
-            report["requests_per_second"].as_f64().unwrap_or(0.0),
-            report["mb_per_second"].as_f64().unwrap_or(0.0)
-        );
-        println!(
-            "  latency µs: p50 {} p90 {} p99 {} p99.9 {} max {}",
-            q(0.5),
-            q(0.9),
-            q(0.99),
-            q(0.999),
-            tally.latency.max()
-        );
-        for (code, n) in &tally.codes {
-            println!("  {code}: {n}");
-        }
-        for (error, n) in &tally.errors {
-            println!("  error ({n}): {error}");
-        }
+        print!("{}", report.summary());
     }
-    Ok(if errors == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(error_reporting::for_failures(report.errors))
 }
 
 fn response_size(body: &Value) -> u64 {
     match body {
         Value::Null => 4,
         other => serde_json::to_string(other).map_or(0, |s| s.len() as u64),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_in_ms_s_and_m() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("10h").is_err());
     }
 }

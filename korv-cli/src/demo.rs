@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 
 pub(crate) async fn run() -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir().context("cannot make a temporary folder")?;
-    let host_key = crate::serve::new_ed25519("korv demo host")?;
-    let client_key = crate::serve::new_ed25519("korv demo client")?;
+    let host_key = crate::keys::new_ed25519("korv demo host")?;
+    let client_key = crate::keys::new_ed25519("korv demo client")?;
     let identity = dir.path().join("id_ed25519");
-    crate::serve::write_private_key(&client_key, &identity)?;
+    crate::keys::write_private_key(&client_key, &identity)?;
     let store = crate::store::Store::open(&dir.path().join("store.redb"))?;
     let host_public = host_key.public_key().clone();
     let bound = crate::serve::app(store)
@@ -74,7 +74,7 @@ pub(crate) async fn run() -> anyhow::Result<ExitCode> {
         (Verb::Get, "/notes/1", None, 404),
         (Verb::Get, "/boom", None, 500),
     ];
-    let mut failures = 0;
+    let mut failures = 0u64;
     for (verb, resource, body, expected) in steps {
         match &body {
             Some(body) => println!("→ {verb} {resource} {body}"),
@@ -84,7 +84,7 @@ pub(crate) async fn run() -> anyhow::Result<ExitCode> {
             .request(verb, resource, body.as_ref(), Default::default())
             .await?;
         let ok = response.code.as_u16() == expected;
-        failures += usize::from(!ok);
+        failures += u64::from(!ok);
         println!(
             "← {}{}\n  {}\n",
             response.code,
@@ -101,9 +101,8 @@ pub(crate) async fn run() -> anyhow::Result<ExitCode> {
     let _ = server.await;
     if failures == 0 {
         println!("korv demo: every answer was as expected");
-        Ok(ExitCode::SUCCESS)
     } else {
         println!("korv demo: {failures} answer(s) differed from what was expected");
-        Ok(ExitCode::from(1))
     }
+    Ok(crate::error_reporting::for_failures(failures))
 }

@@ -7,10 +7,20 @@
 //! korv store korv://alice@host:8022/notes/1 '{"text":"hi"}'
 //! korv bench /hello --concurrency 64 --requests 100000
 //! ```
+//!
+//! `main` parses the command line, runs the subcommand, and hands its
+//! outcome to `error_reporting`, which alone chooses exit codes and hints.
+//! Each subcommand is a module with its arguments: `request` (get, store,
+//! update, delete), `serve`, `demo`, `bench`; they share `connect` (the
+//! connection options), `body`, `keys`, `store` and `output`.
 
 mod bench;
+mod body;
 mod cli;
+mod connect;
 mod demo;
+mod error_reporting;
+mod keys;
 mod output;
 mod request;
 mod serve;
@@ -18,10 +28,14 @@ mod store;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
+use korv_proto::Verb;
+
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = Cli::parse();
     let filter = if cli.verbose > 1 {
         "debug"
     } else {
@@ -37,25 +51,34 @@ fn main() -> ExitCode {
     // A load generator gets its own thread count: one closed loop per thread
     // measures the server, not the generator's cross-thread wake-ups.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let cli::Command::Bench(args) = &cli.command {
+    if let Command::Bench(args) = &cli.command {
         builder.worker_threads(args.worker_threads());
     }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+    {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("korv: error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
+        Err(err) => return error_reporting::report(&err),
     };
-    match runtime.block_on(cli::run(cli)) {
+    // The runtime lives until the error is reported: dropping it waits for
+    // blocking tasks (a read of stdin under `serve --stdio`, for one).
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
-        Err(err) => {
-            let (code, hint) = cli::classify(&err);
-            eprintln!("korv: error: {err:#}");
-            if let Some(hint) = hint {
-                eprintln!("korv: hint: {hint}");
-            }
-            ExitCode::from(code)
-        }
+        Err(err) => error_reporting::report(&err),
+    }
+}
+
+/// Runs the subcommand.
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Get(args) => request::run(Verb::Get, args, cli.verbose).await,
+        Command::Store(args) => request::run(Verb::Store, args, cli.verbose).await,
+        Command::Update(args) => request::run(Verb::Update, args, cli.verbose).await,
+        Command::Delete(args) => request::run(Verb::Delete, args, cli.verbose).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Demo => demo::run().await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

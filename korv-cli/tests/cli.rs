@@ -1,61 +1,44 @@
 //! The `korv` binary against `korv serve` on a free port, with keys made by
 //! `ssh-keygen` in each test; and `korv serve --stdio` hosted by OpenSSH's sshd.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::CommandCargoExt;
+use korv_testkit::keys::{KeyKind, keygen, known_hosts_line, public_key, public_key_path};
+use korv_testkit::net::free_port;
+use korv_testkit::process::wait_until_listening;
+use korv_testkit::sshd::{Sshd, current_user};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for(addr: SocketAddr) {
-    let started = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "nothing listens on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// How long `korv serve` may take to listen.
+const LISTEN_WITHIN: Duration = Duration::from_secs(20);
 
 struct Server {
     dir: TempDir,
     port: u16,
+    /// `korv serve` arguments beyond the listen address, keys and store.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let host = keygen(dir.path(), "host");
-        let id = keygen(dir.path(), "id");
+        let host = keygen(dir.path(), "host", KeyKind::Ed25519);
+        let id = keygen(dir.path(), "id", KeyKind::Ed25519);
         std::fs::copy(id.with_extension("pub"), dir.path().join("authorized_keys")).unwrap();
         let _ = host;
         let mut server = Server {
             dir,
             port: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         server.spawn();
@@ -72,12 +55,13 @@ impl Server {
             .arg(self.dir.path().join("authorized_keys"))
             .arg("--data")
             .arg(self.dir.path().join("store.redb"))
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.child = Some(child);
-        wait_for(([127, 0, 0, 1], self.port).into());
+        let child = self.child.insert(child);
+        wait_until_listening(child, self.port, LISTEN_WITHIN).unwrap();
     }
 
     fn stop(&mut self) {
@@ -101,12 +85,8 @@ impl Server {
     }
 
     fn trust(&self) {
-        let host_pub = std::fs::read_to_string(self.dir.path().join("host.pub")).unwrap();
-        std::fs::write(
-            self.known_hosts(),
-            format!("[127.0.0.1]:{} {host_pub}", self.port),
-        )
-        .unwrap();
+        let host_pub = public_key(&self.dir.path().join("host"));
+        std::fs::write(self.known_hosts(), known_hosts_line(self.port, &host_pub)).unwrap();
     }
 
     /// `korv VERB ...` with the connection options, returning (exit code, stdout, stderr).
@@ -262,6 +242,44 @@ fn whoami_and_the_subsystem_flag() {
 }
 
 #[test]
+fn serve_takes_the_limits_before_authentication_from_its_flags() {
+    use std::io::Read;
+    // One unauthenticated connection per source, loopback not exempt.
+    let server = Server::start_with(&[
+        "--max-unauthenticated-per-source",
+        "1",
+        "--exempt",
+        "none",
+        "--penalty-base",
+        "0",
+    ]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.port));
+    let connect = || {
+        let socket = std::net::TcpStream::connect(addr).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        socket
+    };
+    // A silent connection holds 127.0.0.1's one place, once the server has
+    // freed the place of the probe that saw it listening.
+    let started = Instant::now();
+    let _first = loop {
+        let mut socket = connect();
+        let mut banner = [0u8; 8];
+        if socket.read_exact(&mut banner).is_ok() && &banner == b"SSH-2.0-" {
+            break socket;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never admitted");
+    };
+    // A second one is closed at once, before the server's SSH version.
+    let mut second = connect();
+    let mut got = Vec::new();
+    second.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+}
+
+#[test]
 fn korv_demo_exits_0() {
     let out = Command::cargo_bin("korv")
         .unwrap()
@@ -297,47 +315,26 @@ fn bench_with_1000_requests_reports_1000_answers() {
 
 #[test]
 fn serve_stdio_hosted_by_openssh_sshd_answers_the_subsystem() {
-    let sshd = Path::new("/usr/sbin/sshd");
     assert!(
-        sshd.exists(),
+        Sshd::installed(),
         "openssh-server is needed (.ci/run installs it)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let host = keygen(dir.path(), "sshd_host");
-    let id = keygen(dir.path(), "id");
+    let host = keygen(dir.path(), "sshd_host", KeyKind::Ed25519);
+    let id = keygen(dir.path(), "id", KeyKind::Ed25519);
     let authorized = dir.path().join("authorized_keys");
-    std::fs::copy(id.with_extension("pub"), &authorized).unwrap();
+    std::fs::copy(public_key_path(&id), &authorized).unwrap();
     let korv = assert_cmd::cargo::cargo_bin("korv");
-    let port = free_port();
-    let config = dir.path().join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
-             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\nSubsystem korv {} serve --stdio --data {}\n",
-            host.display(),
-            authorized.display(),
-            dir.path().join("sshd.pid").display(),
-            korv.display(),
-            dir.path().join("store.redb").display(),
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let mut daemon = Command::new(sshd)
-        .arg("-D")
-        .arg("-e")
-        .arg("-f")
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(([127, 0, 0, 1], port).into());
+    let subsystem = format!(
+        "Subsystem korv {} serve --stdio --data {}",
+        korv.display(),
+        dir.path().join("store.redb").display(),
+    );
+    let sshd = Sshd::start(dir.path(), &host, &authorized, &[&subsystem]).unwrap();
+    let port = sshd.port();
     let known_hosts = dir.path().join("known_hosts");
-    let host_pub = std::fs::read_to_string(host.with_extension("pub")).unwrap();
-    std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
-    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    std::fs::write(&known_hosts, known_hosts_line(port, &public_key(&host))).unwrap();
+    let user = current_user();
     let out = Command::cargo_bin("korv")
         .unwrap()
         .args([
@@ -352,8 +349,7 @@ fn serve_stdio_hosted_by_openssh_sshd_answers_the_subsystem() {
         .env_remove("SSH_AUTH_SOCK")
         .output()
         .unwrap();
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(sshd);
     assert!(
         out.status.success(),
         "stderr: {}",

@@ -10,34 +10,17 @@
 //! by every run).
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use korv_client::{ClientConfig, KorvClient, Response, StatusCode};
+use korv_testkit::keys::{KeyKind, keygen, known_hosts_line, public_key};
+use korv_testkit::net::free_port;
+use korv_testkit::process::wait_until_listening;
 use serde_json::{Value, json};
 
 const WORKERS: usize = 8;
-
-fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// SplitMix64: small, seedable, good enough to pick moments and sizes.
 struct Rng(u64);
@@ -74,14 +57,14 @@ struct Serve {
 impl Serve {
     fn new() -> Serve {
         let dir = tempfile::tempdir().unwrap();
-        keygen(dir.path(), "host");
-        let id = keygen(dir.path(), "id");
+        keygen(dir.path(), "host", KeyKind::Ed25519);
+        let id = keygen(dir.path(), "id", KeyKind::Ed25519);
         std::fs::copy(id.with_extension("pub"), dir.path().join("authorized_keys")).unwrap();
         let port = free_port();
-        let host_pub = std::fs::read_to_string(dir.path().join("host.pub")).unwrap();
+        let host_pub = public_key(&dir.path().join("host"));
         std::fs::write(
             dir.path().join("known_hosts"),
-            format!("[127.0.0.1]:{port} {host_pub}"),
+            known_hosts_line(port, &host_pub),
         )
         .unwrap();
         Serve {
@@ -112,22 +95,13 @@ impl Serve {
             .stderr(log)
             .spawn()
             .unwrap();
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let started = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "korv serve exited with {status} on start {}: {}",
-                    self.starts,
-                    std::fs::read_to_string(self.log()).unwrap_or_default()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "korv serve did not listen within 20 s"
+        let child = self.child.insert(child);
+        if let Err(err) = wait_until_listening(child, self.port, Duration::from_secs(20)) {
+            panic!(
+                "korv serve on start {}: {err}: {}",
+                self.starts,
+                std::fs::read_to_string(self.log()).unwrap_or_default()
             );
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -1,5 +1,5 @@
 //! The synchronous client: the same methods as the async one, for programs
-//! without a runtime (the original Korv client was synchronous).
+//! without a runtime of their own.
 //!
 //! ```no_run
 //! use korv_client::{ClientConfig, blocking::KorvClient};
@@ -11,27 +11,30 @@
 
 use serde::Serialize;
 
-use crate::{ClientConfig, Error, Headers, Response, Verb};
+use korv_proto::{Headers, Response, Verb};
+
+use crate::config::ClientConfig;
+use crate::error::Error;
 
 /// A blocking Korv client. It owns a small runtime of its own; do not use it
 /// from inside an async runtime.
 pub struct KorvClient {
     runtime: tokio::runtime::Runtime,
-    inner: crate::KorvClient,
+    inner: crate::client::KorvClient,
 }
 
 impl KorvClient {
     /// Connects; see [`crate::KorvClient::connect`].
     ///
     /// # Errors
-    /// As the async client, plus [`Error::Protocol`] if no runtime can start.
+    /// As the async client, plus [`Error::Runtime`] if no runtime can start.
     pub fn connect(config: ClientConfig) -> Result<KorvClient, Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
-            .map_err(|err| Error::Protocol(format!("cannot start a runtime: {err}")))?;
-        let inner = runtime.block_on(crate::KorvClient::connect(config))?;
+            .map_err(Error::Runtime)?;
+        let inner = runtime.block_on(crate::client::KorvClient::connect(config))?;
         Ok(KorvClient { runtime, inner })
     }
 

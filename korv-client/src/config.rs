@@ -34,6 +34,7 @@ pub struct ClientConfig {
     pub(crate) port: u16,
     pub(crate) user: String,
     pub(crate) identities: Vec<PathBuf>,
+    pub(crate) certificates: Vec<PathBuf>,
     pub(crate) passphrase: Option<String>,
     pub(crate) use_agent: bool,
     pub(crate) agent_socket: Option<PathBuf>,
@@ -60,6 +61,7 @@ impl ClientConfig {
                 .or_else(|_| std::env::var("USERNAME"))
                 .unwrap_or_else(|_| "korv".into()),
             identities: Vec::new(),
+            certificates: Vec::new(),
             passphrase: None,
             use_agent: true,
             agent_socket: None,
@@ -90,6 +92,17 @@ impl ClientConfig {
     /// `~/.ssh` keys are not tried.
     pub fn identity_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.identities.push(path.into());
+        self
+    }
+
+    /// Adds an OpenSSH user certificate (`ssh-keygen -s` output, repeatable),
+    /// offered with the identity file or ssh-agent key it certifies.
+    ///
+    /// Without it, a certificate is still used when it sits beside its key
+    /// as `ssh` expects (`id_ed25519` and `id_ed25519-cert.pub`), or when
+    /// the ssh-agent holds it (`ssh-add` loads the certificate with the key).
+    pub fn certificate_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.certificates.push(path.into());
         self
     }
 

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Encoder, FramedRead};
 
-use crate::Error;
+use crate::error::{CloseReason, Error};
 
 type Waiters = HashMap<u64, oneshot::Sender<Response>>;
 
@@ -21,11 +21,11 @@ type Waiters = HashMap<u64, oneshot::Sender<Response>>;
 struct State {
     waiters: Mutex<Option<Waiters>>,
     /// Why the stream closed, once it has.
-    closed: Mutex<Option<String>>,
+    closed: Mutex<Option<CloseReason>>,
 }
 
 impl State {
-    fn close(&self, why: String) {
+    fn close(&self, why: CloseReason) {
         if let Ok(mut closed) = self.closed.lock() {
             closed.get_or_insert(why);
         }
@@ -35,12 +35,12 @@ impl State {
         }
     }
 
-    fn closed_reason(&self) -> String {
-        self.closed
-            .lock()
-            .ok()
-            .and_then(|c| c.clone())
-            .unwrap_or_else(|| "the connection closed".into())
+    /// The error for a request that finds the stream closed. Without a
+    /// recorded reason, the reader or writer task is gone without closing:
+    /// its runtime shut down or it panicked.
+    fn closed_error(&self) -> Error {
+        let reason = self.closed.lock().ok().and_then(|c| c.clone());
+        Error::Closed(reason.unwrap_or(CloseReason::Stopped))
     }
 }
 
@@ -110,17 +110,17 @@ impl Mux {
             .max_frame(self.max_frame)
             .build()
             .encode(&request, &mut frame)
-            .map_err(|err| Error::Protocol(err.to_string()))?;
+            .map_err(Error::Protocol)?;
         let (tx, rx) = oneshot::channel();
         {
             let mut waiters = self
                 .state
                 .waiters
                 .lock()
-                .map_err(|_| Error::Closed("internal lock poisoned".into()))?;
+                .map_err(|_| Error::Closed(CloseReason::Stopped))?;
             match waiters.as_mut() {
                 Some(waiters) => waiters.insert(id, tx),
-                None => return Err(Error::Closed(self.state.closed_reason())),
+                None => return Err(self.state.closed_error()),
             };
         }
         let _pending = Pending {
@@ -128,12 +128,9 @@ impl Mux {
             id,
         };
         if self.writer.send(frame).is_err() {
-            return Err(Error::Closed(self.state.closed_reason()));
+            return Err(self.state.closed_error());
         }
-        let answer = async {
-            rx.await
-                .map_err(|_| Error::Closed(self.state.closed_reason()))
-        };
+        let answer = async { rx.await.map_err(|_| self.state.closed_error()) };
         match timeout {
             Some(limit) => tokio::time::timeout(limit, answer)
                 .await
@@ -158,7 +155,7 @@ async fn write_loop<W: AsyncWrite>(
             writer.flush().await
         };
         if let Err(err) = written.await {
-            state.close(format!("writing to the server failed: {err}"));
+            state.close(CloseReason::Write(Arc::new(err)));
             return;
         }
     }
@@ -171,8 +168,8 @@ async fn read_loop<R: AsyncRead>(reader: R, max_frame: usize, state: Arc<State>)
     tokio::pin!(frames);
     let why = loop {
         match frames.next().await {
-            None => break "the server closed the stream".to_owned(),
-            Some(Err(err)) => break format!("reading from the server failed: {err}"),
+            None => break CloseReason::ServerClosed,
+            Some(Err(err)) => break CloseReason::Read(Arc::new(err)),
             Some(Ok(Frame::Payload(payload))) => {
                 let response = match Response::from_payload(&payload) {
                     Ok(response) => response,
@@ -195,11 +192,12 @@ async fn read_loop<R: AsyncRead>(reader: R, max_frame: usize, state: Arc<State>)
                 }
             }
             Some(Ok(Frame::Oversized { len })) => {
-                break format!(
-                    "the server sent a frame of {len} bytes, above this client's maximum of {max_frame}"
-                );
+                break CloseReason::FrameTooLarge {
+                    len,
+                    max: max_frame,
+                };
             }
-            Some(Ok(Frame::Empty)) => break "the server sent an empty frame".to_owned(),
+            Some(Ok(Frame::Empty)) => break CloseReason::EmptyFrame,
         }
     };
     state.close(why);

@@ -1,14 +1,24 @@
 //! Connecting: TCP, the SSH handshake with the host key checked against
 //! known_hosts, public-key authentication, and the Korv channel.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use russh::client::{self, AuthResult, Handle};
-use russh::keys::known_hosts::{known_host_keys_path, learn_known_hosts_path};
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::keys::agent::AgentIdentity;
+use russh::keys::agent::client::AgentClient;
+use russh::keys::known_hosts::learn_known_hosts_path;
+use russh::keys::{
+    Algorithm, Certificate, EcdsaCurve, HashAlg, PrivateKeyWithHashAlg, PublicKey,
+    PublicKeyOrCertificate,
+};
 use tokio::net::TcpStream;
 
-use crate::{ChannelKind, ClientConfig, Error, HostKeyPolicy};
+use crate::certificate::{self, LocalSigner};
+use crate::config::{ChannelKind, ClientConfig, HostKeyPolicy};
+use crate::error::{Error, IdentityError};
+use crate::known_hosts::{HostVerdict, KnownHosts, host_port};
 
 /// Keeps the SSH connection open.
 pub(crate) struct Session {
@@ -18,90 +28,149 @@ pub(crate) struct Session {
 pub(crate) struct HostCheck {
     host: String,
     port: u16,
-    known_hosts: std::path::PathBuf,
+    known_hosts: PathBuf,
     policy: HostKeyPolicy,
     verdict: Arc<Mutex<Option<Error>>>,
 }
 
-fn display_host(host: &str, port: u16) -> String {
-    if port == 22 {
-        host.to_owned()
-    } else {
-        format!("[{host}]:{port}")
-    }
+/// Seconds since the epoch, now.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl HostCheck {
-    fn check(&self, key: &PublicKey) -> Result<(), Error> {
-        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        let shown = display_host(&self.host, self.port);
-        let file = self.known_hosts.display().to_string();
+    fn read_known_hosts(&self) -> Result<KnownHosts, Error> {
+        let known = KnownHosts::read(&self.known_hosts).map_err(|source| Error::KnownHosts {
+            path: self.known_hosts.clone(),
+            doing: "read known_hosts",
+            source,
+        })?;
+        for line in known.skipped() {
+            tracing::warn!(known_hosts = %self.known_hosts.display(), line, "skipping a known_hosts line that does not parse");
+        }
+        Ok(known)
+    }
+
+    /// Judges the offered host key or host certificate against known_hosts.
+    fn check(&self, offered: &PublicKeyOrCertificate) -> Result<(), Error> {
         if self.policy == HostKeyPolicy::InsecureAcceptAny {
             return Ok(());
         }
-        let recorded = known_host_keys_path(&self.host, self.port, &self.known_hosts)
-            .map_err(|err| Error::Protocol(format!("cannot read known_hosts {file}: {err}")))?;
-        if recorded.iter().any(|(_, k)| k.key_data() == key.key_data()) {
-            return Ok(());
-        }
-        if let Some((line, old)) = recorded
-            .iter()
-            .find(|(_, k)| k.algorithm() == key.algorithm())
-        {
-            // russh's line count skips comment lines: find the real line.
-            let line = real_line(&self.known_hosts, old).unwrap_or(*line);
-            return Err(Error::HostKeyChanged {
+        let shown = host_port(&self.host, self.port);
+        let file = self.known_hosts.display().to_string();
+        let key = match offered {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            PublicKeyOrCertificate::Certificate(cert) => {
+                PublicKey::new(cert.public_key().clone(), "")
+            }
+        };
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let known = self.read_known_hosts()?;
+        match known.check(&self.host, self.port, offered, now()) {
+            HostVerdict::Trusted { .. } => Ok(()),
+            HostVerdict::TrustedByCa { ca_fingerprint, .. } => {
+                tracing::debug!(host = %shown, ca = %ca_fingerprint, "host certificate trusted");
+                Ok(())
+            }
+            HostVerdict::Revoked {
+                what,
+                fingerprint,
+                line,
+            } => Err(Error::HostKeyRevoked {
+                host: shown,
+                what,
+                fingerprint,
+                known_hosts: file,
+                line,
+            }),
+            HostVerdict::CertificateRefused(refusal) => Err(Error::HostCertificate {
+                host: shown,
+                reason: refusal.to_string(),
+                known_hosts: file,
+            }),
+            HostVerdict::UntrustedCa { ca_fingerprint } => Err(Error::HostCertificate {
+                host: shown,
+                reason: format!(
+                    "its CA {ca_fingerprint} is not trusted: no @cert-authority line for this host names it"
+                ),
+                known_hosts: file,
+            }),
+            HostVerdict::Changed { line, .. } => Err(Error::HostKeyChanged {
                 host: shown,
                 offered: fingerprint,
                 known_hosts: file,
                 line,
-            });
-        }
-        match self.policy {
-            HostKeyPolicy::AcceptNew => {
-                learn_known_hosts_path(&self.host, self.port, key, &self.known_hosts).map_err(
-                    |err| Error::Protocol(format!("cannot add the host key to {file}: {err}")),
-                )?;
-                tracing::info!(host = %shown, %fingerprint, known_hosts = %file, "new host key trusted and recorded");
-                Ok(())
-            }
-            _ => Err(Error::HostKeyUnknown {
-                host: shown,
-                fingerprint,
-                known_hosts: file,
             }),
+            HostVerdict::Unknown => match self.policy {
+                HostKeyPolicy::AcceptNew => {
+                    learn_known_hosts_path(&self.host, self.port, &key, &self.known_hosts)
+                        .map_err(|err| self.known_hosts_error("add the host key to", err))?;
+                    tracing::info!(host = %shown, %fingerprint, known_hosts = %file, "new host key trusted and recorded");
+                    Ok(())
+                }
+                _ => Err(Error::HostKeyUnknown {
+                    host: shown,
+                    fingerprint,
+                    known_hosts: file,
+                }),
+            },
         }
+    }
+
+    /// A failure writing known_hosts. russh reports I/O and key encoding
+    /// alike; the latter becomes `InvalidData`.
+    fn known_hosts_error(&self, doing: &'static str, err: russh::keys::Error) -> Error {
+        let source = match err {
+            russh::keys::Error::IO(io) => io,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+        };
+        Error::KnownHosts {
+            path: self.known_hosts.clone(),
+            doing,
+            source,
+        }
+    }
+
+    /// Whether known_hosts has an `@cert-authority` line for the host: then
+    /// the client asks for host certificates, as OpenSSH does.
+    fn wants_certificates(&self) -> bool {
+        self.policy != HostKeyPolicy::InsecureAcceptAny
+            && self
+                .read_known_hosts()
+                .is_ok_and(|known| known.has_authority_for(&self.host, self.port))
     }
 }
 
-/// The 1-based line of known_hosts that records `key`.
-fn real_line(path: &std::path::Path, key: &PublicKey) -> Option<usize> {
-    let encoded = key.to_openssh().ok()?;
-    let base64 = encoded.split_whitespace().nth(1)?.to_owned();
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .position(|line| {
-            !line.starts_with('#') && line.split_whitespace().any(|field| field == base64)
-        })
-        .map(|index| index + 1)
-}
+/// Host certificate algorithms, best first; never SHA-1 `ssh-rsa`.
+const HOST_CERTIFICATES: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP256,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP384,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP521,
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha512),
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha256),
+    },
+];
 
 impl client::Handler for HostCheck {
     type Error = russh::Error;
 
     async fn check_server_key(
         &mut self,
-        key: &PublicKeyOrCertificate,
+        offered: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            if let Ok(mut verdict) = self.verdict.lock() {
-                *verdict = Some(Error::Protocol(
-                    "host certificates are not supported".into(),
-                ));
-            }
-            return Ok(false);
-        };
-        match self.check(key) {
+        match self.check(offered) {
             Ok(()) => Ok(true),
             Err(err) => {
                 if let Ok(mut verdict) = self.verdict.lock() {
@@ -119,9 +188,9 @@ pub(crate) async fn connect(
 ) -> Result<(Session, russh::ChannelStream<client::Msg>), Error> {
     tokio::time::timeout(config.connect_timeout, connect_inner(config))
         .await
-        .map_err(|_| Error::Connect {
+        .map_err(|_| Error::ConnectTimeout {
             addr: format!("{}:{}", config.host, config.port),
-            cause: format!("no answer within {:?}", config.connect_timeout),
+            limit: config.connect_timeout,
         })?
 }
 
@@ -129,13 +198,12 @@ async fn connect_inner(
     config: &ClientConfig,
 ) -> Result<(Session, russh::ChannelStream<client::Msg>), Error> {
     let addr = format!("{}:{}", config.host, config.port);
-    let connect_error = |cause: String| Error::Connect {
-        addr: addr.clone(),
-        cause,
-    };
     let socket = TcpStream::connect((config.host.as_str(), config.port))
         .await
-        .map_err(|err| connect_error(err.to_string()))?;
+        .map_err(|source| Error::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     let _ = socket.set_nodelay(true);
     let verdict = Arc::new(Mutex::new(None));
     let check = HostCheck {
@@ -145,6 +213,11 @@ async fn connect_inner(
         policy: config.policy,
         verdict: Arc::clone(&verdict),
     };
+    let host_key_certificates = if check.wants_certificates() {
+        HOST_CERTIFICATES
+    } else {
+        &[]
+    };
     let russh_config = Arc::new(client::Config {
         nodelay: true,
         window_size: 8 * 1024 * 1024,
@@ -152,6 +225,7 @@ async fn connect_inner(
         maximum_packet_size: 65535,
         preferred: russh::Preferred {
             cipher: cipher_preference().into(),
+            host_key_certificates: host_key_certificates.into(),
             ..russh::Preferred::default()
         },
         ..client::Config::default()
@@ -162,116 +236,285 @@ async fn connect_inner(
             if let Some(refusal) = verdict.lock().ok().and_then(|mut v| v.take()) {
                 return Err(refusal);
             }
-            return Err(connect_error(format!("SSH handshake failed: {err}")));
+            return Err(Error::Ssh {
+                addr,
+                doing: "handshake",
+                source: Box::new(err),
+            });
         }
     };
-    authenticate(&mut handle, config).await?;
+    authenticate(&mut handle, config, &addr).await?;
     let channel = match config.channel {
         ChannelKind::DirectTcpip => handle
             .channel_open_direct_tcpip("localhost", u32::from(config.port), "127.0.0.1", 0)
             .await
-            .map_err(|err| {
-                Error::Protocol(format!(
-                    "the server refused the direct-tcpip channel: {err}"
-                ))
-            })?,
+            .map_err(refused("direct-tcpip channel"))?,
         ChannelKind::Subsystem => {
-            let channel = handle.channel_open_session().await.map_err(|err| {
-                Error::Protocol(format!("the server refused the session channel: {err}"))
-            })?;
+            let channel = handle
+                .channel_open_session()
+                .await
+                .map_err(refused("session channel"))?;
             channel
                 .request_subsystem(true, "korv")
                 .await
-                .map_err(|err| {
-                    Error::Protocol(format!("the server refused the korv subsystem: {err}"))
-                })?;
+                .map_err(refused("korv subsystem"))?;
             channel
         }
     };
     Ok((Session { _handle: handle }, channel.into_stream()))
 }
 
-async fn authenticate(handle: &mut Handle<HostCheck>, config: &ClientConfig) -> Result<(), Error> {
+/// The error for a refused `channel`.
+fn refused(channel: &'static str) -> impl FnOnce(russh::Error) -> Error {
+    move |source| Error::ChannelRefused {
+        channel,
+        source: Box::new(source),
+    }
+}
+
+/// The certificates named in the config, read once.
+fn named_certificates(config: &ClientConfig) -> Result<Vec<(PathBuf, Certificate)>, Error> {
+    config
+        .certificates
+        .iter()
+        .map(|path| {
+            certificate::read(path)
+                .map(|cert| (path.clone(), cert))
+                .map_err(|reason| Error::Identity {
+                    path: path.clone(),
+                    reason: IdentityError::Certificate {
+                        path: path.clone(),
+                        reason,
+                    },
+                })
+        })
+        .collect()
+}
+
+/// The certificates for `key`: the named ones that certify it, then the one
+/// beside `identity` (`identity-cert.pub`) if there is one.
+fn certificates_for(
+    key: &PublicKey,
+    identity: Option<&Path>,
+    named: &[(PathBuf, Certificate)],
+    problems: &mut Vec<Error>,
+) -> Vec<(PathBuf, Certificate)> {
+    let mut found: Vec<(PathBuf, Certificate)> = named
+        .iter()
+        .filter(|(_, cert)| certificate::certifies(cert, key.key_data()))
+        .cloned()
+        .collect();
+    if let Some(identity) = identity {
+        let beside = certificate::beside(identity);
+        if beside.exists() && !found.iter().any(|(path, _)| *path == beside) {
+            match certificate::read(&beside) {
+                Ok(cert) if certificate::certifies(&cert, key.key_data()) => {
+                    found.push((beside, cert));
+                }
+                Ok(_) => problems.push(certificate_problem(
+                    &beside,
+                    "it certifies another key".to_owned(),
+                )),
+                Err(reason) => problems.push(certificate_problem(&beside, reason)),
+            }
+        }
+    }
+    found
+}
+
+fn certificate_problem(path: &Path, reason: String) -> Error {
+    Error::Identity {
+        path: path.to_owned(),
+        reason: IdentityError::Certificate {
+            path: path.to_owned(),
+            reason,
+        },
+    }
+}
+
+/// Whether `cert` may be offered now; if not, records why.
+fn usable(
+    path: &Path,
+    cert: &Certificate,
+    tried: &mut Vec<String>,
+    problems: &mut Vec<Error>,
+) -> bool {
+    match certificate::unusable(cert, SystemTime::now()) {
+        None => {
+            tried.push(format!(
+                "{} ({})",
+                path.display(),
+                certificate::describe(cert)
+            ));
+            true
+        }
+        Some(reason) => {
+            tried.push(format!("{} (not offered: {reason})", path.display()));
+            problems.push(certificate_problem(path, reason));
+            false
+        }
+    }
+}
+
+async fn authenticate(
+    handle: &mut Handle<HostCheck>,
+    config: &ClientConfig,
+    addr: &str,
+) -> Result<(), Error> {
+    let ssh_error = |source| Error::Ssh {
+        addr: addr.to_owned(),
+        doing: "authentication",
+        source: Box::new(source),
+    };
+    let named = named_certificates(config)?;
     let mut tried = Vec::new();
     let mut problems = Vec::new();
     for path in config.identity_paths() {
-        let shown = path.display().to_string();
         let key = match russh::keys::load_secret_key(&path, config.passphrase.as_deref()) {
-            Ok(key) => key,
-            Err(russh::keys::Error::KeyIsEncrypted) => {
-                problems.push(Error::Identity {
-                    path: shown,
-                    reason: "the key is encrypted: supply its passphrase".into(),
-                });
-                continue;
-            }
+            Ok(key) => Arc::new(key),
             Err(err) => {
-                problems.push(Error::Identity {
-                    path: shown,
-                    reason: err.to_string(),
-                });
+                let reason = match err {
+                    russh::keys::Error::KeyIsEncrypted => IdentityError::Encrypted,
+                    other => IdentityError::Load(other),
+                };
+                problems.push(Error::Identity { path, reason });
                 continue;
             }
         };
         let hash = rsa_hash(handle, key.public_key()).await;
+        // A certificate first, as OpenSSH does: a server that trusts only
+        // its CA would count the plain key as one more failed attempt.
+        for (cert_path, cert) in
+            certificates_for(key.public_key(), Some(&path), &named, &mut problems)
+        {
+            if !usable(&cert_path, &cert, &mut tried, &mut problems) {
+                continue;
+            }
+            let mut signer = LocalSigner::new(Arc::clone(&key));
+            let result = handle
+                .authenticate_certificate_with(&config.user, cert, hash, &mut signer)
+                .await
+                .map_err(|err| match err {
+                    russh::AgentAuthError::Send(_) => ssh_error(russh::Error::SendError),
+                    russh::AgentAuthError::Key(err) => Error::Identity {
+                        path: path.clone(),
+                        reason: IdentityError::Load(err),
+                    },
+                })?;
+            if matches!(result, AuthResult::Success) {
+                return Ok(());
+            }
+        }
         tried.push(format!(
-            "{shown} ({})",
+            "{} ({})",
+            path.display(),
             key.public_key().fingerprint(HashAlg::Sha256)
         ));
         let result = handle
-            .authenticate_publickey(
-                &config.user,
-                PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-            )
+            .authenticate_publickey(&config.user, PrivateKeyWithHashAlg::new(key, hash))
             .await
-            .map_err(|err| Error::Protocol(format!("authentication failed: {err}")))?;
+            .map_err(ssh_error)?;
         if matches!(result, AuthResult::Success) {
             return Ok(());
         }
     }
     if let Some(socket) = config.agent_path()
-        && try_agent(handle, config, &socket, &mut tried).await
+        && try_agent(handle, config, &socket, &named, &mut tried, &mut problems).await
     {
         return Ok(());
     }
-    if tried.is_empty() {
-        if let Some(problem) = problems.into_iter().next() {
-            return Err(problem);
-        }
-        return Err(Error::AuthRefused {
-            user: config.user.clone(),
-            tried: "none (no identity file and no ssh-agent)".into(),
-        });
+    if tried.is_empty()
+        && let Some(problem) = problems.into_iter().next()
+    {
+        return Err(problem);
     }
     Err(Error::AuthRefused {
         user: config.user.clone(),
-        tried: tried.join(", "),
+        tried,
     })
 }
 
-/// Tries every key of the ssh-agent at `socket`, recording each in `tried`;
-/// true when one is accepted. An agent that cannot be reached is skipped, as
-/// OpenSSH does.
+/// Signs with an agent's plain key for a certificate the agent does not
+/// hold (one named with `certificate_file`).
+struct AgentKeySigner<'a> {
+    agent: &'a mut AgentClient<tokio::net::UnixStream>,
+    key: AgentIdentity,
+}
+
+impl russh::Signer for AgentKeySigner<'_> {
+    type Error = russh::AgentAuthError;
+
+    async fn auth_sign(
+        &mut self,
+        _certificate: &AgentIdentity,
+        hash_alg: Option<HashAlg>,
+        to_sign: Vec<u8>,
+    ) -> Result<Vec<u8>, Self::Error> {
+        Ok(self
+            .agent
+            .sign_request(&self.key, hash_alg, to_sign)
+            .await?)
+    }
+}
+
+/// Tries the ssh-agent at `socket`: its certificates first, then each of its
+/// keys (with any named certificate for it, then plain), recording each in
+/// `tried`; true when one is accepted. An agent that cannot be reached is
+/// skipped, as OpenSSH does.
 async fn try_agent(
     handle: &mut Handle<HostCheck>,
     config: &ClientConfig,
-    socket: &std::path::Path,
+    socket: &Path,
+    named: &[(PathBuf, Certificate)],
     tried: &mut Vec<String>,
+    problems: &mut Vec<Error>,
 ) -> bool {
-    let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_uds(socket).await else {
+    let Ok(mut agent) = AgentClient::connect_uds(socket).await else {
         tracing::debug!(socket = %socket.display(), "ssh-agent unreachable: skipped");
         return false;
     };
-    let identities = agent.request_identities().await.unwrap_or_default();
+    let mut identities = agent.request_identities().await.unwrap_or_default();
+    identities.sort_by_key(|identity| matches!(identity, AgentIdentity::PublicKey { .. }));
     for identity in identities {
         let key = identity.public_key().into_owned();
         let hash = rsa_hash(handle, &key).await;
-        tried.push(format!("agent key {}", key.fingerprint(HashAlg::Sha256)));
-        if let Ok(AuthResult::Success) = handle
-            .authenticate_publickey_with(&config.user, key, hash, &mut agent)
-            .await
-        {
-            return true;
+        match identity {
+            AgentIdentity::Certificate { certificate, .. } => {
+                let shown = PathBuf::from("agent");
+                if !usable(&shown, &certificate, tried, problems) {
+                    continue;
+                }
+                if let Ok(AuthResult::Success) = handle
+                    .authenticate_certificate_with(&config.user, certificate, hash, &mut agent)
+                    .await
+                {
+                    return true;
+                }
+            }
+            AgentIdentity::PublicKey { .. } => {
+                for (path, cert) in certificates_for(&key, None, named, problems) {
+                    if !usable(&path, &cert, tried, problems) {
+                        continue;
+                    }
+                    let mut signer = AgentKeySigner {
+                        agent: &mut agent,
+                        key: AgentIdentity::from(key.clone()),
+                    };
+                    if let Ok(AuthResult::Success) = handle
+                        .authenticate_certificate_with(&config.user, cert, hash, &mut signer)
+                        .await
+                    {
+                        return true;
+                    }
+                }
+                tried.push(format!("agent key {}", key.fingerprint(HashAlg::Sha256)));
+                if let Ok(AuthResult::Success) = handle
+                    .authenticate_publickey_with(&config.user, key, hash, &mut agent)
+                    .await
+                {
+                    return true;
+                }
+            }
         }
     }
     false

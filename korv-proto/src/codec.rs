@@ -38,7 +38,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::{ProtoError, Request, Response};
 
-/// The default maximum payload size: 8 MiB (8,388,608 bytes), as the contract says.
+/// The default maximum payload size: 8 MiB (8,388,608 bytes), the protocol's default.
 pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
 
 /// Bytes in the length prefix.
@@ -240,7 +240,7 @@ impl Decoder for KorvCodec {
         }
     }
 
-    /// At the end of the stream a partial frame is dropped, as the contract says.
+    /// At the end of the stream a partial frame is dropped: it can never be answered.
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
@@ -254,7 +254,7 @@ impl Decoder for KorvCodec {
 }
 
 /// Encodes a response. A response larger than the maximum frame is replaced by
-/// the contract's `500` "response too large" with the same `request_id`, so
+/// a `500` "response too large" with the same `request_id`, so
 /// encoding a response fails only if the transport does.
 impl Encoder<&Response> for KorvCodec {
     type Error = ProtoError;

@@ -3,7 +3,7 @@
 //!
 //! This crate knows nothing of SSH, sockets or an async runtime. It turns bytes
 //! into frames ([`KorvCodec`]), frames into validated [`Request`]s or the `400`
-//! [`Response`] the contract demands ([`Request::from_payload`]), and
+//! [`Response`] the protocol demands ([`Request::from_payload`]), and
 //! responses back into bytes. The server, the client and third-party peers all
 //! stand on it.
 //!
@@ -15,7 +15,7 @@
 //!
 //! # Example
 //!
-//! Decoding the contract's test vector and answering it:
+//! Decoding the protocol's test vector (docs/PROTOCOL.md) and answering it:
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -63,7 +63,7 @@ pub use status::StatusCode;
 #[non_exhaustive]
 pub enum ProtoError {
     /// Reading or writing the underlying byte stream failed.
-    #[error("i/o error on the Korv stream: {0}")]
+    #[error("i/o error on the Korv stream")]
     Io(#[from] std::io::Error),
     /// An outgoing frame would exceed the maximum frame size.
     #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]

@@ -14,7 +14,7 @@ use crate::{Response, StatusCode};
 /// Request and response headers: names to string values.
 pub type Headers = BTreeMap<String, String>;
 
-/// The longest `resource` the contract allows, in UTF-8 bytes.
+/// The longest `resource` the protocol allows, in UTF-8 bytes.
 pub const MAX_RESOURCE_BYTES: usize = 4096;
 
 /// A request's id: an integer from −2^63 to 2^64−1 or a string, chosen by the
@@ -170,7 +170,7 @@ pub enum Verb {
 }
 
 impl Verb {
-    /// All verbs, in the contract's order (the order of a 405's `allow`).
+    /// All verbs, in the protocol's order (the order of a 405's `allow`).
     pub const ALL: [Verb; 4] = [Verb::Get, Verb::Store, Verb::Update, Verb::Delete];
 
     /// The verb as it is written on the wire.
@@ -257,7 +257,7 @@ impl PartialEq for Request {
     }
 }
 
-/// Why a payload is not a valid request: the `400` the contract demands.
+/// Why a payload is not a valid request: the `400` the protocol demands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// The request's id when it could be read, `None` (JSON `null`) otherwise.
@@ -317,7 +317,7 @@ impl Request {
 
     /// Validates a frame's payload: a valid request, or the `400` to answer.
     ///
-    /// This is the contract's section 6, `400` row, in one place: the payload
+    /// This is every `400` case of the protocol in one place: the payload
     /// must be UTF-8 JSON (no byte-order mark) encoding one object without
     /// duplicate member names; `id` an integer or a string; `verb` one of the
     /// four; `resource` a string starting with `/` of at most 4096 bytes;
@@ -575,7 +575,7 @@ fn truncate(text: &str, max_chars: usize) -> String {
     }
 }
 
-/// The members the contract names, and any other member (kept for the
+/// The members the protocol names, and any other member (kept for the
 /// duplicate check).
 enum Key {
     Id,

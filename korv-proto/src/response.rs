@@ -43,7 +43,7 @@ impl Response {
         }
     }
 
-    /// An error response whose body is `{"message": message}`, as the contract
+    /// An error response whose body is `{"message": message}`, as the protocol
     /// asks of every response with a code of 400 or more.
     pub fn error(
         request_id: impl Into<Option<RequestId>>,

@@ -1,8 +1,9 @@
-//! The frame codec: the contract's test vectors byte for byte, oversized and
+//! The frame codec: the test vectors of `docs/PROTOCOL.md` byte for byte, oversized and
 //! empty frames, chunked input, end of stream, and encoding limits.
 
 use bytes::{BufMut, BytesMut};
 use korv_proto::{Frame, KorvCodec, ProtoError, Request, RequestId, Response, StatusCode, Verb};
+use korv_testkit::frame::frame_bytes;
 use serde_json::{Value, json};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -15,12 +16,6 @@ fn unhex(hex: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
         .collect()
-}
-
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(payload);
-    out
 }
 
 fn decode_all(codec: &mut KorvCodec, wire: &[u8]) -> Vec<Frame> {
@@ -80,7 +75,7 @@ fn the_response_test_vector_decodes_as_a_response() {
 #[test]
 fn a_zero_length_frame_is_a_distinct_item_and_the_stream_goes_on() {
     let mut wire = vec![0, 0, 0, 0];
-    wire.extend(frame(br#"{"id":2}"#));
+    wire.extend(frame_bytes(br#"{"id":2}"#));
     let frames = decode_all(&mut KorvCodec::new(), &wire);
     assert_eq!(
         frames,
@@ -106,8 +101,8 @@ fn an_oversized_frame_is_reported_as_soon_as_its_length_is_read() {
 #[test]
 fn an_oversized_frame_is_skipped_and_the_next_frame_decodes() {
     let mut codec = KorvCodec::builder().max_frame(10).build();
-    let mut wire = frame(&[b'x'; 11]);
-    wire.extend(frame(b"{}"));
+    let mut wire = frame_bytes(&[b'x'; 11]);
+    wire.extend(frame_bytes(b"{}"));
     let frames = decode_all(&mut codec, &wire);
     assert_eq!(
         frames,
@@ -152,7 +147,7 @@ fn the_413_response_names_the_maximum() {
 #[test]
 fn a_frame_exactly_at_the_maximum_is_accepted() {
     let mut codec = KorvCodec::builder().max_frame(4).build();
-    let frames = decode_all(&mut codec, &frame(b"{}  "));
+    let frames = decode_all(&mut codec, &frame_bytes(b"{}  "));
     assert_eq!(frames, vec![Frame::Payload(b"{}  "[..].into())]);
 }
 
@@ -164,7 +159,7 @@ fn the_default_maximum_is_8_mib() {
 
 #[test]
 fn a_stream_that_ends_inside_a_frame_drops_the_partial_frame() {
-    let mut wire = frame(b"{\"a\":1}");
+    let mut wire = frame_bytes(b"{\"a\":1}");
     wire.extend_from_slice(&[0, 0, 0, 9, b'{']);
     let frames = decode_all(&mut KorvCodec::new(), &wire);
     assert_eq!(frames, vec![Frame::Payload(b"{\"a\":1}"[..].into())]);
@@ -178,9 +173,9 @@ fn a_stream_that_ends_inside_a_length_drops_it() {
 
 #[test]
 fn frames_split_one_byte_at_a_time_decode_the_same() {
-    let mut wire = frame(br#"{"id":1}"#);
+    let mut wire = frame_bytes(br#"{"id":1}"#);
     wire.extend([0, 0, 0, 0]);
-    wire.extend(frame(br#"{"id":"two"}"#));
+    wire.extend(frame_bytes(br#"{"id":"two"}"#));
     let whole = decode_all(&mut KorvCodec::new(), &wire);
     let mut codec = KorvCodec::new();
     let mut buf = BytesMut::new();

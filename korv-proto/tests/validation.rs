@@ -1,4 +1,4 @@
-//! Every case of the contract's `400` row, each by name, and the valid shapes.
+//! Every `400` case of the protocol, each by name, and the valid shapes.
 
 use korv_proto::{Request, RequestId, StatusCode, Verb};
 use serde_json::{Value, json};

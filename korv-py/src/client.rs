@@ -49,11 +49,12 @@ impl Config {
     /// are tried (and the ssh-agent only when `use_agent` is true); without,
     /// the `~/.ssh` keys and the agent. `known_hosts` defaults to
     /// `~/.ssh/known_hosts`, checked strictly unless `accept_new`.
+    /// `passphrase` decrypts encrypted identity files.
     #[new]
     #[pyo3(signature = (
         host, port, *, user = None, identities = None, known_hosts = None,
         accept_new = false, timeout = Some(30.0), connect_timeout = 10.0,
-        subsystem = false, use_agent = None
+        subsystem = false, use_agent = None, passphrase = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -67,6 +68,7 @@ impl Config {
         connect_timeout: f64,
         subsystem: bool,
         use_agent: Option<bool>,
+        passphrase: Option<String>,
     ) -> PyResult<Self> {
         let mut config = korv_client::ClientConfig::new(host)
             .port(port)
@@ -94,6 +96,9 @@ impl Config {
         }
         if subsystem {
             config = config.channel(ChannelKind::Subsystem);
+        }
+        if let Some(passphrase) = passphrase {
+            config = config.passphrase(passphrase);
         }
         Ok(Config(config))
     }

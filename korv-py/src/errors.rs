@@ -27,25 +27,50 @@ fn korv_error<'py>(
     build().unwrap_or_else(|err| err)
 }
 
+/// An error and each of its causes, `: `-separated, as anyhow's `{:#}`
+/// prints them: `cannot connect to 127.0.0.1:1: Connection refused (os error 111)`.
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 /// A `korv_client::Error` as its exception:
 ///
-/// | error | exception |
+/// | error | exception (attributes) |
 /// | --- | --- |
-/// | `Connect` | `ConnectError(address)` |
-/// | `HostKeyUnknown` | `HostKeyUnknownError(host, fingerprint, known_hosts)` |
-/// | `HostKeyChanged` | `HostKeyChangedError(host, fingerprint, known_hosts, line)` |
-/// | `Identity` | `IdentityError(path, reason)` |
-/// | `AuthRefused` | `AuthenticationError(user, tried)` |
-/// | `Protocol` | `ProtocolError` |
-/// | `Timeout` | `RequestTimeoutError(timeout)` |
-/// | `Closed` | `ConnectionClosedError(reason)` |
+/// | `Connect`, `Ssh` | `ConnectError` (`address`) |
+/// | `ConnectTimeout` | `ConnectTimeoutError` (`address`, `timeout`) |
+/// | `HostKeyUnknown` | `HostKeyUnknownError` (`host`, `fingerprint`, `known_hosts`) |
+/// | `HostKeyChanged` | `HostKeyChangedError` (… and `line`) |
+/// | `HostKeyRevoked` | `HostKeyRevokedError` (… and `line`) |
+/// | `HostCertificate` | `HostCertificateError` (`host`, `reason`, `known_hosts`) |
+/// | `KnownHosts` | `KnownHostsError` (`path`) |
+/// | `Identity` | `IdentityError` (`path`, `reason`) |
+/// | `AuthRefused` | `AuthenticationError` (`user`, `tried`) |
+/// | `ChannelRefused`, `Body`, `Protocol` | `ProtocolError` |
+/// | `Timeout` | `RequestTimeoutError` (`timeout`) |
+/// | `Closed` | `ConnectionClosedError` (`reason`) |
 pub(crate) fn client_error(py: Python<'_>, err: korv_client::Error) -> PyErr {
     use korv_client::Error;
-    let message = err.to_string();
+    let message = chain(&err);
     match err {
-        Error::Connect { addr, .. } => korv_error(py, "ConnectError", message, |kw| {
-            kw.set_item("address", addr)
-        }),
+        Error::Connect { addr, .. } | Error::Ssh { addr, .. } => {
+            korv_error(py, "ConnectError", message, |kw| {
+                kw.set_item("address", addr)
+            })
+        }
+        Error::ConnectTimeout { addr, limit } => {
+            korv_error(py, "ConnectTimeoutError", message, |kw| {
+                kw.set_item("address", addr)?;
+                kw.set_item("timeout", limit.as_secs_f64())
+            })
+        }
         Error::HostKeyUnknown {
             host,
             fingerprint,
@@ -66,9 +91,34 @@ pub(crate) fn client_error(py: Python<'_>, err: korv_client::Error) -> PyErr {
             kw.set_item("known_hosts", known_hosts)?;
             kw.set_item("line", line)
         }),
+        Error::HostKeyRevoked {
+            host,
+            fingerprint,
+            known_hosts,
+            line,
+            ..
+        } => korv_error(py, "HostKeyRevokedError", message, |kw| {
+            kw.set_item("host", host)?;
+            kw.set_item("fingerprint", fingerprint)?;
+            kw.set_item("known_hosts", known_hosts)?;
+            kw.set_item("line", line)
+        }),
+        Error::HostCertificate {
+            host,
+            reason,
+            known_hosts,
+        } => korv_error(py, "HostCertificateError", message, |kw| {
+            kw.set_item("host", host)?;
+            kw.set_item("fingerprint", py.None())?;
+            kw.set_item("reason", reason)?;
+            kw.set_item("known_hosts", known_hosts)
+        }),
+        Error::KnownHosts { path, .. } => korv_error(py, "KnownHostsError", message, |kw| {
+            kw.set_item("path", path.display().to_string())
+        }),
         Error::Identity { path, reason } => korv_error(py, "IdentityError", message, |kw| {
-            kw.set_item("path", path)?;
-            kw.set_item("reason", reason)
+            kw.set_item("path", path.display().to_string())?;
+            kw.set_item("reason", chain(&reason))
         }),
         Error::AuthRefused { user, tried } => {
             korv_error(py, "AuthenticationError", message, |kw| {
@@ -76,12 +126,14 @@ pub(crate) fn client_error(py: Python<'_>, err: korv_client::Error) -> PyErr {
                 kw.set_item("tried", tried)
             })
         }
-        Error::Protocol(_) => korv_error(py, "ProtocolError", message, |_| Ok(())),
+        Error::ChannelRefused { .. } | Error::Body(_) | Error::Protocol(_) => {
+            korv_error(py, "ProtocolError", message, |_| Ok(()))
+        }
         Error::Timeout(limit) => korv_error(py, "RequestTimeoutError", message, |kw| {
             kw.set_item("timeout", limit.as_secs_f64())
         }),
         Error::Closed(reason) => korv_error(py, "ConnectionClosedError", message, |kw| {
-            kw.set_item("reason", reason)
+            kw.set_item("reason", chain(&reason))
         }),
         _ => korv_error(py, "KorvError", message, |_| Ok(())),
     }
@@ -90,6 +142,7 @@ pub(crate) fn client_error(py: Python<'_>, err: korv_client::Error) -> PyErr {
 /// A `korv_server::ServerError` (the server cannot start) as a
 /// `korv.ServerError`.
 pub(crate) fn server_error(py: Python<'_>, err: korv_server::ServerError) -> PyErr {
+    // Its messages already name their causes.
     server_error_message(py, err.to_string())
 }
 

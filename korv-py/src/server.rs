@@ -17,14 +17,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use korv_server::routing::on;
 use korv_server::{
-    ClientInfo, Headers, KorvServer, Limits, Request, RequestId, Response, ShutdownHandle,
-    StatusCode, Verb,
+    CertificateInfo, ClientInfo, Headers, KorvServer, Limits, Request, RequestId, Response,
+    RouteError, ShutdownHandle, StatusCode, Verb,
 };
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
+use russh::keys::PublicKey;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -46,11 +48,81 @@ pub(crate) struct Server {
 
 enum Phase {
     /// Routes may still be added.
-    Building(Box<KorvServer>),
+    Building(Box<Builder>),
+    /// Binding; `stop` records a shutdown asked for meanwhile.
+    Starting { stop: bool },
     /// Bound and serving; the handle starts the graceful shutdown.
     Serving(ShutdownHandle),
-    /// Being started, stopped, or never to serve again.
+    /// Stopped, or never to serve.
     Over,
+}
+
+/// A server's settings and routes until it starts. A `KorvServer` is made
+/// from them to check each new route and, at the start, to serve.
+struct Builder {
+    listen: SocketAddr,
+    limits: Limits,
+    tracebacks: bool,
+    host_keys: Vec<PathBuf>,
+    host_certificate: Option<PathBuf>,
+    authorized_keys_file: Option<PathBuf>,
+    authorized_keys: Vec<(PublicKey, String)>,
+    trusted_user_ca_keys: Option<PathBuf>,
+    revoked_keys: Option<PathBuf>,
+    routes: Vec<(Verb, String, Arc<Route>)>,
+}
+
+impl Builder {
+    /// A `KorvServer` with `routes` registered, or the first conflict.
+    fn with_routes(
+        mut server: KorvServer,
+        routes: &[(Verb, String, Arc<Route>)],
+    ) -> Result<KorvServer, RouteError> {
+        for (verb, pattern, route) in routes {
+            let route = Arc::clone(route);
+            let handler = move |request: Request| Arc::clone(&route).call(request);
+            server = server.try_route(pattern, on(*verb, handler))?;
+        }
+        Ok(server)
+    }
+
+    /// Adds a route after checking it against the others: a malformed
+    /// pattern, or a verb already served on an equivalent one, is refused.
+    fn add(&mut self, verb: Verb, pattern: &str, route: Arc<Route>) -> Result<(), RouteError> {
+        self.routes.push((verb, pattern.to_owned(), route));
+        if let Err(err) = Self::with_routes(KorvServer::new(), &self.routes) {
+            self.routes.pop();
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// The server to bind.
+    fn build(self) -> Result<KorvServer, RouteError> {
+        let mut server = KorvServer::new()
+            .listen(self.listen)
+            .limits(self.limits)
+            .tracebacks(self.tracebacks);
+        for key in self.host_keys {
+            server = server.host_key_file(key);
+        }
+        if let Some(path) = self.host_certificate {
+            server = server.host_certificate(path);
+        }
+        if let Some(path) = self.authorized_keys_file {
+            server = server.authorized_keys_file(path);
+        }
+        for (key, comment) in self.authorized_keys {
+            server = server.authorized_key(key, comment);
+        }
+        if let Some(path) = self.trusted_user_ca_keys {
+            server = server.trusted_user_ca_keys(path);
+        }
+        if let Some(path) = self.revoked_keys {
+            server = server.revoked_keys(path);
+        }
+        Self::with_routes(server, &self.routes)
+    }
 }
 
 /// What every route of a server shares.
@@ -106,6 +178,7 @@ impl Server {
     #[new]
     #[pyo3(signature = (
         host, port, host_keys, *, authorized_keys_file = None, authorized_keys = None,
+        trusted_user_ca_keys = None, revoked_keys = None, host_certificate = None,
         max_workers = 64, tracebacks = true, request_timeout = Some(30.0),
         shutdown_grace = 10.0, idle_timeout = Some(600.0), max_frame = None,
         max_in_flight = None, max_connections = None
@@ -117,6 +190,9 @@ impl Server {
         host_keys: Vec<PathBuf>,
         authorized_keys_file: Option<PathBuf>,
         authorized_keys: Option<Vec<String>>,
+        trusted_user_ca_keys: Option<PathBuf>,
+        revoked_keys: Option<PathBuf>,
+        host_certificate: Option<PathBuf>,
         max_workers: usize,
         tracebacks: bool,
         request_timeout: Option<f64>,
@@ -126,7 +202,6 @@ impl Server {
         max_in_flight: Option<usize>,
         max_connections: Option<usize>,
     ) -> PyResult<Self> {
-        let listen = listen_address(host, port)?;
         let defaults = Limits::default();
         let limits = Limits {
             // No timeout is a timeout longer than any callback will run.
@@ -143,25 +218,33 @@ impl Server {
             max_connections: max_connections.unwrap_or(defaults.max_connections),
             ..defaults
         };
-        let mut server = KorvServer::new()
-            .listen(listen)
-            .limits(limits)
-            .tracebacks(tracebacks);
-        for key in host_keys {
-            server = server.host_key_file(key);
-        }
-        if let Some(path) = authorized_keys_file {
-            server = server.authorized_keys_file(path);
-        }
-        for line in authorized_keys.unwrap_or_default() {
-            let key = russh::keys::PublicKey::from_openssh(line.trim()).map_err(|err| {
-                PyValueError::new_err(format!("not an OpenSSH public key line ({err}): {line:?}"))
-            })?;
-            let comment = key.comment().to_string();
-            server = server.authorized_key(key, comment);
-        }
+        let authorized_keys = authorized_keys
+            .unwrap_or_default()
+            .iter()
+            .map(|line| {
+                let key = PublicKey::from_openssh(line.trim()).map_err(|err| {
+                    PyValueError::new_err(format!(
+                        "not an OpenSSH public key line ({err}): {line:?}"
+                    ))
+                })?;
+                let comment = key.comment().to_string();
+                Ok((key, comment))
+            })
+            .collect::<PyResult<_>>()?;
+        let builder = Builder {
+            listen: listen_address(host, port)?,
+            limits,
+            tracebacks,
+            host_keys,
+            host_certificate,
+            authorized_keys_file,
+            authorized_keys,
+            trusted_user_ca_keys,
+            revoked_keys,
+            routes: Vec::new(),
+        };
         Ok(Server {
-            phase: Mutex::new(Phase::Building(Box::new(server))),
+            phase: Mutex::new(Phase::Building(Box::new(builder))),
             dispatch: Arc::new(Dispatch {
                 pool: PyPool::new("korv-worker", max_workers),
                 spawn: OnceLock::new(),
@@ -181,7 +264,7 @@ impl Server {
             .parse::<Verb>()
             .map_err(|err| PyValueError::new_err(err.to_string()))?;
         let mut phase = self.lock();
-        let Phase::Building(server) = &mut *phase else {
+        let Phase::Building(builder) = &mut *phase else {
             return Err(PyRuntimeError::new_err(
                 "callbacks must be added before the server starts",
             ));
@@ -190,12 +273,9 @@ impl Server {
             callback,
             dispatch: Arc::clone(&self.dispatch),
         });
-        server
-            .try_add_callback(verb, pattern, move |request: Request| {
-                Arc::clone(&route).call(request)
-            })
-            .map_err(|err| PyValueError::new_err(err.to_string()))?;
-        Ok(())
+        builder
+            .add(verb, pattern, route)
+            .map_err(|err| PyValueError::new_err(err.to_string()))
     }
 
     /// Binds and starts serving in the background; returns the bound
@@ -205,23 +285,34 @@ impl Server {
     /// Raises `korv.ServerError` when the server cannot start (a host key or
     /// the authorized keys missing or unusable, the address taken).
     fn start(&self, py: Python<'_>, spawn: Py<PyAny>) -> PyResult<(String, u16)> {
-        let server = match std::mem::replace(&mut *self.lock(), Phase::Over) {
-            Phase::Building(server) => server,
-            _ => return Err(PyRuntimeError::new_err("the server was already started")),
-        };
-        if self.dispatch.spawn.set(spawn).is_err() {
-            return Err(PyRuntimeError::new_err("the server was already started"));
-        }
-        let bound = runtime::block_on(py, server.bind())?.map_err(|err| {
-            self.finished.set(Ok(()));
-            errors::server_error(py, err)
-        })?;
-        let addr = bound.local_addr();
-        {
-            let mut phase = self.lock();
-            if matches!(*phase, Phase::Over) {
-                *phase = Phase::Serving(bound.shutdown_handle());
+        let builder = match std::mem::replace(&mut *self.lock(), Phase::Starting { stop: false }) {
+            Phase::Building(builder) => builder,
+            other => {
+                *self.lock() = other;
+                return Err(PyRuntimeError::new_err("the server was already started"));
             }
+        };
+        let _ = self.dispatch.spawn.set(spawn);
+        let bound = builder
+            .build()
+            .map_err(|err| PyValueError::new_err(err.to_string()))
+            .and_then(|server| {
+                runtime::block_on(py, server.bind())?.map_err(|err| errors::server_error(py, err))
+            });
+        let bound = match bound {
+            Ok(bound) => bound,
+            Err(err) => {
+                *self.lock() = Phase::Over;
+                self.finished.set(Ok(()));
+                return Err(err);
+            }
+        };
+        let addr = bound.local_addr();
+        let handle = bound.shutdown_handle();
+        if let Phase::Starting { stop: true } =
+            std::mem::replace(&mut *self.lock(), Phase::Serving(handle.clone()))
+        {
+            handle.shutdown();
         }
         let finished = Arc::clone(&self.finished);
         runtime::runtime()?.spawn(async move {
@@ -235,8 +326,9 @@ impl Server {
     /// requests, requests in flight finish within the grace period.
     fn shutdown(&self) {
         let mut phase = self.lock();
-        match &*phase {
+        match &mut *phase {
             Phase::Serving(handle) => handle.shutdown(),
+            Phase::Starting { stop } => *stop = true,
             Phase::Building(_) => {
                 *phase = Phase::Over;
                 self.finished.set(Ok(()));
@@ -290,6 +382,7 @@ impl Server {
     }
 }
 
+/// The address to listen on; `""` means every interface, as in the original.
 fn listen_address(host: &str, port: u16) -> PyResult<SocketAddr> {
     let host = if host.is_empty() { "0.0.0.0" } else { host };
     (host, port)
@@ -453,6 +546,34 @@ fn client_dict<'py>(py: Python<'py>, client: &ClientInfo) -> PyResult<Bound<'py,
         intern!(py, "peer"),
         client.peer.map(|peer| peer.to_string()),
     )?;
+    let certificate = match &client.certificate {
+        Some(certificate) => certificate_dict(py, certificate)?.into_any(),
+        None => py.None().into_bound(py),
+    };
+    dict.set_item(intern!(py, "certificate"), certificate)?;
+    Ok(dict)
+}
+
+/// An OpenSSH user certificate the client logged in with: `key_id`,
+/// `serial`, `principals`, `ca_fingerprint`, and `valid_after` and
+/// `valid_before` as Unix timestamps (`valid_before` is `None` when it
+/// never expires).
+fn certificate_dict<'py>(
+    py: Python<'py>,
+    certificate: &CertificateInfo,
+) -> PyResult<Bound<'py, PyDict>> {
+    let timestamp = |time: std::time::SystemTime| {
+        time.duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    let dict = PyDict::new(py);
+    dict.set_item("key_id", &certificate.key_id)?;
+    dict.set_item("serial", certificate.serial)?;
+    dict.set_item("principals", &certificate.principals)?;
+    dict.set_item("ca_fingerprint", &certificate.ca_fingerprint)?;
+    dict.set_item("valid_after", timestamp(certificate.valid_after))?;
+    dict.set_item("valid_before", certificate.valid_before.map(timestamp))?;
     Ok(dict)
 }
 

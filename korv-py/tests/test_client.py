@@ -154,7 +154,7 @@ def test_a_key_the_server_does_not_know_is_refused(make_server, keys):
     with pytest.raises(korv.AuthenticationError) as raised:
         connect(keys, server.port, client_keys=[str(stranger)], user="mallory")
     assert raised.value.user == "mallory"
-    assert "stranger" in raised.value.tried
+    assert any("stranger" in key for key in raised.value.tried)
     assert isinstance(raised.value, PermissionError)
 
 

@@ -1,4 +1,5 @@
-//! The original Korv's example, in Rust: `GET /hello` and `STORE /echo`.
+//! The smallest server: `GET /hello` answers a greeting, `STORE /echo` sends
+//! back what it got.
 //!
 //! Run it with a host key and your authorized_keys:
 //!
@@ -7,10 +8,14 @@
 //! cargo run -p korv-server --example hello -- /tmp/korv_host_key ~/.ssh/authorized_keys
 //! ```
 //!
-//! then call it through OpenSSH (see docs/PROTOCOL.md) or the korv client.
-//! It listens on 127.0.0.1:8022 and stops on Ctrl-C.
+//! then, in another terminal, call it with the client example
+//! (`cargo run -p korv-client --example hello_client -- localhost 8022`),
+//! the CLI (`cargo run -p korv-cli -- get korv://localhost:8022/hello --accept-new`)
+//! or OpenSSH (docs/PROTOCOL.md). It listens on 127.0.0.1:8022 and stops on
+//! Ctrl-C.
 
-use korv_server::{KorvServer, Request, Verb};
+use korv_server::routing::{get, store};
+use korv_server::{KorvServer, Request};
 use serde_json::{Value, json};
 
 async fn hello(_req: Request) -> (u16, Value) {
@@ -36,12 +41,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("usage: hello HOST_KEY AUTHORIZED_KEYS");
         std::process::exit(2);
     };
-    let mut server = KorvServer::new()
+    KorvServer::new()
         .host_key_file(host_key)
         .authorized_keys_file(authorized_keys)
-        .listen(([127, 0, 0, 1], korv_server::DEFAULT_PORT).into());
-    server.add_callback(Verb::Get, "/hello", hello);
-    server.add_callback(Verb::Store, "/echo", echo);
-    server.serve().await?;
+        .listen(([127, 0, 0, 1], korv_server::DEFAULT_PORT).into())
+        .route("/hello", get(hello))
+        .route("/echo", store(echo))
+        .serve()
+        .await?;
     Ok(())
 }

@@ -1,14 +1,18 @@
-//! OpenSSH authorized_keys: parsing, the `from=` and `expiry-time=` options,
-//! and re-reading the file when it changes.
+//! OpenSSH authorized_keys: parsing, the `from=`, `expiry-time=`,
+//! `cert-authority` and `principals=` options, and re-reading the file when
+//! it changes.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use russh::keys::ssh_key::authorized_keys::Entry;
+use russh::keys::ssh_key::public::KeyData;
 use russh::keys::{HashAlg, PublicKey};
 use tracing::warn;
+
+use crate::reload::ReloadingFile;
 
 /// One authorized key with the options Korv enforces.
 #[derive(Debug, Clone)]
@@ -19,6 +23,12 @@ pub(crate) struct AuthorizedKey {
     from: Option<Vec<String>>,
     /// `expiry-time="..."`: seconds since the epoch after which the key is refused.
     expires: Option<i64>,
+    /// `cert-authority`: the key signs user certificates and is never
+    /// accepted as a user key itself.
+    cert_authority: bool,
+    /// `principals="..."` on a `cert-authority` line: a certificate must
+    /// carry one of these; without it, the certificate must name the user.
+    principals: Option<Vec<String>>,
 }
 
 /// Why a key was refused, for the log.
@@ -31,101 +41,124 @@ pub(crate) enum Refusal {
 
 /// The authorized keys, from memory or from a file re-read on change.
 #[derive(Debug)]
-pub(crate) struct AuthorizedKeys {
-    source: Option<PathBuf>,
-    state: Mutex<(Option<SystemTime>, Vec<AuthorizedKey>)>,
+pub(crate) enum AuthorizedKeys {
+    Memory(Arc<Vec<AuthorizedKey>>),
+    File(ReloadingFile<Vec<AuthorizedKey>>),
 }
 
 impl AuthorizedKeys {
     pub(crate) fn from_keys(keys: Vec<(PublicKey, String)>) -> Self {
         let keys = keys
             .into_iter()
-            .map(|(key, comment)| AuthorizedKey {
-                key,
-                comment,
-                from: None,
-                expires: None,
-            })
+            .map(|(key, comment)| AuthorizedKey::plain(key, comment))
             .collect();
-        AuthorizedKeys {
-            source: None,
-            state: Mutex::new((None, keys)),
-        }
+        AuthorizedKeys::Memory(Arc::new(keys))
     }
 
     pub(crate) fn from_file(path: PathBuf) -> Self {
-        let this = AuthorizedKeys {
-            source: Some(path),
-            state: Mutex::new((None, Vec::new())),
-        };
-        this.refresh();
-        this
+        AuthorizedKeys::File(ReloadingFile::new(path, "authorized_keys", parse))
     }
 
-    /// Re-reads the file when its modification time changed.
-    fn refresh(&self) {
-        let Some(path) = &self.source else { return };
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        if state.0.is_some() && state.0 == modified {
-            return;
+    /// Runs `f` on the current entries; none when the file cannot be read.
+    fn with_entries<R>(&self, f: impl FnOnce(&[AuthorizedKey]) -> R) -> R {
+        match self {
+            AuthorizedKeys::Memory(keys) => f(keys),
+            AuthorizedKeys::File(file) => match file.current().as_ref() {
+                Ok(keys) => f(keys),
+                Err(_) => f(&[]),
+            },
         }
-        let keys = match std::fs::read_to_string(path) {
-            Ok(text) => parse(&text, path),
-            Err(err) => {
-                warn!(file = %path.display(), %err, "cannot read authorized_keys: no key is authorized");
-                Vec::new()
-            }
-        };
-        *state = (modified, keys);
     }
 
-    /// Finds `key` and checks its options for a client at `peer`.
+    /// Finds `key` among the plain (not `cert-authority`) entries and checks
+    /// its options for a client at `peer`.
     pub(crate) fn check(
         &self,
         key: &PublicKey,
         peer: Option<IpAddr>,
     ) -> Result<AuthorizedKey, Refusal> {
-        self.refresh();
-        let state = self.state.lock().map_err(|_| Refusal::Unknown)?;
-        let mut refusal = Refusal::Unknown;
-        for entry in state
-            .1
-            .iter()
-            .filter(|e| e.key.key_data() == key.key_data())
-        {
-            if let Some(expires) = entry.expires {
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(i64::MAX);
-                if now >= expires {
-                    refusal = Refusal::Expired;
-                    continue;
-                }
-            }
-            if let Some(patterns) = &entry.from {
-                let matched = peer.is_some_and(|ip| match_pattern_list(patterns, &ip.to_string()));
-                if !matched {
-                    refusal = Refusal::FromMismatch;
-                    continue;
-                }
-            }
-            return Ok(entry.clone());
+        let mut found =
+            self.with_entries(|entries| matching(entries, key.key_data(), false, peer))?;
+        Ok(found.swap_remove(0))
+    }
+
+    /// Whether any entry is a `cert-authority` line.
+    pub(crate) fn has_authorities(&self) -> bool {
+        self.with_entries(|entries| entries.iter().any(|e| e.cert_authority))
+    }
+
+    /// The `cert-authority` entries for the CA key `ca` whose options allow
+    /// a client at `peer`.
+    pub(crate) fn authorities(
+        &self,
+        ca: &KeyData,
+        peer: Option<IpAddr>,
+    ) -> Result<Vec<AuthorizedKey>, Refusal> {
+        self.with_entries(|entries| matching(entries, ca, true, peer))
+    }
+}
+
+/// The entries for `key` of the given kind that allow `peer`, at least one;
+/// else the most telling refusal.
+fn matching(
+    entries: &[AuthorizedKey],
+    key: &KeyData,
+    cert_authority: bool,
+    peer: Option<IpAddr>,
+) -> Result<Vec<AuthorizedKey>, Refusal> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(i64::MAX);
+    let mut refusal = Refusal::Unknown;
+    let mut found = Vec::new();
+    for entry in entries
+        .iter()
+        .filter(|e| e.cert_authority == cert_authority && e.key.key_data() == key)
+    {
+        if entry.expires.is_some_and(|expires| now >= expires) {
+            refusal = Refusal::Expired;
+            continue;
         }
+        if let Some(patterns) = &entry.from {
+            let matched = peer.is_some_and(|ip| match_pattern_list(patterns, &ip.to_string()));
+            if !matched {
+                refusal = Refusal::FromMismatch;
+                continue;
+            }
+        }
+        found.push(entry.clone());
+    }
+    if found.is_empty() {
         Err(refusal)
+    } else {
+        Ok(found)
     }
 }
 
 impl AuthorizedKey {
+    fn plain(key: PublicKey, comment: String) -> Self {
+        AuthorizedKey {
+            key,
+            comment,
+            from: None,
+            expires: None,
+            cert_authority: false,
+            principals: None,
+        }
+    }
+
     pub(crate) fn comment(&self) -> &str {
         &self.comment
     }
 
     pub(crate) fn fingerprint(&self) -> String {
         self.key.fingerprint(HashAlg::Sha256).to_string()
+    }
+
+    /// The `principals="..."` list of a `cert-authority` entry.
+    pub(crate) fn principals(&self) -> Option<&[String]> {
+        self.principals.as_deref()
     }
 }
 
@@ -146,18 +179,26 @@ pub(crate) fn parse(text: &str, path: &Path) -> Vec<AuthorizedKey> {
                 continue;
             }
         };
-        let mut key = AuthorizedKey {
-            key: entry.public_key().clone(),
-            comment: entry.public_key().comment().to_string(),
-            from: None,
-            expires: None,
-        };
+        let mut key = AuthorizedKey::plain(
+            entry.public_key().clone(),
+            entry.public_key().comment().to_string(),
+        );
         let mut bad = None;
         for option in entry.config_opts().iter() {
             let (name, value) = option.split_once('=').unwrap_or((option, ""));
             let value = value.trim_matches('"');
             match name.to_ascii_lowercase().as_str() {
                 "from" => key.from = Some(value.split(',').map(str::to_owned).collect()),
+                "cert-authority" => key.cert_authority = true,
+                "principals" => {
+                    key.principals = Some(
+                        value
+                            .split(',')
+                            .filter(|p| !p.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                    )
+                }
                 "expiry-time" => match parse_expiry(value) {
                     Some(at) => key.expires = Some(at),
                     None => bad = Some(format!("bad expiry-time {value:?}")),
@@ -173,6 +214,9 @@ pub(crate) fn parse(text: &str, path: &Path) -> Vec<AuthorizedKey> {
                     tracing::info!(file = %path.display(), line = number, option = other, "authorized_keys option ignored by Korv");
                 }
             }
+        }
+        if key.principals.is_some() && !key.cert_authority {
+            tracing::info!(file = %path.display(), line = number, "principals= ignored on a line without cert-authority");
         }
         if let Some(reason) = bad {
             warn!(file = %path.display(), line = number, %reason, "skipping an authorized_keys line");
@@ -214,7 +258,7 @@ fn parse_expiry(text: &str) -> Option<i64> {
 
 /// OpenSSH's pattern-list: comma-separated `*`/`?` wildcards, `!` negates;
 /// a negated match refuses outright.
-fn match_pattern_list(patterns: &[String], subject: &str) -> bool {
+pub(crate) fn match_pattern_list(patterns: &[String], subject: &str) -> bool {
     let mut matched = false;
     for pattern in patterns {
         let (negated, pattern) = match pattern.strip_prefix('!') {

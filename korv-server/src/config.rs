@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::ipnet::IpNet;
+
 /// The server's limits. Every field has a documented default ([`Limits::default`]);
 /// change any of them with struct update syntax:
 ///
@@ -29,11 +31,43 @@ pub struct Limits {
     /// connection is closed at once, before the SSH handshake.
     pub max_connections: usize,
     /// Connections that have not yet authenticated, at once. Default 64 (like
-    /// OpenSSH's `MaxStartups`). Beyond it new TCP connections are closed at once.
+    /// OpenSSH's `MaxStartups`). When they are all taken, a new connection
+    /// takes the place of the oldest one that has not sent its SSH version
+    /// (or of one from a source holding more places than the newcomer's),
+    /// never one of its own source's; when there is none, it is closed at once.
     pub max_unauthenticated: usize,
+    /// Unauthenticated connections one source may hold at once. Default 8.
+    /// A source is an IPv4 address, or an IPv6 /64 network (what one host
+    /// usually gets). Beyond it, that source's new connections are closed at
+    /// once. Sources in `exempt_networks` have no per-source limit; setting
+    /// it to `max_unauthenticated` turns it off for all.
+    pub max_unauthenticated_per_source: usize,
+    /// Time a connection has to send its SSH version line. Default 10 s
+    /// (clients send it as soon as they connect); the authentication
+    /// deadline applies too, whichever is shorter. A connection that has not
+    /// sent its version then is closed.
+    pub version_timeout: Duration,
     /// Time a connection has to authenticate. Default 30 s (like OpenSSH's
     /// `LoginGraceTime`). A connection still unauthenticated then is closed.
     pub auth_timeout: Duration,
+    /// The unit of penalty for a source whose connection ends without
+    /// authenticating (never sends its version, fails to authenticate,
+    /// passes a deadline). Default 2 s; zero turns penalties off. Each such
+    /// connection adds one unit to the source's debt, which drains in real
+    /// time; once the debt exceeds 3 × `penalty_base` (or reaches
+    /// `penalty_max`, if that is less), the source's new connections are
+    /// refused until it has drained. Each penalty doubles the source's unit;
+    /// it halves back for each `penalty_max` without offence.
+    /// A successful authentication clears the source's debt (not a penalty
+    /// already running).
+    pub penalty_base: Duration,
+    /// The longest penalty. Default 10 minutes.
+    pub penalty_max: Duration,
+    /// Networks with neither per-source limit nor penalties (their
+    /// connections still count towards `max_unauthenticated`). Default
+    /// loopback, `127.0.0.0/8` and `::1`: when a local relay forwards every
+    /// client, they all come from loopback and are not one source.
+    pub exempt_networks: Vec<IpNet>,
     /// Authentication attempts per connection. Default 6 (OpenSSH's `MaxAuthTries`).
     pub max_auth_attempts: usize,
     /// Time a handler has to answer. Default 30 s. Past it the request is
@@ -61,7 +95,12 @@ impl Default for Limits {
             max_streams_per_connection: 16,
             max_connections: 1024,
             max_unauthenticated: 64,
+            max_unauthenticated_per_source: 8,
+            version_timeout: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(30),
+            penalty_base: Duration::from_secs(2),
+            penalty_max: Duration::from_secs(600),
+            exempt_networks: vec![IpNet::LOOPBACK_V4, IpNet::LOOPBACK_V6],
             max_auth_attempts: 6,
             request_timeout: Duration::from_secs(30),
             idle_timeout: Some(Duration::from_secs(600)),

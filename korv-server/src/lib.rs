@@ -1,12 +1,13 @@
 //! Korv server: JSON request handlers served over SSH.
 //!
-//! Register async handlers for a verb and a route on a [`KorvServer`], give it a
-//! host key and authorized keys, and serve. Each SSH channel (`direct-tcpip`
-//! or the `korv` subsystem) carries one Korv stream of length-prefixed JSON
-//! frames; see the protocol in `docs/PROTOCOL.md`.
+//! Register async handlers on a [`KorvServer`], one per verb and route, give
+//! it a host key and authorized keys, and serve. Each SSH channel
+//! (`direct-tcpip` or the `korv` subsystem) carries one Korv stream of
+//! length-prefixed JSON frames; see the protocol in `docs/PROTOCOL.md`.
 //!
 //! ```no_run
-//! use korv_server::{KorvServer, Request, Verb};
+//! use korv_server::routing::{any, get};
+//! use korv_server::{KorvServer, Request};
 //! use serde_json::{json, Value};
 //!
 //! async fn hello(_req: Request) -> (u16, Value) {
@@ -19,72 +20,87 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), korv_server::ServerError> {
-//!     let mut server = KorvServer::new()
+//!     KorvServer::new()
 //!         .host_key_file("host_ed25519")
-//!         .authorized_keys_file(".ssh/authorized_keys");
-//!     server.add_callback(Verb::Get, "/hello", hello);
-//!     server.add_callback(Verb::Store, "/echo", echo);
-//!     server.serve().await // until Ctrl-C or SIGTERM
+//!         .authorized_keys_file(".ssh/authorized_keys")
+//!         .route("/hello", get(hello))
+//!         .route("/echo", any(echo))
+//!         .serve() // until Ctrl-C or SIGTERM
+//!         .await
 //! }
 //! ```
 //!
+//! Handlers are plain async functions ([`Handler`]) taking a [`Request`], and
+//! the server's state if it has one ([`KorvServer::with_state`]); they return
+//! anything [`IntoResponse`]. The `examples` directory has one scenario per
+//! file: state, typed bodies and errors, hosting under OpenSSH's sshd,
+//! graceful shutdown.
+//!
 //! # Layout
 //!
-//! - `server`: [`KorvServer`] (routes and settings), [`StreamService`],
-//!   [`ShutdownHandle`].
-//! - `handler`: [`Request`], [`IntoResponse`], [`Handler`], [`Error`].
-//! - `router`: patterns, matching, `404`/`405`.
-//! - `stream`: the per-stream loop, generic over `AsyncRead + AsyncWrite`.
-//! - `ssh`: the russh server: host keys, authentication, channels, limits.
-//! - `authorized`: the OpenSSH authorized_keys file and its options.
+//! Modules import only the ones listed above them:
+//!
+//! - `ipnet`: [`IpNet`], networks in CIDR notation.
 //! - `config`: [`Limits`], every limit with its default.
+//! - `error`: [`ServerError`].
+//! - `reload`: a configuration file parsed again when it changes.
+//! - `authorized`: the OpenSSH authorized_keys file and its options
+//!   (`cert-authority` and `principals=` included).
+//! - `certificate`: OpenSSH user certificates: trusted CA keys, revoked keys,
+//!   and every check a certificate must pass; [`CertificateInfo`].
+//! - `panic`: a handler's panic turned into an error with its location.
+//! - `request`: what a handler receives: [`Request`], [`Params`],
+//!   [`ClientInfo`], [`BodyError`].
+//! - `response`: what it returns: [`IntoResponse`], [`Error`], and the `500`s.
+//! - `authorize`: rules checked after routing, refused with `403`:
+//!   [`Authorization`].
+//! - `handler`: the [`Handler`] trait and its type-erased form.
+//! - [`routing`]: [`MethodRouter`](routing::MethodRouter) and its
+//!   constructors ([`get`](routing::get), [`any`](routing::any), ...).
+//! - `router`: the routing table: patterns, matching, `404`/`405`.
+//! - `state`: what the listener, connections and streams share: routes,
+//!   state, limits, the shutdown token.
+//! - `stream`: the per-stream loop, generic over `AsyncRead + AsyncWrite`.
+//! - `connection`: one SSH connection (russh's `Handler`): authentication,
+//!   the channels that carry streams, refusals.
+//! - `admission`: who may hold an unauthenticated place: per-source
+//!   limits, eviction when full, penalties ([`AdmissionStats`]).
+//! - `listener`: the accept loop, connection limits, the version and
+//!   authentication deadlines, the drain on shutdown.
+//! - `server`: [`KorvServer`], [`BoundServer`], [`StreamService`],
+//!   [`ShutdownHandle`], [`shutdown_signal`].
 
+mod admission;
+mod authorize;
 mod authorized;
+mod certificate;
 mod config;
+mod connection;
+mod error;
 mod handler;
+mod ipnet;
+mod listener;
 mod panic;
+mod reload;
+mod request;
+mod response;
 mod router;
+pub mod routing;
 mod server;
-mod ssh;
+mod state;
 mod stream;
 
+pub use admission::{AdmissionMonitor, AdmissionStats};
+pub use authorize::Authorization;
+pub use certificate::CertificateInfo;
 pub use config::Limits;
-pub use handler::{BodyError, BoxFuture, ClientInfo, Error, Handler, IntoResponse, Request};
+pub use error::ServerError;
+pub use handler::{BoxFuture, Handler};
+pub use ipnet::{IpNet, IpNetError};
 pub use korv_proto::{Headers, RequestId, Response, StatusCode, Verb};
-pub use router::{Params, RouteError};
-pub use server::{BoundServer, DEFAULT_PORT, KorvServer, ShutdownHandle, StreamService};
-
-/// Errors of starting or running a server. Each names the file or address
-/// at fault.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// No host key was configured.
-    #[error(
-        "no host key: add one with host_key_file(PATH) (make it with `ssh-keygen -t ed25519 -N '' -f PATH`)"
-    )]
-    NoHostKey,
-    /// No authorized keys were configured: nobody could log in.
-    #[error("no authorized keys: add an authorized_keys file or keys in memory")]
-    NoAuthorizedKeys,
-    /// A host key file cannot be read or parsed.
-    #[error("host key {path}: {reason}")]
-    HostKey {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The listen address cannot be bound (in use, not permitted, ...).
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Waiting for a signal failed.
-    #[error("cannot wait for shutdown signals: {0}")]
-    Signal(#[source] std::io::Error),
-}
+pub use request::{BodyError, ClientInfo, Params, Request};
+pub use response::{Error, IntoResponse};
+pub use routing::RouteError;
+pub use server::{
+    BoundServer, DEFAULT_PORT, KorvServer, ShutdownHandle, StreamService, shutdown_signal,
+};

@@ -13,8 +13,6 @@ use std::pin::Pin;
 use std::sync::Once;
 use std::task::{Context, Poll};
 
-use crate::handler::BoxFuture;
-
 thread_local! {
     static CAPTURING: Cell<bool> = const { Cell::new(false) };
     static LAST_PANIC: RefCell<Option<Panic>> = const { RefCell::new(None) };
@@ -57,23 +55,23 @@ fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Polls a handler future, turning a panic into `Err(Panic)`.
-pub(crate) struct CatchPanic<T> {
-    future: BoxFuture<T>,
+pub(crate) struct CatchPanic<F> {
+    future: F,
 }
 
-impl<T> CatchPanic<T> {
-    pub(crate) fn new(future: BoxFuture<T>) -> Self {
+impl<F: Future + Unpin> CatchPanic<F> {
+    pub(crate) fn new(future: F) -> Self {
         install_hook();
         CatchPanic { future }
     }
 }
 
-impl<T> Future for CatchPanic<T> {
-    type Output = Result<T, Panic>;
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = Result<F::Output, Panic>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let was = CAPTURING.with(|c| c.replace(true));
-        let result = catch_unwind(AssertUnwindSafe(|| self.future.as_mut().poll(cx)));
+        let result = catch_unwind(AssertUnwindSafe(|| Pin::new(&mut self.future).poll(cx)));
         CAPTURING.with(|c| c.set(was));
         match result {
             Ok(poll) => poll.map(Ok),

@@ -1,21 +1,31 @@
-//! Routes: a verb plus a pattern of static segments and `{name}` captures.
+//! The routing table: patterns of static segments, `{name}` captures and a
+//! final `{*name}` capture of the rest, each with a handler per verb and the
+//! authorization rules of the route, matched against a request's verb and
+//! resource.
 //!
 //! Resources are matched byte for byte, segment by segment (split on `/`). A
-//! capture matches one non-empty segment. When several patterns match, the
-//! most specific wins: at the first segment where they differ, a static
-//! segment beats a capture. `/users/me` is served before `/users/{id}`.
+//! capture matches one non-empty segment; a rest capture matches one or more
+//! segments, slashes included. When several patterns match, the most
+//! specific wins: at the first segment where they differ, a static segment
+//! beats a capture, which beats a rest capture. `/users/me` is served before
+//! `/users/{id}`, and that before `/users/{*path}`.
 
 use std::fmt;
 use std::sync::Arc;
 
 use korv_proto::Verb;
 
+use crate::authorize::Rule;
 use crate::handler::BoxedHandler;
+use crate::request::Params;
+use crate::routing::{MethodRouter, RouteError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Static(String),
     Capture(String),
+    /// `{*name}`, the last segment: the rest of the resource.
+    Rest(String),
 }
 
 /// A parsed route pattern.
@@ -31,30 +41,6 @@ impl fmt::Debug for Pattern {
     }
 }
 
-/// A pattern that cannot be registered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
-    /// The pattern is malformed.
-    #[error("invalid route pattern {pattern:?}: {reason}")]
-    InvalidPattern {
-        /// The pattern as given.
-        pattern: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The same verb and pattern (captures compared by position, not name) was
-    /// registered before.
-    #[error("route conflict: {verb} {pattern:?} is already registered (as {existing:?})")]
-    Conflict {
-        /// The verb.
-        verb: Verb,
-        /// The pattern being registered.
-        pattern: String,
-        /// The equivalent pattern registered earlier.
-        existing: String,
-    },
-}
-
 impl Pattern {
     pub(crate) fn parse(text: &str) -> Result<Pattern, RouteError> {
         let invalid = |reason: &str| RouteError::InvalidPattern {
@@ -66,11 +52,19 @@ impl Pattern {
         };
         let mut segments = Vec::new();
         let mut names: Vec<&str> = Vec::new();
-        for part in rest.split('/') {
+        let parts: Vec<&str> = rest.split('/').collect();
+        for (index, part) in parts.iter().copied().enumerate() {
             if let Some(inner) = part.strip_prefix('{') {
                 let Some(name) = inner.strip_suffix('}') else {
                     return Err(invalid("a capture must be a whole segment, like {id}"));
                 };
+                let (rest_capture, name) = match name.strip_prefix('*') {
+                    Some(name) => (true, name),
+                    None => (false, name),
+                };
+                if rest_capture && index + 1 != parts.len() {
+                    return Err(invalid("a {*rest} capture must be the last segment"));
+                }
                 if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
                     return Err(invalid(
                         "a capture's name must be letters, digits or '_', like {user_id}",
@@ -80,7 +74,11 @@ impl Pattern {
                     return Err(invalid("the same capture name appears twice"));
                 }
                 names.push(name);
-                segments.push(Segment::Capture(name.to_owned()));
+                segments.push(if rest_capture {
+                    Segment::Rest(name.to_owned())
+                } else {
+                    Segment::Capture(name.to_owned())
+                });
             } else if part.contains(['{', '}']) {
                 return Err(invalid("a capture must be a whole segment, like {id}"));
             } else {
@@ -102,7 +100,8 @@ impl Pattern {
                 .zip(&other.segments)
                 .all(|pair| match pair {
                     (Segment::Static(a), Segment::Static(b)) => a == b,
-                    (Segment::Capture(_), Segment::Capture(_)) => true,
+                    (Segment::Capture(_), Segment::Capture(_))
+                    | (Segment::Rest(_), Segment::Rest(_)) => true,
                     _ => false,
                 })
     }
@@ -113,58 +112,53 @@ impl Pattern {
         let mut params = Params::default();
         let mut parts = rest.split('/');
         for segment in &self.segments {
+            if let Segment::Rest(name) = segment {
+                let remainder: Vec<&str> = parts.by_ref().collect();
+                if remainder.is_empty() || remainder.iter().all(|p| p.is_empty()) {
+                    return None;
+                }
+                params.push(name, &remainder.join("/"));
+                return Some(params);
+            }
             let part = parts.next()?;
             match segment {
                 Segment::Static(s) if s == part => {}
                 Segment::Static(_) => return None,
                 Segment::Capture(_) if part.is_empty() => return None,
-                Segment::Capture(name) => params.0.push((name.clone(), part.to_owned())),
+                Segment::Capture(name) => params.push(name, part),
+                Segment::Rest(_) => unreachable!("handled above"),
             }
         }
         parts.next().is_none().then_some(params)
     }
 
-    /// Specificity key: statics before captures, segment by segment.
-    fn specificity(&self) -> Vec<bool> {
+    /// Specificity key, segment by segment: a static segment (2) before a
+    /// capture (1) before a rest capture (0).
+    fn specificity(&self) -> Vec<u8> {
         self.segments
             .iter()
-            .map(|s| matches!(s, Segment::Static(_)))
+            .map(|s| match s {
+                Segment::Static(_) => 2,
+                Segment::Capture(_) => 1,
+                Segment::Rest(_) => 0,
+            })
             .collect()
     }
 }
 
-/// The captures of a matched route, in pattern order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Params(Vec<(String, String)>);
-
-impl Params {
-    /// The value captured for `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Every capture, as (name, value) pairs in pattern order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
-    }
-
-    /// Whether there are no captures.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
+/// One pattern and its handler for each verb, indexed by [`verb_index`].
 struct Route<S> {
     pattern: Pattern,
-    handlers: [Option<Arc<BoxedHandler<S>>>; 4],
+    handlers: [Option<BoxedHandler<S>>; Verb::ALL.len()],
+    /// Authorization rules of this route, checked after routing.
+    rules: Arc<[Rule]>,
 }
 
 /// What routing a request found.
 pub(crate) enum Routed<S> {
-    Found(Arc<BoxedHandler<S>>, Params),
+    /// The handler, the captures, and the rules that must allow the request:
+    /// the route's own, then the server's.
+    Found(BoxedHandler<S>, Params, Vec<Rule>),
     /// A route matches but not for this verb: the verbs that do.
     NotAllowed(Vec<Verb>),
     NotFound,
@@ -172,8 +166,13 @@ pub(crate) enum Routed<S> {
 
 /// The routing table.
 pub(crate) struct Router<S> {
+    /// Most specific first, so the first match with the verb is the best one.
     routes: Vec<Route<S>>,
-    fallback: Option<Arc<BoxedHandler<S>>>,
+    fallback: Option<BoxedHandler<S>>,
+    /// The pattern registered last, which `restrict_last` applies to.
+    last: Option<Pattern>,
+    /// Rules for every request that routing finds a handler for.
+    rules: Vec<Rule>,
 }
 
 impl<S> Default for Router<S> {
@@ -181,10 +180,13 @@ impl<S> Default for Router<S> {
         Router {
             routes: Vec::new(),
             fallback: None,
+            last: None,
+            rules: Vec::new(),
         }
     }
 }
 
+/// A verb's place in [`Verb::ALL`], the order of a `405`'s `allow`.
 fn verb_index(verb: Verb) -> usize {
     match verb {
         Verb::Get => 0,
@@ -195,45 +197,77 @@ fn verb_index(verb: Verb) -> usize {
 }
 
 impl<S> Router<S> {
+    /// Adds the handlers of `methods` on `pattern`. Nothing is added when
+    /// any of them conflicts.
     pub(crate) fn add(
         &mut self,
-        verb: Verb,
         pattern: &str,
-        handler: BoxedHandler<S>,
+        methods: MethodRouter<S>,
     ) -> Result<(), RouteError> {
         let pattern = Pattern::parse(pattern)?;
-        let handler = Some(Arc::new(handler));
-        // Captures are compared by position: `/u/{id}` and `/u/{name}` are one route.
-        if let Some(existing) = self
-            .routes
-            .iter()
-            .find(|r| r.pattern.same_shape(&pattern) && r.handlers[verb_index(verb)].is_some())
-        {
-            return Err(RouteError::Conflict {
-                verb,
-                pattern: pattern.text,
-                existing: existing.pattern.text.clone(),
-            });
+        for (i, (verb, _)) in methods.endpoints.iter().enumerate() {
+            let given_twice = methods.endpoints[..i].iter().any(|(v, _)| v == verb);
+            // Captures are compared by position: `/u/{id}` and `/u/{name}` are one route.
+            let existing = self
+                .routes
+                .iter()
+                .find(|r| r.pattern.same_shape(&pattern) && r.handlers[verb_index(*verb)].is_some())
+                .map(|r| &r.pattern.text);
+            if let Some(existing) = existing.or(given_twice.then_some(&pattern.text)) {
+                return Err(RouteError::Conflict {
+                    verb: *verb,
+                    pattern: pattern.text.clone(),
+                    existing: existing.clone(),
+                });
+            }
         }
-        if let Some(route) = self.routes.iter_mut().find(|r| r.pattern == pattern) {
-            route.handlers[verb_index(verb)] = handler;
-            return Ok(());
+        self.last = Some(pattern.clone());
+        let index = match self.routes.iter().position(|r| r.pattern == pattern) {
+            Some(index) => index,
+            None => {
+                self.routes.push(Route {
+                    pattern,
+                    handlers: Default::default(),
+                    rules: Arc::from([]),
+                });
+                self.routes.len() - 1
+            }
+        };
+        for (verb, handler) in methods.endpoints {
+            self.routes[index].handlers[verb_index(verb)] = Some(handler);
         }
-        let mut handlers = [None, None, None, None];
-        handlers[verb_index(verb)] = handler;
-        self.routes.push(Route { pattern, handlers });
-        // Most specific first, so the first match with the verb is the best one.
         self.routes
             .sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
         Ok(())
     }
 
     pub(crate) fn set_fallback(&mut self, handler: BoxedHandler<S>) {
-        self.fallback = Some(Arc::new(handler));
+        self.fallback = Some(handler);
+    }
+
+    /// Adds `rule` to the route registered last (every verb of its
+    /// pattern); `None` when no route is registered yet.
+    pub(crate) fn restrict_last(&mut self, rule: Rule) -> Option<()> {
+        let last = self.last.as_ref()?;
+        let route = self.routes.iter_mut().find(|r| r.pattern == *last)?;
+        let mut rules = route.rules.to_vec();
+        rules.push(rule);
+        route.rules = Arc::from(rules);
+        Some(())
+    }
+
+    /// Adds a rule for every request that routing finds a handler for.
+    pub(crate) fn restrict_all(&mut self, rule: Rule) {
+        self.rules.push(rule);
+    }
+
+    /// The route's rules followed by the server's.
+    fn rules_for(&self, route: &[Rule]) -> Vec<Rule> {
+        route.iter().chain(&self.rules).cloned().collect()
     }
 
     pub(crate) fn route(&self, verb: Verb, resource: &str) -> Routed<S> {
-        let mut allowed = [false; 4];
+        let mut allowed = [false; Verb::ALL.len()];
         let mut any = false;
         for route in &self.routes {
             let Some(params) = route.pattern.matches(resource) else {
@@ -241,7 +275,7 @@ impl<S> Router<S> {
             };
             any = true;
             if let Some(handler) = &route.handlers[verb_index(verb)] {
-                return Routed::Found(Arc::clone(handler), params);
+                return Routed::Found(Arc::clone(handler), params, self.rules_for(&route.rules));
             }
             for (slot, present) in allowed.iter_mut().zip(&route.handlers) {
                 *slot |= present.is_some();
@@ -256,7 +290,9 @@ impl<S> Router<S> {
             return Routed::NotAllowed(verbs);
         }
         match &self.fallback {
-            Some(handler) => Routed::Found(Arc::clone(handler), Params::default()),
+            Some(handler) => {
+                Routed::Found(Arc::clone(handler), Params::default(), self.rules_for(&[]))
+            }
             None => Routed::NotFound,
         }
     }
@@ -295,8 +331,24 @@ mod tests {
     }
 
     #[test]
+    fn a_rest_capture_takes_the_remaining_segments() {
+        let p = parse("/admin/{*rest}");
+        let params = p.matches("/admin/users/1").unwrap();
+        assert_eq!(params.get("rest"), Some("users/1"));
+        assert_eq!(p.matches("/admin/x").unwrap().get("rest"), Some("x"));
+        assert!(p.matches("/admin").is_none());
+        assert!(p.matches("/admin/").is_none());
+        assert!(p.matches("/other/x").is_none());
+        // More specific patterns win.
+        assert!(parse("/admin/{id}").specificity() > p.specificity());
+        assert!(parse("/admin/users/{id}").specificity() > p.specificity());
+    }
+
+    #[test]
     fn malformed_patterns_are_refused_with_a_reason() {
-        for bad in ["hello", "/a/{", "/a/{}", "/a/x{id}", "/{a}/{a}", "/{a-b}"] {
+        for bad in [
+            "hello", "/a/{", "/a/{}", "/a/x{id}", "/{a}/{a}", "/{a-b}", "/{*a}/b", "/{*}",
+        ] {
             let err = Pattern::parse(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }

@@ -1,57 +1,59 @@
-//! `KorvServer`: routes, settings, and serving streams.
+//! [`KorvServer`] (routes and settings), and the three ways to serve it: over
+//! SSH ([`BoundServer`]), over any byte stream ([`StreamService`]), until a
+//! [`ShutdownHandle`] or a future says stop.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use korv_proto::Verb;
-use russh::keys::{PrivateKey, PublicKey};
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::{Certificate, PrivateKey, PublicKey};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::ServerError;
+use crate::admission::AdmissionMonitor;
+use crate::authorize::{Authorization, Rule};
 use crate::authorized::AuthorizedKeys;
+use crate::certificate::{KeyList, Trust};
 use crate::config::Limits;
-use crate::handler::{ClientInfo, Handler, boxed};
-use crate::router::{RouteError, Router};
+use crate::error::ServerError;
+use crate::handler::{Handler, boxed};
+use crate::listener::{self, Listener};
+use crate::request::ClientInfo;
+use crate::router::Router;
+use crate::routing::{MethodRouter, RouteError, on};
+use crate::state::Shared;
+use crate::stream::run_stream;
 
 /// The default port: 8022.
 pub const DEFAULT_PORT: u16 = 8022;
 
-/// What every stream of a server shares.
-pub(crate) struct Shared<S> {
-    pub(crate) router: Router<S>,
-    pub(crate) state: S,
-    pub(crate) limits: Limits,
-    pub(crate) tracebacks: bool,
-    pub(crate) shutdown: CancellationToken,
-}
-
 /// Where host keys come from.
 #[derive(Debug, Clone)]
-pub(crate) enum HostKeySource {
+enum HostKeySource {
     File(PathBuf),
     Key(Box<PrivateKey>),
 }
 
-/// Where authorized keys come from.
+/// Where authorized keys, or trusted CA keys, come from.
 #[derive(Debug, Clone)]
-pub(crate) enum AuthorizedSource {
-    /// An OpenSSH authorized_keys file, re-read when it changes.
+enum AuthorizedSource {
+    /// A file, re-read when it changes.
     File(PathBuf),
     /// Keys given in memory, with their comments.
     Keys(Vec<(PublicKey, String)>),
 }
 
 /// A Korv server: routes plus settings. Build it, register handlers with
-/// [`add_callback`](Self::add_callback) (or [`route`](Self::route)), then
-/// [`serve`](Self::serve) it over SSH or [`serve_stream`](Self::serve_stream)
-/// it over any byte stream.
+/// [`route`](Self::route), then [`serve`](Self::serve) it over SSH or
+/// [`serve_stream`](Self::serve_stream) it over any byte stream.
 ///
 /// ```no_run
-/// use korv_server::{KorvServer, Request, Verb};
+/// use korv_server::routing::get;
+/// use korv_server::{KorvServer, Request};
 /// use serde_json::{json, Value};
 ///
 /// async fn hello(_req: Request) -> (u16, Value) {
@@ -59,21 +61,25 @@ pub(crate) enum AuthorizedSource {
 /// }
 ///
 /// # async fn run() -> Result<(), korv_server::ServerError> {
-/// let mut server = KorvServer::new()
+/// KorvServer::new()
 ///     .host_key_file("/etc/korv/host_ed25519")
-///     .authorized_keys_file("/home/me/.ssh/authorized_keys");
-/// server.add_callback(Verb::Get, "/hello", hello);
-/// server.serve().await
+///     .authorized_keys_file("/home/me/.ssh/authorized_keys")
+///     .route("/hello", get(hello))
+///     .serve()
+///     .await
 /// # }
 /// ```
 pub struct KorvServer<S = ()> {
-    pub(crate) router: Router<S>,
-    pub(crate) state: S,
-    pub(crate) limits: Limits,
-    pub(crate) tracebacks: bool,
-    pub(crate) listen: SocketAddr,
-    pub(crate) host_keys: Vec<HostKeySource>,
-    pub(crate) authorized: Option<AuthorizedSource>,
+    router: Router<S>,
+    state: S,
+    limits: Limits,
+    tracebacks: bool,
+    listen: SocketAddr,
+    host_keys: Vec<HostKeySource>,
+    host_certificates: Vec<PathBuf>,
+    authorized: Option<AuthorizedSource>,
+    user_ca_keys: Option<AuthorizedSource>,
+    revoked_keys: Option<PathBuf>,
 }
 
 impl Default for KorvServer<()> {
@@ -100,17 +106,72 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
             tracebacks: true,
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             host_keys: Vec::new(),
+            host_certificates: Vec::new(),
             authorized: None,
+            user_ca_keys: None,
+            revoked_keys: None,
         }
     }
 
-    /// Registers `handler` for `verb` on `pattern` (static segments and
-    /// `{name}` captures, e.g. `/users/{id}`).
+    /// Serves `pattern` with the handlers of `methods`, one per verb.
+    /// A pattern is static segments and `{name}` captures, e.g.
+    /// `/users/{id}`; when several match a resource, the most specific wins
+    /// (`/users/me` before `/users/{id}`). Registering the same pattern again
+    /// adds verbs to it.
+    ///
+    /// ```
+    /// use korv_server::routing::{any, get};
+    /// use korv_server::{KorvServer, Request};
+    /// use serde_json::{Value, json};
+    ///
+    /// async fn read(req: Request) -> Value {
+    ///     json!({"id": req.param("id")})
+    /// }
+    /// async fn create(req: Request) -> (u16, Value) {
+    ///     (201, req.body_value())
+    /// }
+    /// async fn echo(req: Request) -> Value {
+    ///     req.body_value()
+    /// }
+    ///
+    /// let server = KorvServer::new()
+    ///     .route("/notes/{id}", get(read).store(create))
+    ///     .route("/echo", any(echo));
+    /// ```
     ///
     /// # Panics
-    /// When the pattern is malformed, or the same verb and pattern is already
-    /// registered: a route is never silently replaced. Use
-    /// [`try_add_callback`](Self::try_add_callback) to get the error instead.
+    /// When the pattern is malformed, or one of its verbs is already served
+    /// on the same pattern (captures compared by position): a route is never
+    /// silently replaced. [`try_route`](Self::try_route) returns the error
+    /// instead.
+    #[track_caller]
+    pub fn route(self, pattern: &str, methods: MethodRouter<S>) -> Self {
+        match self.try_route(pattern, methods) {
+            Ok(server) => server,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// Like [`route`](Self::route), returning the error instead of panicking.
+    /// Nothing of `methods` is registered when it fails.
+    ///
+    /// # Errors
+    /// The pattern is malformed, or one of the verbs is already served on it.
+    pub fn try_route(
+        mut self,
+        pattern: &str,
+        methods: MethodRouter<S>,
+    ) -> Result<Self, RouteError> {
+        self.router.add(pattern, methods)?;
+        Ok(self)
+    }
+
+    /// Serves `verb` on `pattern` with `handler`, through a `&mut` borrow:
+    /// `route(pattern, on(verb, handler))` for code that registers routes
+    /// one by one, at run time.
+    ///
+    /// # Panics
+    /// As [`route`](Self::route).
     #[track_caller]
     pub fn add_callback<T, H: Handler<T, S>>(
         &mut self,
@@ -118,33 +179,75 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
         pattern: &str,
         handler: H,
     ) -> &mut Self {
-        if let Err(err) = self.try_add_callback(verb, pattern, handler) {
+        if let Err(err) = self.router.add(pattern, on(verb, handler)) {
             panic!("{err}");
         }
         self
     }
 
-    /// Like [`add_callback`](Self::add_callback), returning the error.
+    /// Lets only clients whose OpenSSH certificate carries `principal` use
+    /// the route registered last (all its verbs); others get `403` with a
+    /// message. Checked after routing: an unknown resource is still `404`.
     ///
-    /// # Errors
-    /// The pattern is malformed, or the verb and pattern are already registered.
-    pub fn try_add_callback<T, H: Handler<T, S>>(
-        &mut self,
-        verb: Verb,
-        pattern: &str,
-        handler: H,
-    ) -> Result<&mut Self, RouteError> {
-        self.router.add(verb, pattern, boxed(handler))?;
-        Ok(self)
-    }
-
-    /// [`add_callback`](Self::add_callback), builder style.
+    /// ```
+    /// use korv_server::routing::any;
+    /// use korv_server::{KorvServer, Request};
+    /// use serde_json::{Value, json};
+    ///
+    /// async fn admin(req: Request) -> Value {
+    ///     json!({"path": req.param("rest")})
+    /// }
+    ///
+    /// let server = KorvServer::new()
+    ///     .route("/admin/{*rest}", any(admin))
+    ///     .require_principal("admin");
+    /// ```
     ///
     /// # Panics
-    /// As `add_callback`.
+    /// When no route is registered yet.
     #[track_caller]
-    pub fn route<T, H: Handler<T, S>>(mut self, verb: Verb, pattern: &str, handler: H) -> Self {
-        self.add_callback(verb, pattern, handler);
+    pub fn require_principal(mut self, principal: impl Into<String>) -> Self {
+        if self
+            .router
+            .restrict_last(Rule::principal(principal))
+            .is_none()
+        {
+            panic!(
+                "require_principal applies to the route registered last: register a route first"
+            );
+        }
+        self
+    }
+
+    /// Adds an authorization rule for every routed request: `rule` sees the
+    /// client (its user, key and certificate), the verb and the resource,
+    /// and answers `true` or `Ok(())` to allow, `false` or `Err(message)` to
+    /// refuse with `403`. Rules run after routing (a `404` or `405` comes
+    /// first), the route's own rules before these, the first refusal wins.
+    ///
+    /// ```
+    /// use korv_server::routing::any;
+    /// use korv_server::{ClientInfo, KorvServer, Request, Verb};
+    /// use serde_json::Value;
+    ///
+    /// # async fn notes(req: Request) -> Value { req.body_value() }
+    /// let server = KorvServer::new()
+    ///     .route("/notes/{id}", any(notes))
+    ///     .authorize(|client: &ClientInfo, verb: Verb, _resource: &str| {
+    ///         match &client.certificate {
+    ///             Some(cert) if verb != Verb::Get && !cert.has_principal("writer") => {
+    ///                 Err(format!("{verb} needs the writer principal"))
+    ///             }
+    ///             _ => Ok(()),
+    ///         }
+    ///     });
+    /// ```
+    pub fn authorize<F, A>(mut self, rule: F) -> Self
+    where
+        F: Fn(&ClientInfo, Verb, &str) -> A + Send + Sync + 'static,
+        A: Authorization,
+    {
+        self.router.restrict_all(Rule::new(rule));
         self
     }
 
@@ -195,6 +298,48 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
         self
     }
 
+    /// Trusts the user CA keys of a file in OpenSSH's `TrustedUserCAKeys`
+    /// format (one public key per line): a certificate signed by one of them
+    /// is accepted when its principals include the SSH user name and it
+    /// passes every check (type user, validity window, `source-address`, no
+    /// other critical option, no SHA-1 `ssh-rsa` CA signature, not revoked).
+    /// The file is re-read when it changes.
+    ///
+    /// CAs can also be trusted by `cert-authority` lines in authorized_keys,
+    /// with their `principals="…"` option.
+    pub fn trusted_user_ca_keys(mut self, path: impl Into<PathBuf>) -> Self {
+        self.user_ca_keys = Some(AuthorizedSource::File(path.into()));
+        self
+    }
+
+    /// Trusts a user CA key held in memory, as
+    /// [`trusted_user_ca_keys`](Self::trusted_user_ca_keys) does a file's.
+    pub fn trusted_user_ca_key(mut self, key: PublicKey) -> Self {
+        match &mut self.user_ca_keys {
+            Some(AuthorizedSource::Keys(keys)) => keys.push((key, String::new())),
+            _ => self.user_ca_keys = Some(AuthorizedSource::Keys(vec![(key, String::new())])),
+        }
+        self
+    }
+
+    /// Refuses the keys listed in a file of OpenSSH public keys (the plain
+    /// form of `RevokedKeys`), as user keys, as certificates' keys and as
+    /// CAs. The file is re-read when it changes; while it cannot be read,
+    /// every key is refused.
+    pub fn revoked_keys(mut self, path: impl Into<PathBuf>) -> Self {
+        self.revoked_keys = Some(path.into());
+        self
+    }
+
+    /// Offers the OpenSSH host certificate in `path` (`ssh-keygen -s CA -h`)
+    /// alongside the plain host key it certifies, which must be one of the
+    /// host keys. Clients that trust the CA (`@cert-authority` in
+    /// known_hosts) accept the server without knowing its key.
+    pub fn host_certificate(mut self, path: impl Into<PathBuf>) -> Self {
+        self.host_certificates.push(path.into());
+        self
+    }
+
     /// Authorizes a key held in memory, with a comment for handlers.
     pub fn authorized_key(mut self, key: PublicKey, comment: impl Into<String>) -> Self {
         match &mut self.authorized {
@@ -208,51 +353,87 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
     /// server, whose address is known (useful with port 0).
     ///
     /// # Errors
-    /// No host key or authorized keys; a host key file unreadable, malformed,
-    /// encrypted or readable by others; the address cannot be bound.
+    /// No host key; neither authorized keys nor trusted user CA keys; a host
+    /// key file unreadable, malformed, encrypted or readable by others; a host
+    /// certificate unreadable, not a host certificate, or for none of the
+    /// host keys; the address cannot be bound.
     pub async fn bind(mut self) -> Result<BoundServer<S>, ServerError> {
-        let keys = load_host_keys(&self.host_keys)?;
+        let host_keys = load_host_keys(&self.host_keys)?;
+        let certificates = load_host_certificates(&self.host_certificates, &host_keys)?;
         let authorized = match self.authorized.take() {
-            Some(AuthorizedSource::File(path)) => AuthorizedKeys::from_file(path),
-            Some(AuthorizedSource::Keys(keys)) => AuthorizedKeys::from_keys(keys),
-            None => return Err(ServerError::NoAuthorizedKeys),
+            Some(AuthorizedSource::File(path)) => Some(AuthorizedKeys::from_file(path)),
+            Some(AuthorizedSource::Keys(keys)) => Some(AuthorizedKeys::from_keys(keys)),
+            None => None,
         };
-        let addr = self.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        if authorized.is_none() && self.user_ca_keys.is_none() {
+            return Err(ServerError::NoAuthorizedKeys);
+        }
+        let trust = Trust {
+            user_cas: self.user_ca_keys.take().map(|source| match source {
+                AuthorizedSource::File(path) => KeyList::from_file(path, "trusted user CA keys"),
+                AuthorizedSource::Keys(keys) => KeyList::from_keys(
+                    keys.into_iter()
+                        .map(|(key, _)| key.key_data().clone())
+                        .collect(),
+                ),
+            }),
+            authorized: authorized.map(Arc::new),
+            revoked: self
+                .revoked_keys
+                .take()
+                .map(|path| KeyList::from_file(path, "revoked keys")),
+        };
+        let (tcp, local_addr) = listener::bind(self.listen).await?;
         let shared = self.into_shared();
-        let config = Arc::new(crate::ssh::russh_config(&shared, keys));
+        let shutdown = shared.shutdown.clone();
         tracing::info!(addr = %local_addr, "korv server listening");
         Ok(BoundServer {
-            shared,
-            listener,
+            listener: Listener::new(shared, tcp, host_keys, certificates, trust),
             local_addr,
-            config,
-            authorized: Arc::new(authorized),
+            shutdown,
         })
     }
 
-    /// Binds and serves until Ctrl-C or SIGTERM, then shuts down gracefully.
+    /// Binds and serves until `shutdown` completes, then shuts down
+    /// gracefully: no new connections, in-flight requests finish within
+    /// [`Limits::shutdown_grace`]. Returns once they have.
+    ///
+    /// ```no_run
+    /// use korv_server::routing::get;
+    /// use korv_server::{KorvServer, Request};
+    /// use serde_json::json;
+    ///
+    /// # async fn run() -> Result<(), korv_server::ServerError> {
+    /// KorvServer::new()
+    ///     .host_key_file("host_ed25519")
+    ///     .authorized_keys_file("authorized_keys")
+    ///     .route("/hello", get(|_req: Request| async { json!("hello") }))
+    ///     .serve_with_shutdown(async {
+    ///         let _ = tokio::signal::ctrl_c().await;
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind).
+    pub async fn serve_with_shutdown(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        self.bind().await?.run_until(shutdown).await
+    }
+
+    /// Binds and serves until Ctrl-C or SIGTERM ([`shutdown_signal`]), then
+    /// shuts down gracefully.
     ///
     /// # Errors
     /// As [`bind`](Self::bind).
     pub async fn serve(self) -> Result<(), ServerError> {
-        let bound = self.bind().await?;
-        let handle = bound.shutdown_handle();
-        tokio::spawn(async move {
-            if wait_for_signal().await.is_ok() {
-                tracing::info!("shutdown signal received");
-                handle.shutdown();
-            }
-        });
-        bound.run().await
+        self.serve_with_shutdown(shutdown_signal()).await
     }
 
-    pub(crate) fn into_shared(self) -> Arc<Shared<S>> {
+    fn into_shared(self) -> Arc<Shared<S>> {
         Arc::new(Shared {
             router: self.router,
             state: self.state,
@@ -289,11 +470,9 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
 
 /// A server bound to its address, ready to [`run`](Self::run).
 pub struct BoundServer<S> {
-    shared: Arc<Shared<S>>,
-    listener: TcpListener,
+    listener: Listener<S>,
     local_addr: SocketAddr,
-    config: Arc<russh::server::Config>,
-    authorized: Arc<AuthorizedKeys>,
+    shutdown: CancellationToken,
 }
 
 impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
@@ -305,8 +484,17 @@ impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
     /// A handle that starts a graceful shutdown.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
-            token: self.shared.shutdown.clone(),
+            token: self.shutdown.clone(),
         }
+    }
+
+    /// Reads the counters of connections admitted, refused, evicted and
+    /// penalised before authentication ([`AdmissionStats`]), while the
+    /// server runs.
+    ///
+    /// [`AdmissionStats`]: crate::AdmissionStats
+    pub fn admission_monitor(&self) -> AdmissionMonitor {
+        AdmissionMonitor::new(self.listener.admission())
     }
 
     /// Serves connections until the shutdown handle fires, then stops
@@ -316,24 +504,63 @@ impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
     /// # Errors
     /// None today; reserved for fatal listener errors.
     pub async fn run(self) -> Result<(), ServerError> {
-        crate::ssh::accept_loop(self.shared, self.listener, self.config, self.authorized).await
+        self.listener.run().await
+    }
+
+    /// Like [`run`](Self::run), and also shuts down when `shutdown`
+    /// completes.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let token = self.shutdown.clone();
+        let run = self.run();
+        tokio::pin!(run);
+        tokio::select! {
+            result = &mut run => return result,
+            () = shutdown => {
+                tracing::info!("shutting down");
+                token.cancel();
+            }
+        }
+        run.await
     }
 }
 
-async fn wait_for_signal() -> Result<(), ServerError> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signal)?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.map_err(ServerError::Signal),
-            _ = term.recv() => Ok(()),
+/// Completes on Ctrl-C or, on Unix, SIGTERM: the usual `shutdown` for
+/// [`KorvServer::serve_with_shutdown`] and [`BoundServer::run_until`]. A
+/// signal that cannot be watched is logged and left out; if neither can,
+/// this never completes.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%err, "cannot watch for Ctrl-C");
+            std::future::pending::<()>().await;
         }
-    }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot watch for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.map_err(ServerError::Signal)
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
     }
+    tracing::info!("shutdown signal received");
 }
 
 fn load_host_keys(sources: &[HostKeySource]) -> Result<Vec<PrivateKey>, ServerError> {
@@ -345,6 +572,39 @@ fn load_host_keys(sources: &[HostKeySource]) -> Result<Vec<PrivateKey>, ServerEr
         .map(|source| match source {
             HostKeySource::Key(key) => Ok((**key).clone()),
             HostKeySource::File(path) => load_host_key_file(path),
+        })
+        .collect()
+}
+
+/// Reads each host certificate and checks that it is a host certificate
+/// for one of `keys`.
+fn load_host_certificates(
+    paths: &[PathBuf],
+    keys: &[PrivateKey],
+) -> Result<Vec<Certificate>, ServerError> {
+    paths
+        .iter()
+        .map(|path| {
+            let fail = |reason: String| ServerError::HostCertificate {
+                path: path.clone(),
+                reason,
+            };
+            let cert = Certificate::read_file(path)
+                .map_err(|err| fail(format!("not an OpenSSH certificate: {err}")))?;
+            if cert.cert_type() != CertType::Host {
+                return Err(fail(
+                    "it is a user certificate: sign the host key with `ssh-keygen -h`".into(),
+                ));
+            }
+            if !keys
+                .iter()
+                .any(|key| key.public_key().key_data() == cert.public_key())
+            {
+                return Err(fail(
+                    "it certifies none of the host keys: add the key it certifies with host_key_file".into(),
+                ));
+            }
+            Ok(cert)
         })
         .collect()
 }
@@ -398,7 +658,7 @@ impl<S: Clone + Send + Sync + 'static> StreamService<S> {
     where
         IO: AsyncRead + AsyncWrite + Send,
     {
-        crate::stream::run_stream(
+        run_stream(
             Arc::clone(&self.shared),
             io,
             Arc::new(client),
@@ -419,7 +679,7 @@ impl<S: Clone + Send + Sync + 'static> StreamService<S> {
 /// requests, in-flight requests finish within the grace period.
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
-    pub(crate) token: CancellationToken,
+    token: CancellationToken,
 }
 
 impl ShutdownHandle {

@@ -30,10 +30,13 @@ use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::handler::{ClientInfo, Request, TRACEBACKS, internal_error};
+use crate::authorize;
+use crate::handler::BoxedHandler;
 use crate::panic::CatchPanic;
+use crate::request::{ClientInfo, Params, Request};
+use crate::response::{TRACEBACKS, internal_error};
 use crate::router::Routed;
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Bytes read from the transport at a time, at least.
 const READ_CAPACITY: usize = 64 * 1024;
@@ -203,7 +206,7 @@ where
                 Some(Err(err)) => return Err(into_io(err)),
                 Some(Ok(frame)) => {
                     let started = Instant::now();
-                    match dispatch(shared, frame, shutting_down) {
+                    match dispatch(shared, client, frame, shutting_down) {
                         Dispatch::Now(response) => {
                             log_answer(&response, None, started);
                             encode(&mut codec, &response, &mut out);
@@ -241,7 +244,7 @@ enum Dispatch<S> {
 struct Run<S> {
     id: RequestId,
     request: WireRequest,
-    handler: (Arc<crate::handler::BoxedHandler<S>>, crate::router::Params),
+    handler: (BoxedHandler<S>, Params),
     /// Small enough to try on this task first.
     inline: bool,
 }
@@ -250,7 +253,12 @@ struct Run<S> {
 const INLINE_MAX_PAYLOAD: usize = 16 * 1024;
 
 /// Validates and routes one frame: an answer now, or a handler to run.
-fn dispatch<S>(shared: &Shared<S>, frame: Frame, shutting_down: bool) -> Dispatch<S> {
+fn dispatch<S>(
+    shared: &Shared<S>,
+    client: &ClientInfo,
+    frame: Frame,
+    shutting_down: bool,
+) -> Dispatch<S> {
     let payload = match frame {
         Frame::Empty => return Dispatch::Now(Response::empty_frame()),
         Frame::Oversized { len } => {
@@ -271,12 +279,20 @@ fn dispatch<S>(shared: &Shared<S>, frame: Frame, shutting_down: bool) -> Dispatc
         ));
     }
     match shared.router.route(request.verb, &request.resource) {
-        Routed::Found(handler, params) => Dispatch::Run(Run {
-            id,
-            request,
-            handler: (handler, params),
-            inline: payload.len() <= INLINE_MAX_PAYLOAD,
-        }),
+        Routed::Found(handler, params, rules) => {
+            match authorize::check_all(&rules, client, request.verb, &request.resource) {
+                Ok(()) => Dispatch::Run(Run {
+                    id,
+                    request,
+                    handler: (handler, params),
+                    inline: payload.len() <= INLINE_MAX_PAYLOAD,
+                }),
+                Err(message) => {
+                    tracing::info!(user = %client.user, verb = %request.verb, resource = %request.resource, %message, "refused: 403");
+                    Dispatch::Now(Response::error(id, StatusCode::FORBIDDEN, message))
+                }
+            }
+        }
         Routed::NotAllowed(allow) => Dispatch::Now(Response::new(
             id,
             StatusCode::METHOD_NOT_ALLOWED,

@@ -1,115 +1,35 @@
 //! The hostile-input corpus: malformed frames and payloads, each driven through
-//! the per-stream loop over an in-memory pipe (no SSH), each checked against the
-//! contract (`shared/design/protocol.md`, sections 3 to 7): the exact code, the
-//! exact `request_id` (null when the id cannot be read), exactly one answer per
-//! frame, and a stream that still serves a valid `GET /hello` afterwards.
+//! the per-stream loop over an in-memory pipe (no SSH). Every frame, malformed or
+//! not, gets exactly one answer, with the exact code and the exact `request_id`
+//! (null when the id cannot be read: an empty, oversized or unparsable frame), and
+//! the stream still serves a valid `GET /hello` afterwards.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use korv_proto::{Frame, KorvCodec};
+use korv_server::routing::get;
 use korv_server::{
-    BodyError, ClientInfo, KorvServer, Limits, Request, RequestId, Response, StatusCode,
-    StreamService, Verb,
+    BodyError, KorvServer, Limits, Request, RequestId, Response, StatusCode, StreamService,
 };
+use korv_testkit::frame::frame_bytes;
+use korv_testkit::pipe::Pipe;
 use serde_json::{Value, json};
-use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::task::JoinHandle;
-use tokio_util::codec::FramedRead;
 
-/// The contract's default maximum payload: 8 MiB.
+/// The server's default maximum payload: 8 MiB.
 const MAX: usize = 8 * 1024 * 1024;
 
-/// How long any one answer may take (generous: debug builds, 2 shared cores).
-const ANSWER_WITHIN: Duration = Duration::from_secs(60);
-
-/// A client end of an in-memory stream served by a `StreamService`.
-struct Pipe {
-    writer: WriteHalf<DuplexStream>,
-    reader: FramedRead<ReadHalf<DuplexStream>, KorvCodec>,
-    served: JoinHandle<std::io::Result<()>>,
-}
-
-impl Pipe {
-    fn open<S: Clone + Send + Sync + 'static>(service: &StreamService<S>) -> Pipe {
-        let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let service = service.clone();
-        let served = tokio::spawn(async move {
-            service
-                .serve_as(
-                    theirs,
-                    ClientInfo::new("mallory", "SHA256:evil", "ssh-ed25519", "mallory@x", None),
-                )
-                .await
-        });
-        let (reader, writer) = tokio::io::split(ours);
-        Pipe {
-            writer,
-            reader: FramedRead::new(reader, KorvCodec::new()),
-            served,
-        }
+/// Sends `len` bytes of filler in chunks of at most 1 MiB, so that a huge
+/// payload never exists in memory on this side either. The filler is a run of
+/// valid `GET /hello` frames with id 666: a server that interpreted a skipped
+/// payload would answer them, and `assert_alive` would see it.
+async fn send_filler(pipe: &mut Pipe, len: u64) {
+    let chunk = filler_chunk();
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap();
+        pipe.send_raw(&chunk[..n]).await;
+        left -= n as u64;
     }
-
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.unwrap();
-    }
-
-    /// Sends `payload` as one frame with its true length.
-    async fn send_payload(&mut self, payload: &[u8]) {
-        self.send_raw(&frame(payload)).await;
-    }
-
-    /// Sends `len` bytes of filler in chunks of at most 1 MiB, so that a huge
-    /// payload never exists in memory on this side either. The filler is a run
-    /// of valid `GET /hello` frames with id 666: a server that interpreted a
-    /// skipped payload would answer them, and `assert_alive` would see it.
-    async fn send_filler(&mut self, len: u64) {
-        let chunk = filler_chunk();
-        let mut left = len;
-        while left > 0 {
-            let n = usize::try_from(left.min(chunk.len() as u64)).unwrap();
-            self.writer.write_all(&chunk[..n]).await.unwrap();
-            left -= n as u64;
-        }
-    }
-
-    async fn recv(&mut self) -> Response {
-        let frame = tokio::time::timeout(ANSWER_WITHIN, self.reader.next())
-            .await
-            .expect("an answer in time")
-            .expect("the stream is open")
-            .unwrap();
-        let Frame::Payload(payload) = frame else {
-            panic!("the server sent {frame:?}")
-        };
-        Response::from_payload(&payload).unwrap()
-    }
-
-    /// Sends EOF, collects the remaining answers, and expects the server to
-    /// close its side and end without an error.
-    async fn finish(mut self) -> Vec<Response> {
-        self.writer.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        while let Some(frame) = tokio::time::timeout(ANSWER_WITHIN, self.reader.next())
-            .await
-            .expect("the server closes after EOF")
-        {
-            let Frame::Payload(payload) = frame.unwrap() else {
-                panic!("the server sent a frame that is not a payload")
-            };
-            rest.push(Response::from_payload(&payload).unwrap());
-        }
-        self.served.await.unwrap().unwrap();
-        rest
-    }
-}
-
-/// A frame: the 4-byte big-endian length, then the payload.
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut bytes = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
-    bytes.extend_from_slice(payload);
-    bytes
 }
 
 /// The length prefix alone.
@@ -119,7 +39,7 @@ fn header(len: u32) -> [u8; 4] {
 
 /// 1 MiB of back-to-back valid `GET /hello` frames (id 666).
 fn filler_chunk() -> Vec<u8> {
-    let decoy = frame(br#"{"id":666,"verb":"GET","resource":"/hello"}"#);
+    let decoy = frame_bytes(br#"{"id":666,"verb":"GET","resource":"/hello"}"#);
     decoy.iter().copied().cycle().take(1 << 20).collect()
 }
 
@@ -132,16 +52,15 @@ async fn echo(req: Request) -> Result<Value, BodyError> {
 fn app_with(limits: Limits) -> StreamService<()> {
     KorvServer::new()
         .limits(limits)
-        .route(Verb::Get, "/hello", |_req: Request| async {
-            (200, json!({"msg": "Hello World!"}))
-        })
-        .route(Verb::Get, "/echo", echo)
-        .route(Verb::Store, "/echo", echo)
-        .route(Verb::Update, "/echo", echo)
+        .route(
+            "/hello",
+            get(|_req: Request| async { (200, json!({"msg": "Hello World!"})) }),
+        )
+        .route("/echo", get(echo).store(echo).update(echo))
         .into_stream_service()
 }
 
-/// The server with the contract's default limits (8 MiB frames).
+/// The server with the default limits (8 MiB frames).
 fn app() -> StreamService<()> {
     app_with(Limits {
         request_timeout: Duration::from_secs(30),
@@ -258,7 +177,7 @@ async fn oversized_is_413_and_skipped(len: u32) {
     let response = pipe.recv().await;
     assert_answer(&response, StatusCode::PAYLOAD_TOO_LARGE, None);
     assert_eq!(response.body["max_frame_bytes"], json!(MAX));
-    pipe.send_filler(u64::from(len)).await;
+    send_filler(&mut pipe, u64::from(len)).await;
     assert_alive(&mut pipe).await;
     assert!(pipe.finish().await.is_empty());
 }
@@ -288,7 +207,7 @@ async fn an_oversized_frame_with_its_payload_in_the_same_write_gets_413() {
     let mut pipe = Pipe::open(&app());
     let mut bytes = header(MAX as u32 + 1).to_vec();
     bytes.extend(filler_chunk().iter().copied().cycle().take(MAX + 1));
-    bytes.extend(frame(br#"{"id":1,"verb":"GET","resource":"/hello"}"#));
+    bytes.extend(frame_bytes(br#"{"id":1,"verb":"GET","resource":"/hello"}"#));
     pipe.send_raw(&bytes).await;
     assert_answer(&pipe.recv().await, StatusCode::PAYLOAD_TOO_LARGE, None);
     assert_answer(&pipe.recv().await, StatusCode::OK, id(1));
@@ -363,7 +282,7 @@ async fn an_oversized_frame_cut_short_by_eof_gets_413_and_a_clean_close() {
     let mut pipe = Pipe::open(&app());
     assert_alive(&mut pipe).await;
     pipe.send_raw(&header(1 << 30)).await;
-    pipe.send_filler(3 << 20).await;
+    send_filler(&mut pipe, 3 << 20).await;
     let rest = pipe.finish().await;
     assert_eq!(rest.len(), 1, "{rest:?}");
     assert_answer(&rest[0], StatusCode::PAYLOAD_TOO_LARGE, None);
@@ -372,9 +291,9 @@ async fn an_oversized_frame_cut_short_by_eof_gets_413_and_a_clean_close() {
 #[tokio::test]
 async fn a_valid_request_written_one_byte_per_write_gets_its_answer() {
     let mut pipe = Pipe::open(&app());
-    for byte in frame(br#"{"id":"slow","verb":"GET","resource":"/hello"}"#) {
+    for byte in frame_bytes(br#"{"id":"slow","verb":"GET","resource":"/hello"}"#) {
         pipe.send_raw(&[byte]).await;
-        pipe.writer.flush().await.unwrap();
+        pipe.flush().await;
     }
     assert_answer(
         &pipe.recv().await,
@@ -389,43 +308,47 @@ async fn a_valid_request_written_one_byte_per_write_gets_its_answer() {
 async fn many_bad_frames_then_a_good_one_in_one_write_each_get_one_answer() {
     let bad: Vec<(Vec<u8>, StatusCode, Option<RequestId>)> = vec![
         (header(0).to_vec(), StatusCode::BAD_REQUEST, None),
-        (frame(b"{{{"), StatusCode::BAD_REQUEST, None),
-        (frame(b"\xff\xfe"), StatusCode::BAD_REQUEST, None),
-        (frame(b"\xef\xbb\xbf{}"), StatusCode::BAD_REQUEST, None),
-        (frame(b"[]"), StatusCode::BAD_REQUEST, None),
-        (frame(b"   "), StatusCode::BAD_REQUEST, None),
+        (frame_bytes(b"{{{"), StatusCode::BAD_REQUEST, None),
+        (frame_bytes(b"\xff\xfe"), StatusCode::BAD_REQUEST, None),
         (
-            frame(br#"{"id":1,"verb":"get","resource":"/hello"}"#),
+            frame_bytes(b"\xef\xbb\xbf{}"),
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (frame_bytes(b"[]"), StatusCode::BAD_REQUEST, None),
+        (frame_bytes(b"   "), StatusCode::BAD_REQUEST, None),
+        (
+            frame_bytes(br#"{"id":1,"verb":"get","resource":"/hello"}"#),
             StatusCode::BAD_REQUEST,
             id(1),
         ),
         (
-            frame(br#"{"id":2,"verb":"GET","resource":"hello"}"#),
+            frame_bytes(br#"{"id":2,"verb":"GET","resource":"hello"}"#),
             StatusCode::BAD_REQUEST,
             id(2),
         ),
         (
-            frame(br#"{"id":3,"verb":"STORE","resource":"/echo"}"#),
+            frame_bytes(br#"{"id":3,"verb":"STORE","resource":"/echo"}"#),
             StatusCode::BAD_REQUEST,
             id(3),
         ),
         (
-            frame(br#"{"id":1.5,"verb":"GET","resource":"/hello"}"#),
+            frame_bytes(br#"{"id":1.5,"verb":"GET","resource":"/hello"}"#),
             StatusCode::BAD_REQUEST,
             None,
         ),
         (
-            frame(br#"{"id":4,"verb":"GET","resource":"/hello","id":5}"#),
+            frame_bytes(br#"{"id":4,"verb":"GET","resource":"/hello","id":5}"#),
             StatusCode::BAD_REQUEST,
             id(4),
         ),
         (
-            frame(br#"{"id":6,"verb":"DELETE","resource":"/hello"}"#),
+            frame_bytes(br#"{"id":6,"verb":"DELETE","resource":"/hello"}"#),
             StatusCode::METHOD_NOT_ALLOWED,
             id(6),
         ),
         (
-            frame(br#"{"id":7,"verb":"GET","resource":"/nowhere"}"#),
+            frame_bytes(br#"{"id":7,"verb":"GET","resource":"/nowhere"}"#),
             StatusCode::NOT_FOUND,
             id(7),
         ),
@@ -439,7 +362,7 @@ async fn many_bad_frames_then_a_good_one_in_one_write_each_get_one_answer() {
             None,
         ),
         (
-            frame(b"{\"id\":8,\"verb\":\"GET\",\"resource\":\"/hello\"}x"),
+            frame_bytes(b"{\"id\":8,\"verb\":\"GET\",\"resource\":\"/hello\"}x"),
             StatusCode::BAD_REQUEST,
             None,
         ),
@@ -450,7 +373,9 @@ async fn many_bad_frames_then_a_good_one_in_one_write_each_get_one_answer() {
             bytes.extend_from_slice(wire);
         }
     }
-    bytes.extend(frame(br#"{"id":"good","verb":"GET","resource":"/hello"}"#));
+    bytes.extend(frame_bytes(
+        br#"{"id":"good","verb":"GET","resource":"/hello"}"#,
+    ));
     let mut pipe = Pipe::open(&app());
     pipe.send_raw(&bytes).await;
     // Malformed and unroutable frames are answered at once, in order; the good

@@ -1,15 +1,13 @@
-//! An announced 4 GiB − 1 frame costs the server no memory: its payload is
-//! skipped as it arrives, never buffered (contract, section 3). Alone in its
-//! own test binary, so that no other test's allocations blur the measurement.
+//! An announced 4 GiB − 1 frame costs the server no memory: a frame above the
+//! maximum is answered 413 as soon as its length is read, and its payload is
+//! skipped as it arrives, never buffered. Alone in its own test binary, so
+//! that no other test's allocations blur the measurement.
 
-use std::time::Duration;
-
-use futures_util::StreamExt;
-use korv_proto::{Frame, KorvCodec};
-use korv_server::{ClientInfo, KorvServer, Limits, Request, RequestId, Response, StatusCode, Verb};
+use korv_server::routing::get;
+use korv_server::{KorvServer, Limits, Request, RequestId, StatusCode};
+use korv_testkit::frame::frame;
+use korv_testkit::pipe::Pipe;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
-use tokio_util::codec::FramedRead;
 
 /// Bytes of payload sent before the second measurement.
 const SENT_BEFORE_MEASURING: u64 = 64 << 20;
@@ -42,39 +40,20 @@ fn resident_bytes() -> u64 {
 async fn a_4_gib_frame_is_answered_413_and_skipped_without_buffering_it() {
     let service = KorvServer::new()
         .limits(Limits::default())
-        .route(Verb::Get, "/hello", |_req: Request| async {
-            (200, json!({"msg": "Hello World!"}))
-        })
+        .route(
+            "/hello",
+            get(|_req: Request| async { (200, json!({"msg": "Hello World!"})) }),
+        )
         .into_stream_service();
-    let (ours, theirs) = tokio::io::duplex(1 << 20);
-    let served =
-        tokio::spawn(async move { service.serve_as(theirs, ClientInfo::local("mallory")).await });
-    let (reader, mut writer) = tokio::io::split(ours);
-    let mut reader = FramedRead::new(reader, KorvCodec::new());
-    let mut recv = async || -> Response {
-        let frame = tokio::time::timeout(Duration::from_secs(60), reader.next())
-            .await
-            .expect("an answer in time")
-            .expect("the stream is open")
-            .unwrap();
-        let Frame::Payload(payload) = frame else {
-            panic!("the server sent {frame:?}")
-        };
-        Response::from_payload(&payload).unwrap()
-    };
-    let hello = |id: i64| {
-        let payload = json!({"id": id, "verb": "GET", "resource": "/hello"}).to_string();
-        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(payload.as_bytes());
-        frame
-    };
+    let mut pipe = Pipe::open(&service);
+    let hello = |id: i64| frame(&json!({"id": id, "verb": "GET", "resource": "/hello"}));
     // The chunk is allocated before the first measurement; it is a run of valid
     // frames, which the server must not take for requests.
     let chunk: Vec<u8> = hello(666).into_iter().cycle().take(1 << 20).collect();
 
     // Warm up: the stream's buffers exist before the first measurement.
-    writer.write_all(&hello(1)).await.unwrap();
-    let warm = recv().await;
+    pipe.send_raw(&hello(1)).await;
+    let warm = pipe.recv().await;
     assert_eq!(
         (warm.code, warm.request_id),
         (StatusCode::OK, Some(RequestId::from(1)))
@@ -82,8 +61,8 @@ async fn a_4_gib_frame_is_answered_413_and_skipped_without_buffering_it() {
     let before = resident_bytes();
 
     let len = u32::MAX;
-    writer.write_all(&len.to_be_bytes()).await.unwrap();
-    let too_large = recv().await;
+    pipe.send_raw(&len.to_be_bytes()).await;
+    let too_large = pipe.recv().await;
     assert_eq!(
         (too_large.code, too_large.request_id.clone()),
         (StatusCode::PAYLOAD_TOO_LARGE, None)
@@ -96,7 +75,7 @@ async fn a_4_gib_frame_is_answered_413_and_skipped_without_buffering_it() {
     let mut left = u64::from(len);
     let mut sent = 0;
     while sent < SENT_BEFORE_MEASURING {
-        writer.write_all(&chunk).await.unwrap();
+        pipe.send_raw(&chunk).await;
         sent += chunk.len() as u64;
     }
     left -= sent;
@@ -110,7 +89,7 @@ async fn a_4_gib_frame_is_answered_413_and_skipped_without_buffering_it() {
     // The rest of the payload, then a request that must be answered.
     while left > 0 {
         let n = usize::try_from(left.min(chunk.len() as u64)).unwrap();
-        writer.write_all(&chunk[..n]).await.unwrap();
+        pipe.send_raw(&chunk[..n]).await;
         left -= n as u64;
     }
     let after = resident_bytes();
@@ -118,18 +97,14 @@ async fn a_4_gib_frame_is_answered_413_and_skipped_without_buffering_it() {
         after.saturating_sub(before) < ALLOWED_GROWTH,
         "after the whole 4 GiB payload, resident memory grew from {before} to {after} bytes"
     );
-    writer.write_all(&hello(2)).await.unwrap();
-    let alive = recv().await;
+    pipe.send_raw(&hello(2)).await;
+    let alive = pipe.recv().await;
     assert_eq!(
         (alive.code, alive.request_id),
         (StatusCode::OK, Some(RequestId::from(2)))
     );
     assert_eq!(alive.body, json!({"msg": "Hello World!"}));
 
-    writer.shutdown().await.unwrap();
-    let end = tokio::time::timeout(Duration::from_secs(60), reader.next())
-        .await
-        .expect("the server closes after EOF");
-    assert!(end.is_none(), "no answer after EOF: {end:?}");
-    served.await.unwrap().unwrap();
+    let end = pipe.finish().await;
+    assert!(end.is_empty(), "no answer after EOF: {end:?}");
 }

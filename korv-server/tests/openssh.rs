@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use korv_server::{KorvServer, Request, Response, ShutdownHandle, StatusCode, Verb};
+use korv_server::routing::get;
+use korv_server::{KorvServer, Request, Response, ShutdownHandle, StatusCode};
+use korv_testkit::frame::frame;
+use korv_testkit::keys::{KeyKind, keygen, public_key};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -16,30 +19,11 @@ struct Fixture {
     shutdown: ShutdownHandle,
 }
 
-fn keygen(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
-    let path = dir.join(name);
-    let status = Command::new("ssh-keygen")
-        .args(args)
-        .args(["-q", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .status()
-        .expect("ssh-keygen runs");
-    assert!(status.success());
-    path
-}
-
-fn public(path: &Path) -> String {
-    std::fs::read_to_string(path.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 impl Fixture {
     /// A server with a fresh host key; `authorized` writes the authorized_keys text.
     async fn start(authorized: impl FnOnce(&Path) -> String) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
+        let host = keygen(dir.path(), "host", KeyKind::Ed25519);
         let text = authorized(dir.path());
         let authorized_keys = dir.path().join("authorized_keys");
         std::fs::write(&authorized_keys, text).unwrap();
@@ -47,11 +31,11 @@ impl Fixture {
             .host_key_file(host)
             .authorized_keys_file(&authorized_keys)
             .listen("127.0.0.1:0".parse().unwrap())
-            .route(Verb::Get, "/hello", |_r: Request| async { (200, json!({"msg": "Hello World!"})) })
-            .route(Verb::Get, "/whoami", |r: Request| async move {
+            .route("/hello", get(|_r: Request| async { (200, json!({"msg": "Hello World!"})) }))
+            .route("/whoami", get(|r: Request| async move {
                 let c = r.client();
                 json!({"user": c.user, "fp": c.fingerprint, "alg": c.algorithm, "comment": c.comment})
-            })
+            }))
             .bind()
             .await
             .unwrap();
@@ -65,8 +49,8 @@ impl Fixture {
         }
     }
 
-    fn key(&self, name: &str, args: &[&str]) -> PathBuf {
-        keygen(self.dir.path(), name, args)
+    fn key(&self, name: &str, kind: KeyKind) -> PathBuf {
+        keygen(self.dir.path(), name, kind)
     }
 
     /// Runs `ssh` with `args` before the destination, feeding `input`.
@@ -126,13 +110,6 @@ impl Drop for Fixture {
     }
 }
 
-fn frame(value: serde_json::Value) -> Vec<u8> {
-    let payload = value.to_string();
-    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(payload.as_bytes());
-    out
-}
-
 fn responses(mut bytes: &[u8]) -> Vec<Response> {
     let mut out = Vec::new();
     while bytes.len() >= 4 {
@@ -156,23 +133,23 @@ fn assert_refused(output: &Output) {
 
 #[tokio::test]
 async fn ssh_w_reaches_the_server_with_ed25519_ecdsa_and_rsa_4096_keys() {
-    let kinds: [(&str, &[&str]); 3] = [
-        ("ed", &["-t", "ed25519"]),
-        ("ec", &["-t", "ecdsa", "-b", "256"]),
-        ("rsa", &["-t", "rsa", "-b", "4096"]),
+    let kinds = [
+        ("ed", KeyKind::Ed25519),
+        ("ec", KeyKind::Ecdsa256),
+        ("rsa", KeyKind::Rsa(4096)),
     ];
     let fixture = Fixture::start(|dir| {
         kinds
             .iter()
-            .map(|(name, args)| public(&keygen(dir, name, args)) + "\n")
+            .map(|(name, kind)| public_key(&keygen(dir, name, *kind)) + "\n")
             .collect()
     })
     .await;
     for (name, _) in kinds {
         let key = fixture.dir.path().join(name);
-        let mut input = frame(json!({"id": 1, "verb": "GET", "resource": "/hello"}));
+        let mut input = frame(&json!({"id": 1, "verb": "GET", "resource": "/hello"}));
         input.extend(frame(
-            json!({"id": "w", "verb": "GET", "resource": "/whoami"}),
+            &json!({"id": "w", "verb": "GET", "resource": "/whoami"}),
         ));
         let output = fixture.request_via_w(&key, input).await;
         assert!(
@@ -197,9 +174,9 @@ async fn ssh_w_reaches_the_server_with_ed25519_ecdsa_and_rsa_4096_keys() {
 
 #[tokio::test]
 async fn the_korv_subsystem_answers_and_exits_0() {
-    let fixture = Fixture::start(|dir| public(&keygen(dir, "ed", &["-t", "ed25519"]))).await;
+    let fixture = Fixture::start(|dir| public_key(&keygen(dir, "ed", KeyKind::Ed25519))).await;
     let key = fixture.dir.path().join("ed");
-    let input = frame(json!({"id": 7, "verb": "GET", "resource": "/hello"}));
+    let input = frame(&json!({"id": 7, "verb": "GET", "resource": "/hello"}));
     let output = fixture
         .ssh(&key, &["-s", "alice@127.0.0.1", "korv"], input)
         .await;
@@ -214,12 +191,46 @@ async fn the_korv_subsystem_answers_and_exits_0() {
     assert_eq!(answers[0].code, StatusCode::OK);
 }
 
+/// Each cipher a client may insist on, OpenSSH's names: the server must offer
+/// every one (AES-128-GCM is OpenSSH's and Korv's first choice on CPUs with
+/// AES instructions).
+#[tokio::test]
+async fn every_modern_cipher_is_offered() {
+    let fixture = Fixture::start(|dir| public_key(&keygen(dir, "ed", KeyKind::Ed25519))).await;
+    let key = fixture.dir.path().join("ed");
+    for cipher in [
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "chacha20-poly1305@openssh.com",
+        "aes128-ctr",
+        "aes256-ctr",
+    ] {
+        let input = frame(&json!({"id": 1, "verb": "GET", "resource": "/hello"}));
+        let output = fixture
+            .ssh(
+                &key,
+                &["-c", cipher, "-s", "alice@127.0.0.1", "korv"],
+                input,
+            )
+            .await;
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{cipher}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let answers = responses(&output.stdout);
+        assert_eq!(answers.len(), 1, "{cipher}");
+        assert_eq!(answers[0].code, StatusCode::OK, "{cipher}");
+    }
+}
+
 #[tokio::test]
 async fn the_last_response_of_a_burst_arrives_before_close() {
-    let fixture = Fixture::start(|dir| public(&keygen(dir, "ed", &["-t", "ed25519"]))).await;
+    let fixture = Fixture::start(|dir| public_key(&keygen(dir, "ed", KeyKind::Ed25519))).await;
     let key = fixture.dir.path().join("ed");
     let input: Vec<u8> = (0..500)
-        .flat_map(|id| frame(json!({"id": id, "verb": "GET", "resource": "/hello"})))
+        .flat_map(|id| frame(&json!({"id": id, "verb": "GET", "resource": "/hello"})))
         .collect();
     let output = fixture.request_via_w(&key, input).await;
     assert!(output.status.success());
@@ -228,12 +239,12 @@ async fn the_last_response_of_a_burst_arrives_before_close() {
 
 #[tokio::test]
 async fn an_unauthorized_key_is_refused() {
-    let fixture = Fixture::start(|dir| public(&keygen(dir, "ed", &["-t", "ed25519"]))).await;
-    let stranger = fixture.key("stranger", &["-t", "ed25519"]);
+    let fixture = Fixture::start(|dir| public_key(&keygen(dir, "ed", KeyKind::Ed25519))).await;
+    let stranger = fixture.key("stranger", KeyKind::Ed25519);
     let output = fixture
         .request_via_w(
             &stranger,
-            frame(json!({"id": 1, "verb": "GET", "resource": "/hello"})),
+            frame(&json!({"id": 1, "verb": "GET", "resource": "/hello"})),
         )
         .await;
     assert_refused(&output);
@@ -241,7 +252,7 @@ async fn an_unauthorized_key_is_refused() {
 
 #[tokio::test]
 async fn password_and_keyboard_interactive_are_refused() {
-    let fixture = Fixture::start(|dir| public(&keygen(dir, "ed", &["-t", "ed25519"]))).await;
+    let fixture = Fixture::start(|dir| public_key(&keygen(dir, "ed", KeyKind::Ed25519))).await;
     let key = fixture.dir.path().join("ed");
     for method in ["password", "keyboard-interactive"] {
         let output = fixture
@@ -263,7 +274,7 @@ async fn password_and_keyboard_interactive_are_refused() {
 
 #[tokio::test]
 async fn exec_is_refused() {
-    let fixture = Fixture::start(|dir| public(&keygen(dir, "ed", &["-t", "ed25519"]))).await;
+    let fixture = Fixture::start(|dir| public_key(&keygen(dir, "ed", KeyKind::Ed25519))).await;
     let key = fixture.dir.path().join("ed");
     let output = fixture
         .ssh(&key, &["alice@127.0.0.1", "true"], Vec::new())
@@ -274,7 +285,7 @@ async fn exec_is_refused() {
 
 #[tokio::test]
 async fn another_subsystem_is_refused() {
-    let fixture = Fixture::start(|dir| public(&keygen(dir, "ed", &["-t", "ed25519"]))).await;
+    let fixture = Fixture::start(|dir| public_key(&keygen(dir, "ed", KeyKind::Ed25519))).await;
     let key = fixture.dir.path().join("ed");
     let output = fixture
         .ssh(&key, &["-s", "alice@127.0.0.1", "sftp"], Vec::new())
@@ -287,7 +298,7 @@ async fn a_from_option_that_excludes_loopback_is_refused() {
     let fixture = Fixture::start(|dir| {
         format!(
             "from=\"10.0.0.*\" {}",
-            public(&keygen(dir, "ed", &["-t", "ed25519"]))
+            public_key(&keygen(dir, "ed", KeyKind::Ed25519))
         )
     })
     .await;
@@ -300,7 +311,7 @@ async fn a_from_option_that_includes_loopback_is_accepted() {
     let fixture = Fixture::start(|dir| {
         format!(
             "from=\"10.0.0.*,127.0.0.1\" {}",
-            public(&keygen(dir, "ed", &["-t", "ed25519"]))
+            public_key(&keygen(dir, "ed", KeyKind::Ed25519))
         )
     })
     .await;
@@ -308,7 +319,7 @@ async fn a_from_option_that_includes_loopback_is_accepted() {
     let output = fixture
         .request_via_w(
             &key,
-            frame(json!({"id": 1, "verb": "GET", "resource": "/hello"})),
+            frame(&json!({"id": 1, "verb": "GET", "resource": "/hello"})),
         )
         .await;
     assert_eq!(responses(&output.stdout).len(), 1);
@@ -319,7 +330,7 @@ async fn an_expired_key_is_refused() {
     let fixture = Fixture::start(|dir| {
         format!(
             "expiry-time=\"20200101\" {}",
-            public(&keygen(dir, "ed", &["-t", "ed25519"]))
+            public_key(&keygen(dir, "ed", KeyKind::Ed25519))
         )
     })
     .await;
@@ -330,18 +341,18 @@ async fn an_expired_key_is_refused() {
 #[tokio::test]
 async fn a_key_removed_from_authorized_keys_is_refused_on_the_next_connection() {
     let fixture = Fixture::start(|dir| {
-        let a = public(&keygen(dir, "a", &["-t", "ed25519"]));
-        let b = public(&keygen(dir, "b", &["-t", "ed25519"]));
+        let a = public_key(&keygen(dir, "a", KeyKind::Ed25519));
+        let b = public_key(&keygen(dir, "b", KeyKind::Ed25519));
         format!("{a}\n{b}\n")
     })
     .await;
     let a = fixture.dir.path().join("a");
-    let hello = || frame(json!({"id": 1, "verb": "GET", "resource": "/hello"}));
+    let hello = || frame(&json!({"id": 1, "verb": "GET", "resource": "/hello"}));
     assert_eq!(
         responses(&fixture.request_via_w(&a, hello()).await.stdout).len(),
         1
     );
-    let b_only = public(&fixture.dir.path().join("b"));
+    let b_only = public_key(&fixture.dir.path().join("b"));
     std::fs::write(fixture.dir.path().join("authorized_keys"), b_only + "\n").unwrap();
     assert_refused(&fixture.request_via_w(&a, hello()).await);
     let b = fixture.dir.path().join("b");
@@ -355,7 +366,7 @@ async fn a_key_removed_from_authorized_keys_is_refused_on_the_next_connection() 
 async fn a_host_key_readable_by_others_fails_fast_naming_the_file() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
+    let host = keygen(dir.path(), "host", KeyKind::Ed25519);
     std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = KorvServer::new()
         .host_key_file(&host)
@@ -375,7 +386,7 @@ async fn a_host_key_readable_by_others_fails_fast_naming_the_file() {
 #[tokio::test]
 async fn a_port_in_use_fails_fast_naming_the_address() {
     let dir = tempfile::tempdir().unwrap();
-    let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
+    let host = keygen(dir.path(), "host", KeyKind::Ed25519);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let err = KorvServer::new()
@@ -392,7 +403,7 @@ async fn a_port_in_use_fails_fast_naming_the_address() {
 /// A server with no authorized keys and the given limits, for raw TCP tests.
 async fn bare_server(limits: korv_server::Limits) -> (SocketAddr, ShutdownHandle, TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
+    let host = keygen(dir.path(), "host", KeyKind::Ed25519);
     let bound = KorvServer::new()
         .limits(limits)
         .host_key_file(host)
@@ -464,10 +475,10 @@ async fn beyond_the_unauthenticated_limit_new_connections_are_closed_at_once() {
 async fn an_authenticated_connection_outlives_the_auth_deadline() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
-    let host = keygen(dir.path(), "host", &["-t", "ed25519"]);
-    let id = keygen(dir.path(), "id", &["-t", "ed25519"]);
+    let host = keygen(dir.path(), "host", KeyKind::Ed25519);
+    let id = keygen(dir.path(), "id", KeyKind::Ed25519);
     let authorized_keys = dir.path().join("authorized_keys");
-    std::fs::write(&authorized_keys, public(&id)).unwrap();
+    std::fs::write(&authorized_keys, public_key(&id)).unwrap();
     let deadline = std::time::Duration::from_millis(500);
     let bound = KorvServer::new()
         .limits(korv_server::Limits {
@@ -477,9 +488,10 @@ async fn an_authenticated_connection_outlives_the_auth_deadline() {
         .host_key_file(host)
         .authorized_keys_file(&authorized_keys)
         .listen("127.0.0.1:0".parse().unwrap())
-        .route(Verb::Get, "/hello", |_r: Request| async {
-            (200, json!({"msg": "Hello World!"}))
-        })
+        .route(
+            "/hello",
+            get(|_r: Request| async { (200, json!({"msg": "Hello World!"})) }),
+        )
         .bind()
         .await
         .unwrap();
@@ -508,7 +520,7 @@ async fn an_authenticated_connection_outlives_the_auth_deadline() {
         let mut ask = |id: u64| {
             stdin
                 .write_all(&frame(
-                    json!({"id": id, "verb": "GET", "resource": "/hello"}),
+                    &json!({"id": id, "verb": "GET", "resource": "/hello"}),
                 ))
                 .ok()?;
             let mut len = [0; 4];
@@ -533,4 +545,106 @@ async fn an_authenticated_connection_outlives_the_auth_deadline() {
     let second = second.expect("the connection was closed at the authentication deadline");
     assert_eq!(second.code, StatusCode::OK);
     assert_eq!(second.request_id, Some(korv_server::RequestId::from(2_u64)));
+}
+
+/// Signals between a test and the handler of `/slow`.
+#[derive(Default)]
+struct Gate {
+    /// The handler has started.
+    started: tokio::sync::Notify,
+    /// The handler may answer.
+    release: tokio::sync::Notify,
+}
+
+#[tokio::test]
+async fn run_until_returns_after_its_future_completes_and_in_flight_requests_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = keygen(dir.path(), "host", KeyKind::Ed25519);
+    let id = keygen(dir.path(), "id", KeyKind::Ed25519);
+    let authorized_keys = dir.path().join("authorized_keys");
+    std::fs::write(&authorized_keys, public_key(&id)).unwrap();
+    let gate = std::sync::Arc::new(Gate::default());
+    let bound = KorvServer::with_state(std::sync::Arc::clone(&gate))
+        .host_key_file(host)
+        .authorized_keys_file(&authorized_keys)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .route(
+            "/slow",
+            get(|_r: Request, gate: std::sync::Arc<Gate>| async move {
+                gate.started.notify_one();
+                gate.release.notified().await;
+                json!("finished")
+            }),
+        )
+        .bind()
+        .await
+        .unwrap();
+    let port = bound.local_addr().port();
+    let handle = bound.shutdown_handle();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bound.run_until(async {
+        let _ = stopped.await;
+    }));
+    let client = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("ssh")
+            .args(["-F", "/dev/null", "-o", "BatchMode=yes"])
+            .args(["-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
+            .args(["-p", &port.to_string(), "-i"])
+            .arg(&id)
+            .args(["-W", "localhost:8022", "alice@127.0.0.1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let request = frame(&json!({"id": 1, "verb": "GET", "resource": "/slow"}));
+        child.stdin.take().unwrap().write_all(&request).unwrap();
+        child.wait_with_output().unwrap()
+    });
+    gate.started.notified().await;
+    stop.send(()).unwrap();
+    // The test runs on one thread: while it yields, the server task runs, and
+    // a server that returned on shutdown would be finished by now.
+    while !handle.is_shutting_down() {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !server.is_finished(),
+        "run_until returned while a request was in flight"
+    );
+    gate.release.notify_one();
+    tokio::time::timeout(std::time::Duration::from_secs(30), server)
+        .await
+        .expect("run_until returns once the request has finished")
+        .unwrap()
+        .unwrap();
+    let output = client.await.unwrap();
+    let answers = responses(&output.stdout);
+    assert_eq!(answers.len(), 1, "the in-flight request was answered");
+    assert_eq!(answers[0].code, StatusCode::OK);
+    assert_eq!(answers[0].body, json!("finished"));
+}
+
+#[tokio::test]
+async fn serve_with_shutdown_returns_when_its_future_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = keygen(dir.path(), "host", KeyKind::Ed25519);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(
+        KorvServer::new()
+            .host_key_file(host)
+            .authorized_keys_file(dir.path().join("none"))
+            .listen("127.0.0.1:0".parse().unwrap())
+            .route("/hello", get(|_r: Request| async { json!("hello") }))
+            .serve_with_shutdown(async {
+                let _ = stopped.await;
+            }),
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), served)
+        .await
+        .expect("serve_with_shutdown returns once its future completes")
+        .unwrap()
+        .unwrap();
 }

@@ -5,90 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use korv_proto::{Frame, KorvCodec};
+use korv_server::routing;
 use korv_server::{
-    ClientInfo, Error, KorvServer, Limits, Request, RequestId, Response, StatusCode, StreamService,
-    Verb,
+    ClientInfo, Error, KorvServer, Limits, Request, RequestId, StatusCode, StreamService, Verb,
 };
+use korv_testkit::frame::frame;
+use korv_testkit::pipe::Pipe;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::task::JoinHandle;
-use tokio_util::codec::FramedRead;
-
-/// A client end of an in-memory stream served by a `StreamService`.
-struct Pipe {
-    writer: WriteHalf<DuplexStream>,
-    reader: FramedRead<ReadHalf<DuplexStream>, KorvCodec>,
-    served: JoinHandle<std::io::Result<()>>,
-}
-
-impl Pipe {
-    fn open<S: Clone + Send + Sync + 'static>(service: &StreamService<S>) -> Pipe {
-        let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let service = service.clone();
-        let served = tokio::spawn(async move {
-            service
-                .serve_as(
-                    theirs,
-                    ClientInfo::new("alice", "SHA256:abc", "ssh-ed25519", "alice@laptop", None),
-                )
-                .await
-        });
-        let (reader, writer) = tokio::io::split(ours);
-        Pipe {
-            writer,
-            reader: FramedRead::new(reader, KorvCodec::new()),
-            served,
-        }
-    }
-
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.unwrap();
-    }
-
-    async fn send(&mut self, request: Value) {
-        let payload = request.to_string();
-        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(payload.as_bytes());
-        self.send_raw(&frame).await;
-    }
-
-    async fn recv(&mut self) -> Response {
-        let frame = tokio::time::timeout(Duration::from_secs(10), self.reader.next())
-            .await
-            .expect("a response within 10 s")
-            .expect("the stream is open")
-            .unwrap();
-        let Frame::Payload(payload) = frame else {
-            panic!("unexpected {frame:?}")
-        };
-        Response::from_payload(&payload).unwrap()
-    }
-
-    async fn call(&mut self, request: Value) -> Response {
-        self.send(request).await;
-        self.recv().await
-    }
-
-    /// Sends EOF, collects the remaining responses, and expects the server to close.
-    async fn finish(mut self) -> Vec<Response> {
-        self.writer.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), self.reader.next())
-            .await
-            .expect("the server closes after EOF")
-        {
-            let Frame::Payload(payload) = frame.unwrap() else {
-                panic!("bad frame")
-            };
-            rest.push(Response::from_payload(&payload).unwrap());
-        }
-        self.served.await.unwrap().unwrap();
-        rest
-    }
-}
+use tokio::io::AsyncWriteExt;
 
 #[derive(Deserialize)]
 struct NewUser {
@@ -106,38 +31,41 @@ fn app(limits: Limits) -> StreamService<Arc<AtomicUsize>> {
     let running = Arc::new(AtomicUsize::new(0));
     KorvServer::with_state(running)
         .limits(limits)
-        .route(Verb::Get, "/hello", |_req: Request| async { (200, json!({"msg": "Hello World!"})) })
-        .route(Verb::Store, "/hello", |_req: Request| async { (201, json!({"stored": true})) })
-        .route(Verb::Delete, "/hello", |_req: Request| async { (204, Value::Null) })
-        .route(Verb::Get, "/users/{id}", |req: Request| async move {
+        .route(
+            "/hello",
+            routing::get(|_req: Request| async { (200, json!({"msg": "Hello World!"})) })
+                .store(|_req: Request| async { (201, json!({"stored": true})) })
+                .delete(|_req: Request| async { (204, Value::Null) }),
+        )
+        .route("/users/{id}", routing::get(|req: Request| async move {
             json!({"id": req.param("id"), "user": req.client().user, "fp": req.client().fingerprint})
-        })
-        .route(Verb::Get, "/users/me", |_req: Request| async { json!("me") })
-        .route(Verb::Store, "/users", |req: Request| async move {
+        }))
+        .route("/users/me", routing::get(|_req: Request| async { json!("me") }))
+        .route("/users", routing::store(|req: Request| async move {
             let _user: NewUser = req.body()?;
             Ok::<_, anyhow::Error>((201, json!({"ok": true})))
-        })
-        .route(Verb::Get, "/sleep/{ms}", |req: Request, running: Arc<AtomicUsize>| async move {
+        }))
+        .route("/sleep/{ms}", routing::get(|req: Request, running: Arc<AtomicUsize>| async move {
             let ms: u64 = req.param("ms").unwrap().parse().unwrap();
             let now = running.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::time::sleep(Duration::from_millis(ms)).await;
             running.fetch_sub(1, Ordering::SeqCst);
             json!({"slept": ms, "concurrent": now})
-        })
-        .route(Verb::Get, "/fail", |_req: Request| async {
+        }))
+        .route("/fail", routing::get(|_req: Request| async {
             Err::<Value, _>(DbError(std::io::Error::other("connection refused")))
-        })
-        .route(Verb::Get, "/missing", |_req: Request| async {
+        }))
+        .route("/missing", routing::get(|_req: Request| async {
             Err::<Value, _>(Error::new(404, "no such thing"))
-        })
-        .route(Verb::Get, "/panic", |_req: Request| async {
+        }))
+        .route("/panic", routing::get(|_req: Request| async {
             if true {
                 panic!("boom at the handler");
             }
             json!(null)
-        })
-        .route(Verb::Get, "/big", |_req: Request| async { json!("x".repeat(4096)) })
-        .route(Verb::Get, "/badcode", |_req: Request| async { (600, json!(null)) })
+        }))
+        .route("/big", routing::get(|_req: Request| async { json!("x".repeat(4096)) }))
+        .route("/badcode", routing::get(|_req: Request| async { (600, json!(null)) }))
         .into_stream_service()
 }
 
@@ -309,15 +237,21 @@ async fn a_panic_is_a_500_with_message_and_location_and_the_stream_lives() {
 async fn tracebacks_can_be_turned_off() {
     let service = KorvServer::new()
         .tracebacks(false)
-        .route(Verb::Get, "/fail", |_req: Request| async {
-            Err::<Value, _>(anyhow::anyhow!("secret detail"))
-        })
-        .route(Verb::Get, "/panic", |_req: Request| async {
-            if true {
-                panic!("secret panic");
-            }
-            json!(null)
-        })
+        .route(
+            "/fail",
+            routing::get(|_req: Request| async {
+                Err::<Value, _>(anyhow::anyhow!("secret detail"))
+            }),
+        )
+        .route(
+            "/panic",
+            routing::get(|_req: Request| async {
+                if true {
+                    panic!("secret panic");
+                }
+                json!(null)
+            }),
+        )
         .into_stream_service();
     let mut pipe = Pipe::open(&service);
     for resource in ["/fail", "/panic"] {
@@ -427,9 +361,7 @@ async fn shutdown_answers_new_requests_503_and_drains_in_flight_ones() {
         (Some(RequestId::from(1)), StatusCode::OK)
     );
     // With nothing left in flight the server closes the stream by itself.
-    let end = tokio::time::timeout(Duration::from_secs(5), pipe.reader.next())
-        .await
-        .unwrap();
+    let end = pipe.recv_or_end(Duration::from_secs(5)).await;
     assert!(end.is_none());
 }
 
@@ -469,24 +401,86 @@ fn registering_the_same_verb_and_pattern_twice_panics_with_a_message() {
 }
 
 #[test]
-fn try_add_callback_reports_conflicts_and_bad_patterns() {
-    let mut server = KorvServer::new();
-    server
-        .try_add_callback(Verb::Get, "/a", |_r: Request| async { json!(1) })
+fn try_route_reports_conflicts_and_bad_patterns() {
+    let one = |_r: Request| async { json!(1) };
+    let server = KorvServer::new()
+        .try_route("/a", routing::get(one))
         .unwrap();
-    server
-        .try_add_callback(Verb::Store, "/a", |_r: Request| async { json!(1) })
-        .unwrap();
-    let err = server
-        .try_add_callback(Verb::Get, "/a", |_r: Request| async { json!(1) })
-        .err()
-        .unwrap();
+    let server = server.try_route("/a", routing::store(one)).unwrap();
+    let err = server.try_route("/a", routing::get(one)).err().unwrap();
     assert!(err.to_string().contains("already registered"), "{err}");
-    let err = server
-        .try_add_callback(Verb::Get, "a", |_r: Request| async { json!(1) })
+    let err = KorvServer::new()
+        .try_route("a", routing::get(one))
         .err()
         .unwrap();
     assert!(err.to_string().contains("must start with '/'"), "{err}");
+}
+
+#[test]
+fn a_verb_given_twice_for_one_pattern_is_a_conflict() {
+    let one = |_r: Request| async { json!(1) };
+    let err = KorvServer::new()
+        .try_route("/a", routing::get(one).store(one).get(one))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("route conflict: GET \"/a\" is already registered"),
+        "{err}"
+    );
+    let err = KorvServer::new()
+        .route("/a/{id}", routing::store(one))
+        .try_route("/a/{name}", routing::any(one))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("STORE \"/a/{name}\" is already registered (as \"/a/{id}\")"),
+        "{err}"
+    );
+}
+
+#[test]
+fn route_panics_with_the_conflict() {
+    let one = |_r: Request| async { json!(1) };
+    let server = KorvServer::new().route("/a", routing::delete(one));
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        server.route("/a", routing::update(one).delete(one))
+    }))
+    .err()
+    .expect("a conflicting route panics");
+    let message = panic.downcast_ref::<String>().unwrap();
+    assert!(
+        message.contains("route conflict: DELETE \"/a\""),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn any_serves_every_verb_and_routes_on_one_pattern_add_up() {
+    let verb = |r: Request| async move { json!(r.verb().as_str()) };
+    let service = KorvServer::new()
+        .route("/any", routing::any(verb))
+        .route("/some", routing::get(verb))
+        .route("/some", routing::update(verb))
+        .into_stream_service();
+    let mut pipe = Pipe::open(&service);
+    for (id, verb) in (0..).zip(Verb::ALL) {
+        let request = json!({"id": id, "verb": verb.as_str(), "resource": "/any", "body": 1});
+        let response = pipe.call(request).await;
+        assert_eq!(response.code, StatusCode::OK);
+        assert_eq!(response.body, json!(verb.as_str()));
+    }
+    let response = pipe
+        .call(json!({"id": 9, "verb": "UPDATE", "resource": "/some", "body": 1}))
+        .await;
+    assert_eq!(response.body, json!("UPDATE"));
+    let response = pipe
+        .call(json!({"id": 10, "verb": "DELETE", "resource": "/some"}))
+        .await;
+    assert_eq!(response.code, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.body["allow"], json!(["GET", "UPDATE"]));
+    assert!(pipe.finish().await.is_empty());
 }
 
 #[tokio::test]
@@ -501,12 +495,11 @@ async fn a_client_that_never_reads_answers_has_its_stream_closed_at_the_bound() 
             ..limits()
         })
         .route(
-            Verb::Get,
             "/count",
-            |_r: Request, calls: Arc<AtomicUsize>| async move {
+            routing::get(|_r: Request, calls: Arc<AtomicUsize>| async move {
                 calls.fetch_add(1, Ordering::SeqCst);
                 json!("x".repeat(200))
-            },
+            }),
         )
         .into_stream_service();
     // 1 KiB of pipe each way: a few answers fill the client's unread side.
@@ -522,10 +515,7 @@ async fn a_client_that_never_reads_answers_has_its_stream_closed_at_the_bound() 
     let (_reader, mut writer) = tokio::io::split(ours);
     let sending = tokio::spawn(async move {
         for id in 0..2000 {
-            let payload = get(id, "/count").to_string();
-            let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-            frame.extend_from_slice(payload.as_bytes());
-            if writer.write_all(&frame).await.is_err() {
+            if writer.write_all(&frame(&get(id, "/count"))).await.is_err() {
                 return id;
             }
         }

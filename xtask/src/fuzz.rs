@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use crate::{cargo, root, step};
+use crate::workspace::{cargo, root, step};
 
 /// The targets in `fuzz/fuzz_targets/`, in the order they run.
 const TARGETS: [&str; 2] = ["frame_decoder", "client_response"];

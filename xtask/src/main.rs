@@ -5,6 +5,7 @@
 //! cargo xtask python    # the Python package's tests alone (also part of `test`)
 //! cargo xtask bench     # Korv against its peers; rewrites BENCHMARKS.md
 //! cargo xtask soak      # korv serve under valid and malformed frames, 60 s
+//! cargo xtask fuzz      # every fuzz target, 60 s each
 //! ```
 //!
 //! Each step is printed before it runs; the first failure stops the run with
@@ -14,10 +15,11 @@ mod bench;
 mod fuzz;
 mod python;
 mod soak;
+mod workspace;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::time::Instant;
+use std::process::ExitCode;
+
+use workspace::{cargo, step};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -53,43 +55,6 @@ fn print_help() {
          fuzz    run each fuzz target for N seconds (default 60): fuzz [--seconds N]\n  \
          help    this text"
     );
-}
-
-/// The workspace root: the parent of this crate's folder.
-fn root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
-fn cargo() -> Command {
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.current_dir(root());
-    command
-}
-
-/// Runs one step, printing it first; an error names the step.
-fn step(name: &str, mut command: Command) -> Result<(), String> {
-    let shown = format!(
-        "{} {}",
-        command.get_program().to_string_lossy(),
-        command
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    println!("\n==> {name}: {shown}");
-    let started = Instant::now();
-    let status = command
-        .status()
-        .map_err(|err| format!("step '{name}' could not start `{shown}`: {err}"))?;
-    if !status.success() {
-        return Err(format!(
-            "step '{name}' failed ({status}); reproduce with `{shown}`"
-        ));
-    }
-    println!("==> {name}: ok in {:.1}s", started.elapsed().as_secs_f64());
-    Ok(())
 }
 
 fn test() -> Result<(), String> {

@@ -9,25 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{cargo, root, step};
+use crate::workspace::{cargo, root, step, target_dir};
 
 /// What pip installs into the venv.
 const TOOLS: [&str; 2] = ["maturin>=1.8,<2", "pytest>=7"];
-
-/// The cargo target directory (`CARGO_TARGET_DIR`, or `target/`).
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                dir
-            } else {
-                root().join(dir)
-            }
-        }
-        None => root().join("target"),
-    }
-}
 
 /// The Python that makes the venv: `$PYTHON`, else `python3`.
 fn system_python() -> String {

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{cargo, root, step};
+use korv_testkit::frame::frame_bytes;
+use korv_testkit::keys::{KeyKind, known_hosts_line, public_key_path, try_keygen, try_public_key};
+use korv_testkit::net::try_free_port;
+use korv_testkit::process::wait_until_listening;
+
+use crate::bench::processes::{rss_kib, spawn_quiet};
+use crate::workspace::{cargo, step, target_dir};
 
 /// Frames a stream may have unanswered before its writer waits.
 const MAX_OUTSTANDING: u64 = 2048;
@@ -53,10 +59,7 @@ pub(crate) fn soak(args: &[String]) -> Result<(), String> {
     let mut build = cargo();
     build.args(["build", "--release", "--package", "korv-cli"]);
     step("build (release)", build)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { root().join(p) })
-        .unwrap_or_else(|| root().join("target"));
+    let target = target_dir();
     let dir = std::env::temp_dir().join(format!("korv-soak-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -103,17 +106,15 @@ impl Ledger {
 }
 
 fn run(korv: &Path, dir: &Path, duration: Duration, streams: usize) -> Result<(), String> {
-    let id = crate::bench::keygen(dir, "id")?;
-    let host = crate::bench::keygen(dir, "host")?;
+    let id = try_keygen(dir, "id", KeyKind::Ed25519, "").map_err(|e| e.to_string())?;
+    let host = try_keygen(dir, "host", KeyKind::Ed25519, "").map_err(|e| e.to_string())?;
     let authorized = dir.join("authorized_keys");
-    std::fs::copy(id.with_extension("pub"), &authorized).map_err(|e| e.to_string())?;
-    let port = crate::bench::free_port()?;
-    let host_pub =
-        std::fs::read_to_string(host.with_extension("pub")).map_err(|e| e.to_string())?;
+    std::fs::copy(public_key_path(&id), &authorized).map_err(|e| e.to_string())?;
+    let port = try_free_port().map_err(|e| e.to_string())?;
+    let host_pub = try_public_key(&host).map_err(|e| e.to_string())?;
     let known_hosts = dir.join("known_hosts");
-    std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_pub}"))
-        .map_err(|e| e.to_string())?;
-    let server = crate::bench::spawn(
+    std::fs::write(&known_hosts, known_hosts_line(port, &host_pub)).map_err(|e| e.to_string())?;
+    let mut server = spawn_quiet(
         Command::new(korv)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--host-key")
@@ -124,7 +125,8 @@ fn run(korv: &Path, dir: &Path, duration: Duration, streams: usize) -> Result<()
             .arg(dir.join("store.redb"))
             .env("KORV_LOG", "error"),
     )?;
-    crate::bench::wait_port(port)?;
+    wait_until_listening(&mut server.0, port, Duration::from_secs(10))
+        .map_err(|e| format!("korv serve: {e}"))?;
     let pid = server.0.id();
     println!(
         "\n==> soak: {streams} streams through `ssh -W` into `korv serve` (pid {pid}) for {:.0} s",
@@ -165,7 +167,7 @@ fn run(korv: &Path, dir: &Path, duration: Duration, streams: usize) -> Result<()
     let mut samples = Vec::new();
     while started.elapsed() < duration {
         std::thread::sleep(Duration::from_secs(1).min(duration.saturating_sub(started.elapsed())));
-        let rss = crate::bench::rss_kib(pid)?;
+        let rss = rss_kib(pid)?;
         let sent: u64 = workers
             .iter()
             .map(|w| w.3.sent.load(Ordering::Relaxed))
@@ -179,11 +181,7 @@ fn run(korv: &Path, dir: &Path, duration: Duration, streams: usize) -> Result<()
         }
     }
     stop.store(true, Ordering::Relaxed);
-    samples.push((
-        started.elapsed().as_secs_f64(),
-        crate::bench::rss_kib(pid)?,
-        0,
-    ));
+    samples.push((started.elapsed().as_secs_f64(), rss_kib(pid)?, 0));
     let mut sent = 0;
     let mut answered = 0;
     let mut problems = Vec::new();
@@ -352,9 +350,7 @@ fn frame(n: u64, id: u64) -> (Vec<u8>, Option<u64>, u16) {
             400,
         ),
     };
-    let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
-    bytes.extend_from_slice(&payload);
-    (bytes, readable_id.then_some(id), code)
+    (frame_bytes(&payload), readable_id.then_some(id), code)
 }
 
 fn write_frames(

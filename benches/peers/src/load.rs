@@ -1,4 +1,6 @@
-//! The closed-loop load driver shared by every kind of peer, and its report.
+//! The closed-loop load driver shared by every kind of peer. What it counts
+//! goes into `korv bench`'s own tally (`korv_cli::load`), so the peers and
+//! `korv bench` report alike.
 //!
 //! Each worker keeps exactly one request in flight: it sends the next one
 //! when the previous answer has arrived. The run has two phases on one clock:
@@ -8,13 +10,11 @@
 //! send no new request once the window has ended; the window's length is the
 //! time until the last worker's last answer, as `korv bench` measures it.
 
-use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+use korv_cli::load::{Labels, Report, Tally};
 
 /// What one answered request brought back.
 #[derive(Debug, Clone, Copy)]
@@ -67,43 +67,6 @@ pub(crate) struct Window {
     pub(crate) warmup: Duration,
     /// The measured window.
     pub(crate) duration: Duration,
-}
-
-/// What the workers saw, merged.
-#[derive(Debug)]
-pub(crate) struct Tally {
-    latency: Histogram<u64>,
-    codes: BTreeMap<u16, u64>,
-    errors: BTreeMap<String, u64>,
-    bytes: u64,
-}
-
-impl Tally {
-    fn new() -> anyhow::Result<Tally> {
-        Ok(Tally {
-            // 1 µs to 60 s, 3 significant digits, as `korv bench`.
-            latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-            codes: BTreeMap::new(),
-            errors: BTreeMap::new(),
-            bytes: 0,
-        })
-    }
-
-    fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
-        self.latency.add(&other.latency)?;
-        for (code, n) in other.codes {
-            *self.codes.entry(code).or_default() += n;
-        }
-        for (error, n) in other.errors {
-            *self.errors.entry(error).or_default() += n;
-        }
-        self.bytes += other.bytes;
-        Ok(())
-    }
-
-    fn error(&mut self, message: String) {
-        *self.errors.entry(message).or_default() += 1;
-    }
 }
 
 /// A finished run.
@@ -159,9 +122,9 @@ pub(crate) async fn measure<C: Caller>(
         .into_iter()
         .map(|caller| tokio::spawn(work(caller, recording, end, request_bytes)))
         .collect();
-    let mut tally = Tally::new()?;
+    let mut tally = Tally::new();
     for worker in workers {
-        tally.merge(worker.await??)?;
+        tally.merge(&worker.await?);
     }
     let seconds = recording.elapsed().as_secs_f64().max(1e-9);
     Ok(Outcome { tally, seconds })
@@ -173,8 +136,8 @@ async fn work<C: Caller>(
     recording: Instant,
     end: Instant,
     request_bytes: u64,
-) -> anyhow::Result<Tally> {
-    let mut tally = Tally::new()?;
+) -> Tally {
+    let mut tally = Tally::new();
     loop {
         let sent = Instant::now();
         if sent >= end {
@@ -188,110 +151,39 @@ async fn work<C: Caller>(
             if let Err(err) = result
                 && err.fatal
             {
-                tally.error(format!("during warm-up: {}", err.message));
+                tally.error(None, format!("during warm-up: {}", err.message));
                 break;
             }
             continue;
         }
-        let micros = u64::try_from(answered.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
-        tally.latency.saturating_record(micros.max(1));
+        let latency = answered.duration_since(sent);
         match result {
-            Ok(answer) => {
-                *tally.codes.entry(answer.code).or_default() += 1;
-                tally.bytes += request_bytes + answer.bytes;
-            }
+            Ok(answer) => tally.answer(latency, answer.code, request_bytes + answer.bytes),
             Err(err) => {
-                tally.error(err.message);
+                tally.error(Some(latency), err.message);
                 if err.fatal {
                     break;
                 }
             }
         }
     }
-    Ok(tally)
-}
-
-/// How the run is described in the report.
-#[derive(Debug, Clone)]
-pub(crate) struct Labels {
-    /// The path requested.
-    pub(crate) resource: String,
-    /// The verb (Korv) or method (HTTP) used.
-    pub(crate) verb: String,
-    /// Connections opened.
-    pub(crate) connections: usize,
-    /// Requests in flight on each connection.
-    pub(crate) concurrency: usize,
+    tally
 }
 
 impl Outcome {
     /// Transport failures counted.
     pub(crate) fn errors(&self) -> u64 {
-        self.tally.errors.values().sum()
+        self.tally.errors()
     }
 
-    /// The report, with the keys of `korv bench --json`.
-    pub(crate) fn report(&self, labels: &Labels) -> Value {
-        let tally = &self.tally;
-        let answered: u64 = tally.codes.values().sum();
-        let errors = self.errors();
-        let q = |p: f64| tally.latency.value_at_quantile(p);
-        json!({
-            "resource": labels.resource,
-            "verb": labels.verb,
-            "connections": labels.connections,
-            "concurrency": labels.concurrency,
-            "seconds": self.seconds,
-            "requests": answered + errors,
-            "answered": answered,
-            "errors": errors,
-            "requests_per_second": answered as f64 / self.seconds,
-            "mb_per_second": tally.bytes as f64 / self.seconds / 1e6,
-            "latency_us": {
-                "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
-                "max": tally.latency.max(),
-            },
-            "codes": tally.codes.iter()
-                .map(|(code, n)| (code.to_string(), json!(n)))
-                .collect::<serde_json::Map<_, _>>(),
-            "error_counts": tally.errors,
-        })
+    /// The report, as `korv bench --json` makes it.
+    pub(crate) fn report(&self, labels: &Labels) -> Report {
+        self.tally.report(labels, self.seconds)
     }
 
-    /// A few lines for people.
+    /// A few lines for people, led by the kind of peer.
     pub(crate) fn summary(&self, labels: &Labels, kind: &str) -> String {
-        let tally = &self.tally;
-        let answered: u64 = tally.codes.values().sum();
-        let q = |p: f64| tally.latency.value_at_quantile(p);
-        let mut text = format!(
-            "{kind} {} {}: {} requests in {:.2}s over {} connection(s) x {} in flight\n",
-            labels.verb,
-            labels.resource,
-            answered + self.errors(),
-            self.seconds,
-            labels.connections,
-            labels.concurrency,
-        );
-        text += &format!(
-            "  {:.0} requests/s, {:.2} MB/s\n",
-            answered as f64 / self.seconds,
-            tally.bytes as f64 / self.seconds / 1e6
-        );
-        text += &format!(
-            "  latency µs: p50 {} p90 {} p99 {} p99.9 {} max {}\n",
-            q(0.5),
-            q(0.9),
-            q(0.99),
-            q(0.999),
-            tally.latency.max()
-        );
-        for (code, n) in &tally.codes {
-            text += &format!("  {code}: {n}\n");
-        }
-        for (error, n) in &tally.errors {
-            text += &format!("  error ({n}): {error}\n");
-        }
-        text
+        format!("{kind} {}", self.report(labels).summary())
     }
 }
 
@@ -346,7 +238,7 @@ mod tests {
             duration: Duration::from_millis(50),
         };
         let outcome = measure(callers, window, 5).await.unwrap();
-        let report = outcome.report(&labels());
+        let report = serde_json::to_value(outcome.report(&labels())).unwrap();
         let answered = report["answered"].as_u64().unwrap();
         assert!(answered > 0);
         assert_eq!(report["errors"], 0);
@@ -354,26 +246,6 @@ mod tests {
         let mb = report["mb_per_second"].as_f64().unwrap();
         let expected = (answered * 15) as f64 / report["seconds"].as_f64().unwrap() / 1e6;
         assert!((mb - expected).abs() < 1e-9);
-        let mut keys: Vec<_> = report.as_object().unwrap().keys().cloned().collect();
-        keys.sort();
-        assert_eq!(
-            keys,
-            [
-                "answered",
-                "codes",
-                "concurrency",
-                "connections",
-                "error_counts",
-                "errors",
-                "latency_us",
-                "mb_per_second",
-                "requests",
-                "requests_per_second",
-                "resource",
-                "seconds",
-                "verb"
-            ]
-        );
     }
 
     #[tokio::test]
@@ -390,7 +262,7 @@ mod tests {
         let started = Instant::now();
         let outcome = measure(callers, window, 0).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(1), "stopped early");
-        let report = outcome.report(&labels());
+        let report = serde_json::to_value(outcome.report(&labels())).unwrap();
         assert_eq!(report["errors"], 1);
         assert_eq!(report["error_counts"]["boom"], 1);
         // Call 1 primed, call 2 answered, call 3 failed.

@@ -31,9 +31,10 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use korv_cli::load::{Labels, parse_duration, parse_warmup};
 
 use crate::http::{Http1Caller, Http2Caller, RequestTemplate};
-use crate::load::{Labels, Window, measure};
+use crate::load::{Window, measure};
 use crate::tcp::{KorvCaller, KorvRequest};
 
 /// The most workers (requests in flight in all) one run may have.
@@ -130,40 +131,6 @@ struct LoadArgs {
     /// For stdio: the command and its arguments, e.g. `ssh -W 127.0.0.1:PORT host`.
     #[arg(last = true)]
     command: Vec<String>,
-}
-
-/// Parses `5s`, `300ms`, `1.5s`, `2m` or a bare number of seconds.
-fn parse_span(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("bad duration {text:?}: use 5s, 300ms or 2m"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        _ => return Err(format!("bad duration unit in {text:?}: use ms, s or m")),
-    };
-    if !(seconds.is_finite() && (0.0..=86_400.0).contains(&seconds)) {
-        return Err(format!("duration {text:?} must be between 0 and 24 h"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let span = parse_span(text)?;
-    if span.is_zero() {
-        return Err(format!("duration {text:?} must be positive"));
-    }
-    Ok(span)
-}
-
-fn parse_warmup(text: &str) -> Result<Duration, String> {
-    parse_span(text)
 }
 
 /// The body file as compact JSON text.
@@ -264,7 +231,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         .to_possible_value()
         .map_or_else(String::new, |v| v.get_name().to_owned());
     if args.json {
-        println!("{}", outcome.report(&labels));
+        println!("{}", serde_json::to_string(&outcome.report(&labels))?);
     } else {
         print!("{}", outcome.summary(&labels, &kind));
     }
@@ -312,18 +279,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5h").is_err());
-        assert_eq!(parse_warmup("0s").unwrap(), Duration::ZERO);
-        assert!(parse_warmup("-1s").is_err());
-    }
 
     #[test]
     fn the_cli_is_well_formed() {

@@ -9,6 +9,7 @@
 //!   bytes a Korv `STORE /echo` gets.
 
 use hyper::Method;
+use korv_server::routing::{any, get};
 use korv_server::{KorvServer, Request, Verb};
 use serde_json::{Value, json};
 
@@ -33,15 +34,12 @@ fn echo(verb: Verb, resource: &str, body: Value) -> Value {
 
 /// The Korv server of the `tcp` peer, with the routes above.
 pub(crate) fn korv_app() -> KorvServer {
-    let mut server = KorvServer::new();
-    for verb in Verb::ALL {
-        server.add_callback(verb, "/echo", |req: Request| async move {
-            echo(req.verb(), req.resource(), req.body_value())
-        });
-    }
-    server.route(Verb::Get, "/hello", |_req: Request| async {
-        (200, hello())
-    })
+    KorvServer::new()
+        .route(
+            "/echo",
+            any(|req: Request| async move { echo(req.verb(), req.resource(), req.body_value()) }),
+        )
+        .route("/hello", get(|_req: Request| async { (200, hello()) }))
 }
 
 /// The Korv verb an HTTP method stands for on these routes.

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use korv_cli::load::error_message;
 use korv_client::{ClientConfig, Error, Headers, KorvClient, Verb};
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
@@ -155,8 +156,10 @@ impl Caller for KorvCaller {
                     .or_insert_with(|| json_size(&response.body));
                 Ok(Answer { code, bytes })
             }
-            Err(err @ Error::Closed(_)) => Err(CallError::fatal(err)),
-            Err(err) => Err(CallError::transient(err)),
+            // The message with its causes: "connection closed: the server
+            // closed the stream", not only "connection closed".
+            Err(err @ Error::Closed(_)) => Err(CallError::fatal(error_message(&err))),
+            Err(err) => Err(CallError::transient(error_message(&err))),
         }
     }
 }

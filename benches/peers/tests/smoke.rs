@@ -2,49 +2,31 @@
 //! answers `GET /hello` and a small `/echo` from the load generator of the
 //! same kind, with no errors and the echoed bytes counted.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 
+use korv_testkit::process::{KillOnDrop, spawn_announcing};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_korv-peers");
 
 /// A running `korv-peers server`, killed when dropped.
 struct Server {
-    child: Child,
+    _child: KillOnDrop,
     addr: String,
 }
 
 impl Server {
     fn start(kind: &str) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["server", kind, "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the server starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        // The guard exists before reading, so a failed read still kills it.
-        let mut server = Server {
-            child,
-            addr: String::new(),
-        };
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("the server prints a line");
-        server.addr = line
-            .trim_end()
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("{kind}: unexpected first line {line:?}"))
-            .to_owned();
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let (child, addr) = spawn_announcing(
+            Command::new(BIN).args(["server", kind, "--listen", "127.0.0.1:0"]),
+            "listening ",
+        )
+        .unwrap_or_else(|err| panic!("{kind}: {err}"));
+        Server {
+            _child: child,
+            addr,
+        }
     }
 }
 

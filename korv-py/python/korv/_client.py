@@ -41,6 +41,7 @@ def _config(
     accept_new: bool,
     subsystem: bool,
     use_agent: Optional[bool],
+    passphrase: Optional[str],
 ) -> "_korv.ClientConfig":
     """Checks a client's arguments and builds its native configuration."""
     if not isinstance(host, str) or not host:
@@ -79,6 +80,7 @@ def _config(
         connect_timeout=float(connect_timeout),
         subsystem=bool(subsystem),
         use_agent=use_agent,
+        passphrase=passphrase,
     )
 
 
@@ -109,7 +111,8 @@ class KorvClient:
     current user), ``timeout`` (seconds each request gets; ``None``: no
     limit), ``connect_timeout``, ``accept_new``, ``subsystem`` (use the
     ``korv`` SSH subsystem, as under OpenSSH's sshd, instead of a
-    direct-tcpip channel) and ``use_agent``. ``max_packet_size`` is accepted
+    direct-tcpip channel), ``use_agent`` and ``passphrase`` (for encrypted
+    keys). ``max_packet_size`` is accepted
     and ignored: Korv's frames carry bodies of any size up to the server's
     limit.
 
@@ -131,6 +134,7 @@ class KorvClient:
         accept_new: bool = False,
         subsystem: bool = False,
         use_agent: Optional[bool] = None,
+        passphrase: Optional[str] = None,
     ) -> None:
         self.max_packet_size = max_packet_size
         self.host = host
@@ -146,6 +150,7 @@ class KorvClient:
             accept_new,
             subsystem,
             use_agent,
+            passphrase,
         )
         self._native = _korv.Client.connect(config)
         _open.add(self)

@@ -7,14 +7,18 @@ Each carries the details of its cause as attributes (``host``,
 from __future__ import annotations
 
 import builtins
-from typing import Any
+from typing import Any, List, Optional
 
 __all__ = [
     "KorvError",
     "ConnectError",
+    "ConnectTimeoutError",
     "HostKeyError",
     "HostKeyUnknownError",
     "HostKeyChangedError",
+    "HostKeyRevokedError",
+    "HostCertificateError",
+    "KnownHostsError",
     "IdentityError",
     "AuthenticationError",
     "ProtocolError",
@@ -41,13 +45,22 @@ class ConnectError(KorvError, ConnectionError):
     """The address tried, ``host:port``."""
 
 
+class ConnectTimeoutError(ConnectError, builtins.TimeoutError):
+    """Connecting, the SSH handshake and the authentication took longer than
+    ``connect_timeout``."""
+
+    timeout: float
+    """The connect timeout, in seconds."""
+
+
 class HostKeyError(KorvError):
     """The server's host key is not the one known_hosts expects."""
 
     host: str
     """``host`` or ``[host]:port``, as known_hosts names it."""
-    fingerprint: str
-    """The ``SHA256:`` fingerprint of the key the server offered."""
+    fingerprint: Optional[str]
+    """The ``SHA256:`` fingerprint of the key the server offered (``None``
+    for a refused host certificate)."""
     known_hosts: str
     """The known_hosts file consulted."""
 
@@ -68,6 +81,30 @@ class HostKeyChangedError(HostKeyError):
     """The line of known_hosts that holds the recorded key."""
 
 
+class HostKeyRevokedError(HostKeyError):
+    """The server's host key, or the CA of its host certificate, is marked
+    ``@revoked`` in known_hosts."""
+
+    line: int
+    """The ``@revoked`` line."""
+
+
+class HostCertificateError(HostKeyError):
+    """The server presented a host certificate known_hosts does not let
+    this client trust (its CA is not an ``@cert-authority`` for the host, or
+    the certificate fails a check)."""
+
+    reason: str
+    """What failed."""
+
+
+class KnownHostsError(KorvError):
+    """The known_hosts file cannot be read, or the host key not added to it."""
+
+    path: str
+    """The known_hosts file."""
+
+
 class IdentityError(KorvError):
     """A private key file (``client_keys``) cannot be used."""
 
@@ -82,8 +119,8 @@ class AuthenticationError(KorvError, PermissionError):
 
     user: str
     """The SSH user name."""
-    tried: str
-    """The keys tried, with their fingerprints."""
+    tried: List[str]
+    """The keys tried, each with its fingerprint."""
 
 
 class ProtocolError(KorvError):

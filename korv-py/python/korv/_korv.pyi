@@ -23,6 +23,9 @@ class Server:
         *,
         authorized_keys_file: Optional[_Path] = None,
         authorized_keys: Optional[Sequence[str]] = None,
+        trusted_user_ca_keys: Optional[_Path] = None,
+        revoked_keys: Optional[_Path] = None,
+        host_certificate: Optional[_Path] = None,
         max_workers: int = 64,
         tracebacks: bool = True,
         request_timeout: Optional[float] = 30.0,
@@ -69,6 +72,7 @@ class ClientConfig:
         connect_timeout: float = 10.0,
         subsystem: bool = False,
         use_agent: Optional[bool] = None,
+        passphrase: Optional[str] = None,
     ) -> None: ...
 
 class RequestHandle:

@@ -23,7 +23,10 @@ _log = logging.getLogger("korv")
 Request = Dict[str, Any]
 """What a callback receives: ``id``, ``verb``, ``resource``, ``body``,
 ``headers``, ``params`` (the ``{name}`` captures of its resource pattern) and
-``client`` (``user``, ``fingerprint``, ``algorithm``, ``comment``, ``peer``)."""
+``client`` (``user``, ``fingerprint``, ``algorithm``, ``comment``, ``peer``,
+and ``certificate``: ``None``, or the ``key_id``, ``serial``,
+``principals``, ``ca_fingerprint``, ``valid_after`` and ``valid_before`` of
+the OpenSSH certificate the client logged in with)."""
 
 Result = Union[Tuple[int], Tuple[int, Any], Tuple[int, Any, Dict[str, str]]]
 """What a callback returns: ``(code, body)``; ``(code,)`` or
@@ -48,6 +51,14 @@ def _paths(name: str, value: Union[PathLike, Sequence[PathLike]]) -> List[str]:
             f"{name} must be a path or a list of paths, not {type(value).__name__}"
         ) from None
     return paths
+
+
+def _optional_path(name: str, value: Optional[PathLike]) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path, not {type(value).__name__}")
+    return os.fspath(value)
 
 
 class KorvServer:
@@ -75,7 +86,9 @@ class KorvServer:
     ``504``; ``None``: no limit), ``shutdown_grace`` (seconds in-flight
     requests get on shutdown), ``idle_timeout``, ``max_frame`` (bytes),
     ``max_in_flight`` (requests of one stream at once), ``max_connections``,
-    and ``tracebacks`` (whether a ``500`` carries the traceback).
+    ``tracebacks`` (whether a ``500`` carries the traceback), and for OpenSSH
+    certificates ``trusted_user_ca_keys`` (a file of CA public keys whose
+    user certificates log in), ``revoked_keys`` and ``host_certificate``.
     """
 
     VERBS = ("GET", "STORE", "UPDATE", "DELETE")
@@ -96,6 +109,9 @@ class KorvServer:
         max_in_flight: Optional[int] = None,
         max_connections: Optional[int] = None,
         tracebacks: bool = True,
+        trusted_user_ca_keys: Optional[PathLike] = None,
+        revoked_keys: Optional[PathLike] = None,
+        host_certificate: Optional[PathLike] = None,
     ) -> None:
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int from 0 to 65535, not {port!r}")
@@ -135,6 +151,9 @@ class KorvServer:
             max_frame=max_frame,
             max_in_flight=max_in_flight,
             max_connections=max_connections,
+            trusted_user_ca_keys=_optional_path("trusted_user_ca_keys", trusted_user_ca_keys),
+            revoked_keys=_optional_path("revoked_keys", revoked_keys),
+            host_certificate=_optional_path("host_certificate", host_certificate),
         )
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_thread: Optional[threading.Thread] = None

@@ -43,6 +43,7 @@ class KorvClient:
         accept_new: bool = False,
         subsystem: bool = False,
         use_agent: Optional[bool] = None,
+        passphrase: Optional[str] = None,
     ) -> None:
         self.max_packet_size = max_packet_size
         self.host = host
@@ -58,6 +59,7 @@ class KorvClient:
             accept_new,
             subsystem,
             use_agent,
+            passphrase,
         )
         self._native: Optional[_korv.Client] = None
         self._connecting: Optional[asyncio.Lock] = None

@@ -1,0 +1,413 @@
+//! Counting a load test, and the report of one.
+//!
+//! A [`Tally`] records what each request got (its latency, a status code and
+//! the bytes it moved, or an error); tallies of several workers merge into
+//! one, and [`Tally::report`] turns it into a [`Report`]: counts, requests/s,
+//! MB/s and latency percentiles. `korv bench --json` prints a report as one
+//! line of JSON, and so does `korv-peers load --json`; `cargo xtask bench`
+//! reads those lines.
+//!
+//! [`parse_duration`] and [`parse_warmup`] read their `--duration` and
+//! `--warmup` options.
+//!
+//! ```
+//! use std::time::Duration;
+//! use korv_cli::load::{Labels, Tally, parse_duration};
+//!
+//! let mut tally = Tally::new();
+//! tally.answer(Duration::from_micros(250), 200, 40);
+//! tally.error(Some(Duration::from_millis(30)), "no answer within 30ms".into());
+//! let labels = Labels {
+//!     resource: "/hello".into(),
+//!     verb: "GET".into(),
+//!     connections: 1,
+//!     concurrency: 1,
+//! };
+//! let report = tally.report(&labels, parse_duration("2s").unwrap().as_secs_f64());
+//! assert_eq!((report.requests, report.answered, report.errors), (2, 1, 1));
+//! assert_eq!(report.requests_per_second, 0.5);
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// The slowest latency told apart from the rest, in microseconds (60 s).
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// The longest `--duration` or `--warmup` (24 h).
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// What one or more workers saw: latencies, status codes, errors and bytes.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    /// Microseconds, 1 µs to 60 s, 3 significant digits.
+    latency: Histogram<u64>,
+    codes: BTreeMap<u16, u64>,
+    errors: BTreeMap<String, u64>,
+    bytes: u64,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally::new()
+    }
+}
+
+impl Tally {
+    /// An empty tally.
+    pub fn new() -> Tally {
+        Tally {
+            latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("constant bounds that hdrhistogram accepts"),
+            codes: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Records an answer with status `code` that took `latency` and moved
+    /// `bytes` (request and response bodies together).
+    pub fn answer(&mut self, latency: Duration, code: u16, bytes: u64) {
+        self.record_latency(latency);
+        *self.codes.entry(code).or_default() += 1;
+        self.bytes += bytes;
+    }
+
+    /// Records a request that got no answer; identical messages are counted
+    /// together. `latency` is how long it took to fail, when that belongs
+    /// in the percentiles.
+    pub fn error(&mut self, latency: Option<Duration>, message: String) {
+        if let Some(latency) = latency {
+            self.record_latency(latency);
+        }
+        *self.errors.entry(message).or_default() += 1;
+    }
+
+    fn record_latency(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency.saturating_record(micros.max(1));
+    }
+
+    /// Adds `other` (another worker's tally) to this one.
+    pub fn merge(&mut self, other: &Tally) {
+        // Every tally has the same bounds and records saturate at them, so
+        // `other` holds no value this histogram cannot count.
+        self.latency
+            .add(&other.latency)
+            .expect("tallies share their bounds");
+        for (code, n) in &other.codes {
+            *self.codes.entry(*code).or_default() += n;
+        }
+        for (error, n) in &other.errors {
+            *self.errors.entry(error.clone()).or_default() += n;
+        }
+        self.bytes += other.bytes;
+    }
+
+    /// Requests answered, whatever their status code.
+    pub fn answered(&self) -> u64 {
+        self.codes.values().sum()
+    }
+
+    /// Requests that got no answer.
+    pub fn errors(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// The report of a run that lasted `seconds`.
+    pub fn report(&self, labels: &Labels, seconds: f64) -> Report {
+        let seconds = seconds.max(1e-9);
+        let answered = self.answered();
+        let errors = self.errors();
+        let q = |p: f64| self.latency.value_at_quantile(p);
+        Report {
+            resource: labels.resource.clone(),
+            verb: labels.verb.clone(),
+            connections: labels.connections,
+            concurrency: labels.concurrency,
+            seconds,
+            requests: answered + errors,
+            answered,
+            errors,
+            requests_per_second: answered as f64 / seconds,
+            mb_per_second: self.bytes as f64 / seconds / 1e6,
+            latency_us: Percentiles {
+                p50: q(0.5),
+                p90: q(0.9),
+                p99: q(0.99),
+                p999: q(0.999),
+                max: self.latency.max(),
+            },
+            codes: self.codes.clone(),
+            error_counts: self.errors.clone(),
+        }
+    }
+}
+
+/// How a run is described in its report.
+#[derive(Debug, Clone)]
+pub struct Labels {
+    /// The path requested.
+    pub resource: String,
+    /// The verb (Korv) or method (HTTP) used.
+    pub verb: String,
+    /// Connections opened.
+    pub connections: usize,
+    /// Requests in flight on each connection.
+    pub concurrency: usize,
+}
+
+/// A finished run: the JSON object of `korv bench --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The path requested.
+    pub resource: String,
+    /// The verb (Korv) or method (HTTP) used.
+    pub verb: String,
+    /// Connections opened.
+    pub connections: usize,
+    /// Requests in flight on each connection.
+    pub concurrency: usize,
+    /// The measured window, in seconds.
+    pub seconds: f64,
+    /// Requests finished: answered plus errors.
+    pub requests: u64,
+    /// Requests answered, whatever their status code.
+    pub answered: u64,
+    /// Requests that got no answer.
+    pub errors: u64,
+    /// Answers per second.
+    pub requests_per_second: f64,
+    /// Request and response bodies, in millions of bytes per second.
+    pub mb_per_second: f64,
+    /// Latency percentiles, in microseconds.
+    pub latency_us: Percentiles,
+    /// Answers by status code (keys are the codes as text in JSON).
+    pub codes: BTreeMap<u16, u64>,
+    /// Errors by message.
+    pub error_counts: BTreeMap<String, u64>,
+}
+
+/// Latency percentiles, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// The median.
+    pub p50: u64,
+    /// The 90th percentile.
+    pub p90: u64,
+    /// The 99th percentile.
+    pub p99: u64,
+    /// The 99.9th percentile.
+    pub p999: u64,
+    /// The slowest.
+    pub max: u64,
+}
+
+impl Report {
+    /// A few lines for people: the run, throughput, latency, then each code
+    /// and each error with its count. Every line ends with a newline.
+    pub fn summary(&self) -> String {
+        let l = &self.latency_us;
+        let mut text = format!(
+            "{} {}: {} requests in {:.2}s over {} connection(s) x {} in flight\n",
+            self.verb,
+            self.resource,
+            self.requests,
+            self.seconds,
+            self.connections,
+            self.concurrency,
+        );
+        text += &format!(
+            "  {:.0} requests/s, {:.2} MB/s\n",
+            self.requests_per_second, self.mb_per_second
+        );
+        text += &format!(
+            "  latency µs: p50 {} p90 {} p99 {} p99.9 {} max {}\n",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        for (code, n) in &self.codes {
+            text += &format!("  {code}: {n}\n");
+        }
+        for (error, n) in &self.error_counts {
+            text += &format!("  error ({n}): {error}\n");
+        }
+        text
+    }
+}
+
+/// `err` and its sources, joined by `: `: how a tally names an error.
+pub fn error_message(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        text += ": ";
+        text += &inner.to_string();
+        cause = inner.source();
+    }
+    text
+}
+
+/// Parses a positive duration: `10s`, `500ms`, `1.5s`, `2m`, or a bare
+/// number of seconds, up to 24 hours.
+///
+/// # Errors
+/// The text is not such a duration; the message says what is accepted.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let span = parse_warmup(text)?;
+    if span.is_zero() {
+        return Err(format!("duration {text:?} must be positive"));
+    }
+    Ok(span)
+}
+
+/// Parses a duration as [`parse_duration`] does, zero included (`0s`: no
+/// warm-up).
+///
+/// # Errors
+/// The text is not such a duration; the message says what is accepted.
+pub fn parse_warmup(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}: use 10s, 500ms or 2m"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        _ => return Err(format!("bad duration unit in {text:?}: use ms, s or m")),
+    };
+    if !(seconds.is_finite() && (0.0..=MAX_SECONDS).contains(&seconds)) {
+        return Err(format!("duration {text:?} must be between 0 and 24 h"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Labels {
+        Labels {
+            resource: "/hello".into(),
+            verb: "GET".into(),
+            connections: 2,
+            concurrency: 3,
+        }
+    }
+
+    #[test]
+    fn durations_parse_in_ms_s_and_m() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("25m").is_ok() && parse_duration("1441m").is_err());
+        assert_eq!(parse_warmup("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_warmup("0").unwrap(), Duration::ZERO);
+        assert!(parse_warmup("-1s").is_err());
+        assert!(
+            parse_warmup("1e30").is_err(),
+            "beyond Duration, not a panic"
+        );
+    }
+
+    #[test]
+    fn merged_tallies_report_counts_rates_and_percentiles() {
+        let mut one = Tally::new();
+        for micros in 1..=100 {
+            one.answer(Duration::from_micros(micros), 200, 10);
+        }
+        let mut two = Tally::new();
+        two.answer(Duration::from_millis(5), 404, 5);
+        two.error(None, "refused".into());
+        two.error(Some(Duration::from_secs(1)), "refused".into());
+        one.merge(&two);
+        let report = one.report(&labels(), 2.0);
+        assert_eq!(
+            (report.requests, report.answered, report.errors),
+            (103, 101, 2)
+        );
+        assert_eq!(report.codes, BTreeMap::from([(200, 100), (404, 1)]));
+        assert_eq!(report.error_counts["refused"], 2);
+        assert_eq!(report.requests_per_second, 50.5);
+        assert_eq!(report.mb_per_second, 1005.0 / 2.0 / 1e6);
+        assert_eq!(report.latency_us.p50, 51);
+        assert!(report.latency_us.max >= 999_000, "{:?}", report.latency_us);
+    }
+
+    #[test]
+    fn the_json_has_the_keys_xtask_reads() {
+        let mut tally = Tally::new();
+        tally.answer(Duration::from_micros(7), 200, 1);
+        let json = serde_json::to_value(tally.report(&labels(), 1.0)).unwrap();
+        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "answered",
+                "codes",
+                "concurrency",
+                "connections",
+                "error_counts",
+                "errors",
+                "latency_us",
+                "mb_per_second",
+                "requests",
+                "requests_per_second",
+                "resource",
+                "seconds",
+                "verb"
+            ]
+        );
+        assert_eq!(json["codes"]["200"], 1);
+        assert_eq!(json["latency_us"]["p50"], 7);
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back.codes[&200], 1);
+    }
+
+    #[test]
+    fn the_summary_names_the_run_codes_and_errors() {
+        let mut tally = Tally::new();
+        tally.answer(Duration::from_micros(7), 200, 1);
+        tally.error(None, "boom".into());
+        let summary = tally.report(&labels(), 1.0).summary();
+        assert!(
+            summary.starts_with(
+                "GET /hello: 2 requests in 1.00s over 2 connection(s) x 3 in flight\n"
+            ),
+            "{summary}"
+        );
+        assert!(summary.contains("  200: 1\n") && summary.ends_with("  error (1): boom\n"));
+    }
+
+    #[test]
+    fn an_error_message_carries_its_sources() {
+        #[derive(Debug)]
+        struct Outer(std::fmt::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("outer")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert_eq!(
+            error_message(&Outer(std::fmt::Error)),
+            "outer: an error occurred when formatting an argument"
+        );
+    }
+}

@@ -1,0 +1,514 @@
+//! One SSH connection, as russh's server [`Handler`](russh::server::Handler):
+//! public-key authentication against authorized_keys, OpenSSH user
+//! certificates against the trusted CAs, the two channel kinds
+//! that carry Korv streams (`direct-tcpip`, and session channels asking for
+//! the `korv` subsystem), and a refusal for everything else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use russh::keys::{Algorithm, Certificate, HashAlg, PrivateKey, PublicKey};
+use russh::server::{
+    Auth, ChannelOpenHandle, Config, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
+
+use crate::admission::Slot;
+use crate::authorized::Refusal;
+use crate::certificate::{Trust, check_user_certificate};
+use crate::config::Limits;
+use crate::request::ClientInfo;
+use crate::state::Shared;
+use crate::stream::run_stream;
+
+/// The subsystem name of Korv protocol version 1.
+const SUBSYSTEM: &str = "korv";
+
+/// The ciphers the server offers: russh's defaults plus AES-128-GCM.
+const SERVER_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::AES_256_GCM,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
+/// Smallest RSA key accepted from clients, in bits.
+const MIN_RSA_BITS: usize = 2048;
+
+/// Builds russh's configuration from our limits, host keys and host
+/// certificates (offered alongside the keys they certify).
+pub(crate) fn russh_config(
+    limits: &Limits,
+    keys: Vec<PrivateKey>,
+    certificates: Vec<Certificate>,
+) -> Config {
+    let mut preferred = russh::Preferred::default();
+    // Never SHA-1 `ssh-rsa` signatures.
+    preferred.key = preferred
+        .key
+        .iter()
+        .filter(|a| **a != Algorithm::Rsa { hash: None })
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    // russh's default list lacks AES-128-GCM, the fastest cipher on CPUs with
+    // AES instructions and the first choice of OpenSSH's and Korv's clients
+    // there. In SSH the client's order decides; the server only offers.
+    preferred.cipher = SERVER_CIPHERS.into();
+    Config {
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(250),
+        // OpenSSH probes with `none` first: answer it at once.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys,
+        certificates,
+        max_auth_attempts: limits.max_auth_attempts,
+        inactivity_timeout: limits.idle_timeout,
+        keepalive_interval: limits.keepalive_interval,
+        keepalive_max: limits.keepalive_max,
+        nodelay: true,
+        window_size: 8 * 1024 * 1024,
+        // The largest russh accepts: fewer packets (and fewer MACs) per
+        // large body than the default 32 KiB.
+        maximum_packet_size: 65535,
+        // Packets russh queues per channel before the connection waits for
+        // the stream to read: with 64 KiB packets, at most 8 MiB (one
+        // window) held per channel.
+        channel_buffer_size: 128,
+        preferred,
+        ..Config::default()
+    }
+}
+
+/// What the listener watches of a connection while russh drives it.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionStatus {
+    /// Set once a key is accepted.
+    pub(crate) authenticated: Arc<AtomicBool>,
+    /// Streams running (spawned and not yet ended).
+    pub(crate) running: Arc<AtomicUsize>,
+    /// Cancelled when the connection has ended: its streams stop.
+    pub(crate) gone: CancellationToken,
+}
+
+/// One SSH connection's state.
+pub(crate) struct Connection<S> {
+    shared: Arc<Shared<S>>,
+    trust: Arc<Trust>,
+    peer: SocketAddr,
+    client: Option<Arc<ClientInfo>>,
+    /// Channels admitted: running streams plus pending session channels.
+    streams: Arc<AtomicUsize>,
+    /// Session channels waiting for their subsystem request.
+    pending: HashMap<ChannelId, Channel<Msg>>,
+    /// Its unauthenticated place, freed when it authenticates.
+    slot: Option<Arc<Slot>>,
+    status: ConnectionStatus,
+    /// Where the streams run, so that shutdown waits for them.
+    tracker: TaskTracker,
+}
+
+impl<S: Clone + Send + Sync + 'static> Connection<S> {
+    /// A connection from `peer`, not yet authenticated.
+    pub(crate) fn new(
+        shared: Arc<Shared<S>>,
+        trust: Arc<Trust>,
+        peer: SocketAddr,
+        slot: Arc<Slot>,
+        tracker: TaskTracker,
+    ) -> Self {
+        Connection {
+            shared,
+            trust,
+            peer,
+            client: None,
+            streams: Arc::new(AtomicUsize::new(0)),
+            pending: HashMap::new(),
+            slot: Some(slot),
+            status: ConnectionStatus::default(),
+            tracker,
+        }
+    }
+
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub(crate) fn shared(&self) -> &Shared<S> {
+        &self.shared
+    }
+
+    pub(crate) fn status(&self) -> ConnectionStatus {
+        self.status.clone()
+    }
+
+    /// Refuses SHA-1 `ssh-rsa` signatures and RSA keys under [`MIN_RSA_BITS`].
+    fn key_acceptable(&self, key: &PublicKey, algorithm: &Algorithm) -> bool {
+        *algorithm != (Algorithm::Rsa { hash: None }) && rsa_size_acceptable(key)
+    }
+
+    /// Whether `key` is listed in the revoked keys (or the list cannot be
+    /// read, which refuses every key), logging why.
+    fn revoked(&self, user: &str, key: &PublicKey) -> bool {
+        match self.trust.is_revoked(key.key_data()) {
+            Ok(false) => false,
+            Ok(true) => {
+                info!(peer = %self.peer, user, fingerprint = %key.fingerprint(HashAlg::Sha256), "refused: key listed in the revoked keys");
+                true
+            }
+            Err(reason) => {
+                info!(peer = %self.peer, user, %reason, "refused: the revoked keys cannot be read");
+                true
+            }
+        }
+    }
+
+    /// Records the authenticated client.
+    fn authenticated(&mut self, client: ClientInfo) -> Auth {
+        self.client = Some(Arc::new(client));
+        self.status.authenticated.store(true, Ordering::Release);
+        if let Some(slot) = self.slot.take() {
+            slot.authenticated();
+        }
+        Auth::Accept
+    }
+
+    /// Counts a new stream; the refusal when the client has not
+    /// authenticated, the server is shutting down, or the connection is at
+    /// its limit.
+    fn admit_stream(&self) -> Result<(), ChannelOpenFailure> {
+        if self.client.is_none() || self.shared.shutdown.is_cancelled() {
+            return Err(ChannelOpenFailure::AdministrativelyProhibited);
+        }
+        let max = self.shared.limits.max_streams_per_connection;
+        let admitted = self
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if admitted {
+            Ok(())
+        } else {
+            Err(ChannelOpenFailure::ResourceShortage)
+        }
+    }
+
+    /// Serves a Korv stream on an admitted channel; a subsystem channel
+    /// reports exit status 0 when it ends, which `ssh -s` exits with.
+    fn spawn_stream(&self, channel: Channel<Msg>, handle: Handle, exit_status: bool) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let streams = Arc::clone(&self.streams);
+        let running = Arc::clone(&self.status.running);
+        running.fetch_add(1, Ordering::AcqRel);
+        let gone = self.status.gone.clone();
+        let id = channel.id();
+        let stream = channel.into_stream();
+        self.tracker.spawn(async move {
+            let shutdown = shared.shutdown.clone();
+            tokio::select! {
+                result = run_stream(shared, stream, client, shutdown) => {
+                    if let Err(err) = result {
+                        debug!(%err, "stream ended with an error");
+                    }
+                }
+                // Dropping the stream cancels the handlers it runs.
+                () = gone.cancelled() => debug!("connection lost: stream and requests in flight dropped"),
+            }
+            if exit_status {
+                let _ = handle.exit_status_request(id, 0).await;
+            }
+            let _ = handle.close(id).await;
+            streams.fetch_sub(1, Ordering::AcqRel);
+            running.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// Writes a method of russh's server `Handler` that refuses what Korv does not
+/// serve. Give the method's name and its own arguments, those between the
+/// channel and the session:
+///
+/// - `request`: a request on a session channel, answered with channel failure;
+/// - `open`: a channel kind, whose opening is rejected as administratively
+///   prohibited.
+macro_rules! refuse {
+    (request $method:ident($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        async fn $method(
+            &mut self,
+            channel: ChannelId,
+            $($arg: $ty,)*
+            session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            session.channel_failure(channel)
+        }
+    };
+    (open $method:ident($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        async fn $method(
+            &mut self,
+            _channel: Channel<Msg>,
+            $($arg: $ty,)*
+            reply: ChannelOpenHandle,
+            _session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            Ok(())
+        }
+    };
+}
+
+impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(reject())
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        info!(peer = %self.peer, user, "password authentication refused: Korv takes public keys only");
+        Ok(reject())
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        _user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(reject())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if !self.key_acceptable(offer.public_key, offer.algorithm)
+            || self.revoked(user, offer.public_key)
+        {
+            return Ok(reject());
+        }
+        let authorized = self.trust.authorized.as_ref().is_some_and(|authorized| {
+            authorized
+                .check(offer.public_key, Some(self.peer.ip()))
+                .is_ok()
+        });
+        // russh shows a certificate offer here as the certificate's bare
+        // key, with nothing to tell the two apart. When certificates can be
+        // accepted, the offer is let through and the decision made once the
+        // signature is verified: in `auth_publickey` for a plain key, in
+        // `auth_openssh_certificate` for a certificate.
+        Ok(if authorized || self.trust.accepts_certificates() {
+            Auth::Accept
+        } else {
+            reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.client.is_some() {
+            // Already authenticated: a second authentication cannot change the user.
+            return Ok(reject());
+        }
+        let fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
+        if !self.key_acceptable(key.public_key, key.algorithm) {
+            info!(peer = %self.peer, user, %fingerprint, "refused: SHA-1 signature or RSA key under 2048 bits");
+            return Ok(reject());
+        }
+        if self.revoked(user, key.public_key) {
+            return Ok(reject());
+        }
+        let checked = match &self.trust.authorized {
+            Some(authorized) => authorized.check(key.public_key, Some(self.peer.ip())),
+            None => Err(Refusal::Unknown),
+        };
+        match checked {
+            Ok(entry) => {
+                info!(peer = %self.peer, user, fingerprint = %entry.fingerprint(), "authenticated");
+                Ok(self.authenticated(ClientInfo::new(
+                    user,
+                    fingerprint,
+                    key.public_key.algorithm().as_str(),
+                    entry.comment(),
+                    Some(self.peer),
+                )))
+            }
+            Err(refusal) => {
+                let why = match refusal {
+                    Refusal::Unknown => "key not in authorized_keys",
+                    Refusal::Expired => "key past its expiry-time",
+                    Refusal::FromMismatch => "address not allowed by the key's from= option",
+                };
+                info!(peer = %self.peer, user, %fingerprint, why, "refused");
+                Ok(reject())
+            }
+        }
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        if self.client.is_some() {
+            // Already authenticated: a second authentication cannot change the user.
+            return Ok(reject());
+        }
+        let key = PublicKey::new(certificate.public_key().clone(), "");
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let key_id = certificate.key_id();
+        let serial = certificate.serial();
+        if !rsa_size_acceptable(&key) {
+            info!(peer = %self.peer, user, key_id, serial, %fingerprint, "certificate refused: RSA key under 2048 bits");
+            return Ok(reject());
+        }
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match check_user_certificate(certificate, user, Some(self.peer.ip()), now, &self.trust) {
+            Ok(info) => {
+                info!(peer = %self.peer, user, key_id, serial, %fingerprint, ca = %info.ca_fingerprint, "authenticated with a certificate");
+                Ok(self.authenticated(
+                    ClientInfo::new(
+                        user,
+                        fingerprint,
+                        key.algorithm().as_str(),
+                        "",
+                        Some(self.peer),
+                    )
+                    .with_certificate(info),
+                ))
+            }
+            Err(refusal) => {
+                info!(peer = %self.peer, user, key_id, serial, %fingerprint, %refusal, "certificate refused");
+                Ok(reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.admit_stream() {
+            Ok(()) => {
+                self.pending.insert(channel.id(), channel);
+                reply.accept().await;
+            }
+            Err(reason) => reply.reject(reason).await,
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        _host: &str,
+        _port: u32,
+        _originator: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.admit_stream() {
+            Ok(()) => {
+                reply.accept().await;
+                self.spawn_stream(channel, session.handle(), false);
+            }
+            Err(reason) => reply.reject(reason).await,
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.pending.remove(&channel).is_some() {
+            self.streams.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match (name == SUBSYSTEM, self.pending.remove(&channel)) {
+            (true, Some(korv)) => {
+                session.channel_success(channel)?;
+                self.spawn_stream(korv, session.handle(), true);
+            }
+            (_, pending) => {
+                if let Some(pending) = pending {
+                    self.pending.insert(channel, pending);
+                }
+                session.channel_failure(channel)?;
+            }
+        }
+        Ok(())
+    }
+
+    // Commands, shells, terminals, X11 and environment variables: a Korv
+    // stream needs none of them.
+    refuse!(request exec_request(_command: &[u8]));
+    refuse!(request shell_request());
+    refuse!(request pty_request(
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)]
+    ));
+    refuse!(request x11_request(_single_connection: bool, _protocol: &str, _cookie: &str, _screen: u32));
+    refuse!(request env_request(_name: &str, _value: &str));
+    // Channels Korv never serves. Remote forwarding requests (`tcpip_forward`)
+    // keep russh's answer, a refusal.
+    refuse!(open channel_open_x11(_address: &str, _port: u32));
+    refuse!(open channel_open_forwarded_tcpip(
+        _host: &str,
+        _port: u32,
+        _originator: &str,
+        _originator_port: u32
+    ));
+}
+
+/// Refuses RSA keys under [`MIN_RSA_BITS`]; other keys pass.
+fn rsa_size_acceptable(key: &PublicKey) -> bool {
+    key.key_data()
+        .rsa()
+        .is_none_or(|rsa| rsa.n().as_positive_bytes().map_or(0, |n| n.len() * 8) >= MIN_RSA_BITS)
+}
+
+/// Authentication refused; public keys remain the one method to try.
+fn reject() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+        partial_success: false,
+    }
+}

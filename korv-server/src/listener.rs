@@ -1,0 +1,254 @@
+//! The TCP side of the SSH server: the accept loop with its connection
+//! limits, the version and authentication deadlines of each connection, and
+//! the drain on shutdown.
+//!
+//! A semaphore bounds all connections (`max_connections`); [`Admission`]
+//! decides which new ones get an unauthenticated place (per source, with
+//! eviction when all are taken, and penalties). A connection refused by
+//! either is closed before the SSH handshake. Every connection and stream
+//! runs in one [`TaskTracker`], so that shutdown can wait for them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use russh::keys::{Certificate, PrivateKey};
+use russh::server::{Config, Handle};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::admission::{Admission, Denied, Slot};
+use crate::certificate::Trust;
+use crate::connection::{Connection, russh_config};
+use crate::error::ServerError;
+use crate::state::Shared;
+
+/// A bound TCP listener with everything its connections need.
+pub(crate) struct Listener<S> {
+    shared: Arc<Shared<S>>,
+    tcp: TcpListener,
+    config: Arc<Config>,
+    trust: Arc<Trust>,
+    admission: Arc<Admission>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Listener<S> {
+    pub(crate) fn new(
+        shared: Arc<Shared<S>>,
+        tcp: TcpListener,
+        host_keys: Vec<PrivateKey>,
+        host_certificates: Vec<Certificate>,
+        trust: Trust,
+    ) -> Self {
+        let config = Arc::new(russh_config(&shared.limits, host_keys, host_certificates));
+        let admission = Admission::new(&shared.limits);
+        Listener {
+            shared,
+            tcp,
+            config,
+            trust: Arc::new(trust),
+            admission,
+        }
+    }
+
+    /// Admission's counters, shared with the running listener.
+    pub(crate) fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    /// Accepts connections until `shared.shutdown` fires, then stops
+    /// accepting and waits for the connections to drain.
+    pub(crate) async fn run(self) -> Result<(), ServerError> {
+        let Listener {
+            shared,
+            tcp,
+            config,
+            trust,
+            admission,
+        } = self;
+        let connections = Arc::new(Semaphore::new(shared.limits.max_connections));
+        let tracker = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                () = shared.shutdown.cancelled() => break,
+                accepted = tcp.accept() => accepted,
+            };
+            let (socket, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait a little
+                    // rather than spin on the same error.
+                    warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // A refused connection is closed here, before the SSH banner;
+            // `admission` counts and logs (rate-limited) every refusal.
+            let Ok(connection_permit) = Arc::clone(&connections).try_acquire_owned() else {
+                admission.refuse(Denied::ConnectionLimit, peer.ip());
+                continue;
+            };
+            let Ok(slot) = admission.admit(peer.ip()) else {
+                continue;
+            };
+            let slot = Arc::new(slot);
+            let connection = Connection::new(
+                Arc::clone(&shared),
+                Arc::clone(&trust),
+                peer,
+                Arc::clone(&slot),
+                tracker.clone(),
+            );
+            tracker.spawn(serve_connection(
+                Arc::clone(&config),
+                socket,
+                connection,
+                slot,
+                connection_permit,
+            ));
+        }
+        drop(tcp);
+        tracker.close();
+        // Streams drain within the grace period; allow a little more for the
+        // last answers to be written and channels closed.
+        let deadline = shared.limits.shutdown_grace + Duration::from_secs(2);
+        if tokio::time::timeout(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("connections still open after the grace period: dropping them");
+        }
+        Ok(())
+    }
+}
+
+/// Runs one SSH connection to its end: closes it at the version deadline if
+/// it has not sent its SSH version by then, at the authentication deadline
+/// if it has not authenticated, when admission gives its place to a
+/// newcomer, and on shutdown once its streams have drained. `_permit` holds
+/// its place under `max_connections`; dropping `slot` records how an
+/// unauthenticated connection ended.
+async fn serve_connection<S: Clone + Send + Sync + 'static>(
+    config: Arc<Config>,
+    socket: TcpStream,
+    connection: Connection<S>,
+    slot: Arc<Slot>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let peer = connection.peer();
+    let status = connection.status();
+    let shutdown = connection.shared().shutdown.clone();
+    let limits = &connection.shared().limits;
+    let accepted = Instant::now();
+    let auth_deadline = deadline(accepted, limits.auth_timeout);
+    let version_deadline = deadline(accepted, limits.version_timeout.min(limits.auth_timeout));
+    let evicted = slot.evicted().clone();
+    // However this function ends, the connection is gone: its streams stop
+    // and their handlers are cancelled, as no answer can reach the client.
+    let _streams_end = status.gone.clone().drop_guard();
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    let _ = socket.set_nodelay(true);
+    // `run_stream` sends the server's version line and returns once it has
+    // read the client's: a client that has not sent it by the version
+    // deadline is closed.
+    let started = tokio::select! {
+        started = russh::server::run_stream(config, socket, connection) => started,
+        () = tokio::time::sleep_until(version_deadline) => {
+            slot.deadline_passed();
+            debug!(%peer, "no SSH version before the deadline: closing");
+            return;
+        }
+        () = evicted.cancelled() => {
+            debug!(%peer, "no SSH version yet, and its place was given to a newcomer: closing");
+            return;
+        }
+        () = shutdown.cancelled() => {
+            slot.spare();
+            return;
+        }
+    };
+    let session = match started {
+        Ok(session) => session,
+        Err(err) => {
+            debug!(%peer, %err, "SSH handshake failed");
+            return;
+        }
+    };
+    slot.version_received();
+    // The authentication deadline counts from accept too.
+    let auth_deadline = tokio::time::sleep_until(auth_deadline);
+    tokio::pin!(auth_deadline);
+    let handle = session.handle();
+    tokio::pin!(session);
+    let mut draining = false;
+    let mut deadline_passed = false;
+    loop {
+        tokio::select! {
+            result = &mut session => {
+                if let Err(err) = result {
+                    debug!(%peer, %err, "connection ended with an error");
+                }
+                break;
+            }
+            // `select!` checks a branch's condition only when it is entered,
+            // so the flag is read again when the deadline fires: a connection
+            // that authenticated meanwhile is kept.
+            () = &mut auth_deadline, if !deadline_passed => {
+                deadline_passed = true;
+                if !status.authenticated.load(Ordering::Acquire) {
+                    slot.deadline_passed();
+                    debug!(%peer, "authentication deadline passed: closing");
+                    disconnect(&handle, "authentication timed out").await;
+                    break;
+                }
+            }
+            // Only a connection still unauthenticated holds a place to lose.
+            () = evicted.cancelled() => {
+                debug!(%peer, "not authenticated, and its place was given to a newcomer: closing");
+                disconnect(&handle, "too many unauthenticated connections").await;
+                break;
+            }
+            () = shutdown.cancelled(), if !draining => draining = true,
+            _ = poll.tick(), if draining => {
+                // Streams drain by themselves; close the connection once they
+                // have. Session channels still waiting for their subsystem
+                // request hold nothing to drain.
+                if status.running.load(Ordering::Acquire) == 0 {
+                    slot.spare();
+                    disconnect(&handle, "server shutting down").await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `timeout` after `start`; a timeout too long to represent is a century.
+fn deadline(start: Instant, timeout: Duration) -> Instant {
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+async fn disconnect(handle: &Handle, why: &str) {
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, why.into(), "en".into())
+        .await;
+}
+
+/// Binds `addr`; returns the listener and the address it got (with the port
+/// chosen when `addr` asks for port 0).
+pub(crate) async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let tcp = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let local_addr = tcp
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok((tcp, local_addr))
+}
