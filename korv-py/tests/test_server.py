@@ -506,3 +506,32 @@ def test_ctrl_c_stops_start_gracefully(keys, tmp_path):
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_a_certificate_login_shows_in_the_request(keys, make_client):
+    from conftest import keygen
+
+    ca = keygen(keys.folder, "ca")
+    subprocess.run(
+        ["ssh-keygen", "-q", "-s", str(ca), "-I", "alice-laptop", "-n", "alice", "-z", "42",
+         f"{keys.client}.pub"],
+        check=True,
+    )
+    trusted = keys.folder / "trusted_user_ca_keys"
+    trusted.write_text(Path(f"{ca}.pub").read_text())
+    server = korv.KorvServer(
+        port=0, host="127.0.0.1", host_keys=[str(keys.host)], authorized_client_keys=[],
+        trusted_user_ca_keys=str(trusted),
+    )
+    server.add_callback("GET", "/whoami", lambda request: (200, request["client"]))
+    with server:
+        keys.trust(server.port)
+        client = make_client(server, user="alice")
+        seen = client.get("/whoami")["body"]
+    certificate = seen["certificate"]
+    assert seen["user"] == "alice"
+    assert certificate["key_id"] == "alice-laptop"
+    assert certificate["serial"] == 42
+    assert certificate["principals"] == ["alice"]
+    assert certificate["ca_fingerprint"] == fingerprint(Path(f"{ca}.pub"))
+    assert certificate["valid_after"] <= time.time() < certificate["valid_before"]
