@@ -285,7 +285,9 @@ impl Server {
     /// Raises `korv.ServerError` when the server cannot start (a host key or
     /// the authorized keys missing or unusable, the address taken).
     fn start(&self, py: Python<'_>, spawn: Py<PyAny>) -> PyResult<(String, u16)> {
-        let builder = match std::mem::replace(&mut *self.lock(), Phase::Starting { stop: false }) {
+        // The lock is released at the end of this statement, before `match`.
+        let previous = std::mem::replace(&mut *self.lock(), Phase::Starting { stop: false });
+        let builder = match previous {
             Phase::Building(builder) => builder,
             other => {
                 *self.lock() = other;
@@ -309,9 +311,8 @@ impl Server {
         };
         let addr = bound.local_addr();
         let handle = bound.shutdown_handle();
-        if let Phase::Starting { stop: true } =
-            std::mem::replace(&mut *self.lock(), Phase::Serving(handle.clone()))
-        {
+        let previous = std::mem::replace(&mut *self.lock(), Phase::Serving(handle.clone()));
+        if let Phase::Starting { stop: true } = previous {
             handle.shutdown();
         }
         let finished = Arc::clone(&self.finished);
