@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
+use crate::completions::{CompletionsArgs, ManArgs};
 use crate::request::RequestArgs;
 use crate::serve::ServeArgs;
 
@@ -35,6 +36,10 @@ pub(crate) enum Command {
     Demo,
     /// Load-test a resource: requests/s, MB/s and latency percentiles.
     Bench(BenchArgs),
+    /// Print a shell completion script: `korv completions bash > /etc/bash_completion.d/korv`.
+    Completions(CompletionsArgs),
+    /// Print the man page (korv(1)), or write every page with --out-dir.
+    Man(ManArgs),
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub(crate) async fn run() -> anyhow::Result<ExitCode> {
     crate::keys::write_private_key(&client_key, &identity)?;
     let store = crate::store::Store::open(&dir.path().join("store.redb"))?;
     let host_public = host_key.public_key().clone();
-    let bound = crate::serve::app(store)
+    let bound = crate::serve::app(store, &crate::serve::host_name())
         .host_key(host_key)
         .authorized_key(client_key.public_key().clone(), "korv demo client")
         .listen(([127, 0, 0, 1], 0).into())

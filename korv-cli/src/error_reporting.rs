@@ -68,7 +68,15 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 /// What to do about `err`, when the message alone does not say.
 fn hint(err: &anyhow::Error) -> Option<&'static str> {
-    match find::<ClientError>(err)? {
+    let mut client = find::<ClientError>(err)?;
+    // A jump host's failure gets the hint of its cause.
+    while let ClientError::JumpHost { source, .. } = client {
+        client = source;
+    }
+    match client {
+        ClientError::Forward { .. } => Some(
+            "the jump host must allow TCP forwarding (AllowTcpForwarding in its sshd_config) and reach the next host",
+        ),
         ClientError::HostKeyUnknown { .. } => {
             Some("if you trust this server, run again with --accept-new to record its key")
         }
@@ -134,6 +142,15 @@ mod tests {
             tried: Vec::new(),
         });
         assert!(hint(&refused).unwrap().contains("authorized_keys"));
+        let via = anyhow::Error::new(ClientError::JumpHost {
+            host: "bastion".into(),
+            source: Box::new(ClientError::HostKeyUnknown {
+                host: "bastion".into(),
+                fingerprint: "SHA256:x".into(),
+                known_hosts: "k".into(),
+            }),
+        });
+        assert!(hint(&via).unwrap().contains("--accept-new"));
         let io: anyhow::Result<()> = Err(io::Error::other("disk")).context("cannot write");
         assert_eq!(exit_code(&io.unwrap_err()), 1);
     }

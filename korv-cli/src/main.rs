@@ -11,12 +11,14 @@
 //! `main` parses the command line, runs the subcommand, and hands its
 //! outcome to `error_reporting`, which alone chooses exit codes and hints.
 //! Each subcommand is a module with its arguments: `request` (get, store,
-//! update, delete), `serve`, `demo`, `bench`; they share `connect` (the
-//! connection options), `body`, `keys`, `store` and `output`.
+//! update, delete), `serve`, `demo`, `bench`, `completions` (and `man`);
+//! they share `connect` (the connection options), `body`, `keys`, `store`
+//! and `output`.
 
 mod bench;
 mod body;
 mod cli;
+mod completions;
 mod connect;
 mod demo;
 mod error_reporting;
@@ -29,17 +31,19 @@ mod store;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use korv_proto::Verb;
 
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = if cli.verbose > 1 {
-        "debug"
-    } else {
-        "warn,korv=info,korv_server=info"
+    // -v adds the client's account of connecting: each jump host reached,
+    // the identity or agent key that authenticated.
+    let filter = match cli.verbose {
+        0 => "warn,korv=info,korv_server=info",
+        1 => "warn,korv=info,korv_server=info,korv_client=debug",
+        _ => "debug",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -80,5 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args).await,
         Command::Demo => demo::run().await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Completions(args) => completions::completions(Cli::command(), &args),
+        Command::Man(args) => completions::man(Cli::command(), &args),
     }
 }

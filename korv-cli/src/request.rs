@@ -48,7 +48,11 @@ pub(crate) async fn run(verb: Verb, args: RequestArgs, verbose: u8) -> anyhow::R
             .ok_or_else(|| UsageError(format!("header {header:?} is not NAME:VALUE")))?;
         headers.insert(name.trim().to_owned(), value.trim().to_owned());
     }
-    let client = KorvClient::connect(args.connect.client_config(&target)).await?;
+    let config = args.connect.client_config(&target);
+    if verbose > 0 {
+        crate::connect::show_route(&config);
+    }
+    let client = KorvClient::connect(config).await?;
     let response = client
         .request(verb, &target.path, body.as_ref(), headers)
         .await?;

@@ -74,6 +74,20 @@ pub(crate) struct ServeArgs {
     /// Send 500s without tracebacks.
     #[arg(long)]
     pub(crate) no_traceback: bool,
+    /// Connections from NETWORK (ADDRESS or ADDRESS/PREFIX: the load
+    /// balancers) must start with a PROXY protocol header (v1 or v2), whose
+    /// client address is used for from=, source-address, limits and logs;
+    /// repeatable. From other addresses no header is accepted.
+    #[arg(long = "proxy-protocol-from", value_name = "NETWORK")]
+    pub(crate) proxy_protocol_from: Vec<IpNet>,
+    /// This instance's name, shown by GET /whoami, in logs and as the
+    /// metrics' instance_name label (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9022): a separate, unauthenticated listener.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub(crate) admission: AdmissionArgs,
 }
@@ -163,7 +177,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| data_dir.join("store.redb"));
     let store = Store::open(&data)?;
-    let mut server = app(store)
+    let name = args.name.clone().unwrap_or_else(host_name);
+    let mut server = app(store, &name)
+        .name(name.clone())
         .tracebacks(!args.no_traceback)
         .limits(args.admission.apply(Limits::default()));
     if !args.require_principal.is_empty() {
@@ -211,7 +227,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(port) = args.port {
         listen.set_port(port);
     }
-    let mut server = server.listen(listen);
+    let mut server = server
+        .listen(listen)
+        .proxy_protocol_from(args.proxy_protocol_from.iter().copied());
+    if let Some(metrics) = args.metrics {
+        server = server.metrics(metrics);
+    }
     if args.host_keys.is_empty() {
         let (path, fingerprint, created) = keys::ensure_default_host_key(&data_dir)?;
         let verb = if created { "created" } else { "using" };
@@ -254,17 +275,35 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let bound = server.authorized_keys_file(&authorized).bind().await?;
     eprintln!(
-        "korv: listening on {} (store {})",
+        "korv: {name} listening on {} (store {})",
         bound.local_addr(),
         data.display()
     );
+    if let Some(metrics) = bound.metrics_addr() {
+        eprintln!("korv: metrics on http://{metrics}/metrics");
+    }
     bound.run_until(korv_server::shutdown_signal()).await?;
     eprintln!("korv: stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// The server with every route of `korv serve`.
-pub(crate) fn app(store: Store) -> KorvServer<Store> {
+/// This machine's host name, or `korv` when it cannot be read.
+pub(crate) fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| {
+            let name = std::fs::read_to_string(path).ok()?;
+            let name = name.trim();
+            (!name.is_empty()).then(|| name.to_owned())
+        })
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| "korv".to_owned())
+}
+
+/// The server with every route of `korv serve`; `GET /whoami` tells
+/// `name`.
+pub(crate) fn app(store: Store, name: &str) -> KorvServer<Store> {
+    let name: std::sync::Arc<str> = name.into();
     KorvServer::with_state(store)
         .route("/echo", any(echo))
         .route(
@@ -273,7 +312,10 @@ pub(crate) fn app(store: Store) -> KorvServer<Store> {
         )
         .route("/delay/{ms}", get(delay))
         .route("/boom", get(boom))
-        .route("/whoami", get(whoami))
+        .route(
+            "/whoami",
+            get(move |req: Request| whoami(req, std::sync::Arc::clone(&name))),
+        )
         .fallback(document)
 }
 
@@ -316,7 +358,7 @@ async fn boom(_req: Request) -> anyhow::Result<Value> {
     Err(anyhow::Error::new(Cause).context("/boom failed on purpose, to show a traceback"))
 }
 
-async fn whoami(req: Request) -> Value {
+async fn whoami(req: Request, instance: std::sync::Arc<str>) -> Value {
     let client = req.client();
     let certificate = client.certificate.as_ref().map(|cert| {
         json!({
@@ -335,6 +377,8 @@ async fn whoami(req: Request) -> Value {
         "algorithm": client.algorithm,
         "comment": client.comment,
         "certificate": certificate,
+        "address": client.peer.map(|addr| addr.to_string()),
+        "instance": &*instance,
     })
 }
 

@@ -64,19 +64,29 @@ impl Server {
         wait_until_listening(child, self.port, LISTEN_WITHIN).unwrap();
     }
 
+    /// Sends SIGTERM and waits for `korv serve` to exit 0; fails the test if
+    /// it is still running after 15 s (it is then killed) or exits otherwise.
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
+            let status = Command::new("kill")
                 .arg("-TERM")
                 .arg(child.id().to_string())
-                .status();
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill -TERM failed");
             let started = Instant::now();
-            while child.try_wait().unwrap().is_none() {
+            let exited = loop {
+                if let Some(exited) = child.try_wait().unwrap() {
+                    break exited;
+                }
                 if started.elapsed() > Duration::from_secs(15) {
                     let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("korv serve was still running 15 s after SIGTERM");
                 }
                 std::thread::sleep(Duration::from_millis(20));
-            }
+            };
+            assert!(exited.success(), "korv serve exited {exited} on SIGTERM");
         }
     }
 
@@ -231,6 +241,60 @@ fn the_store_survives_a_server_restart() {
     assert_eq!(server.json(&["get", "/keep/me"]), (0, json!({"v": 1})));
 }
 
+#[tokio::test]
+async fn serve_on_sigterm_answers_the_requests_in_flight_and_exits_0() {
+    let mut server = Server::start();
+    server.trust();
+    let config = korv_client::ClientConfig::new("127.0.0.1")
+        .port(server.port)
+        .identity_file(server.dir.path().join("id"))
+        .use_agent(false)
+        .known_hosts(server.known_hosts());
+    let client = korv_client::KorvClient::connect(config).await.unwrap();
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get("/delay/1500").await })
+    };
+    // The stream reads its requests in order: once /hello, sent after
+    // /delay, is answered, /delay is running.
+    let hello = client.get("/hello").await.unwrap();
+    assert_eq!(hello.code, 200);
+    let stopping = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    });
+    let answer = slow.await.unwrap().unwrap();
+    assert_eq!(answer.code, 200, "{}", answer.body);
+    stopping.await.unwrap();
+}
+
+#[test]
+fn serve_creates_its_default_host_key_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let id = keygen(dir.path(), "id", KeyKind::Ed25519);
+    std::fs::copy(public_key_path(&id), dir.path().join("authorized_keys")).unwrap();
+    let port = free_port();
+    let data_home = dir.path().join("data");
+    let mut child = Command::cargo_bin("korv")
+        .unwrap()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--authorized-keys")
+        .arg(dir.path().join("authorized_keys"))
+        .env("XDG_DATA_HOME", &data_home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let listening = wait_until_listening(&mut child, port, LISTEN_WITHIN);
+    let _ = child.kill();
+    let _ = child.wait();
+    listening.unwrap();
+    let key = data_home.join("korv").join("host_ed25519");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} has mode {mode:o}", key.display());
+}
+
 #[test]
 fn whoami_and_the_subsystem_flag() {
     let server = Server::start();
@@ -239,6 +303,34 @@ fn whoami_and_the_subsystem_flag() {
     assert_eq!(code, 0);
     assert_eq!(me["comment"], json!("id"));
     assert!(me["fingerprint"].as_str().unwrap().starts_with("SHA256:"));
+}
+
+#[test]
+fn whoami_and_metrics_tell_the_instance_name() {
+    use std::io::{Read, Write};
+    let metrics = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics}");
+    let server = Server::start_with(&["--name", "web-3", "--metrics", &metrics_addr]);
+    server.trust();
+    let (code, me) = server.json(&["get", "/whoami"]);
+    assert_eq!(code, 0);
+    assert_eq!(me["instance"], json!("web-3"));
+    let address = me["address"].as_str().unwrap();
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+    let mut socket = std::net::TcpStream::connect(&metrics_addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    socket.read_to_string(&mut text).unwrap();
+    // `/whoami`: one GET answered 200.
+    assert!(
+        text.contains(r#"korv_requests_total{instance_name="web-3",verb="GET",code="200"} 1"#),
+        "{text}"
+    );
 }
 
 #[test]

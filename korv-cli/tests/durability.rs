@@ -81,9 +81,29 @@ impl Serve {
 
     /// Starts the server and waits until it listens.
     fn start(&mut self) {
+        self.start_with(Command::new(env!("CARGO_BIN_EXE_korv")));
+    }
+
+    /// Starts the server under `strace`, which writes to `trace` the system
+    /// calls that write, sync or accept, each file descriptor with what it
+    /// names (a path, or a TCP socket's two ends).
+    fn start_traced(&mut self, trace: &std::path::Path) {
+        let mut command = Command::new("strace");
+        command
+            .args(["-f", "-yy", "-s", "0", "-o"])
+            .arg(trace)
+            .args(["-e", &format!("trace={}", TRACED.join(","))])
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_korv"));
+        self.start_with(command);
+    }
+
+    /// Starts `command` (the `korv` binary, or a program that runs it) with
+    /// `serve` and its options, and waits until it listens.
+    fn start_with(&mut self, mut command: Command) {
         self.starts += 1;
         let log = std::fs::File::create(self.log()).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_korv"))
+        let child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--host-key")
             .arg(self.dir.path().join("host"))
@@ -94,7 +114,7 @@ impl Serve {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|err| panic!("cannot start {:?}: {err}", command.get_program()));
         let child = self.child.insert(child);
         if let Err(err) = wait_until_listening(child, self.port, Duration::from_secs(20)) {
             panic!(
@@ -392,4 +412,263 @@ fn short(doc: &Doc) -> String {
 
 fn key_of(path: &str) -> u64 {
     path.rsplit('-').next().unwrap().parse().unwrap()
+}
+
+/// The system calls traced by [`Serve::start_traced`]: those that write to a
+/// file or socket, sync a file, or accept a connection.
+const TRACED: [&str; 12] = [
+    "write",
+    "writev",
+    "pwrite64",
+    "pwritev",
+    "pwritev2",
+    "send",
+    "sendto",
+    "sendmsg",
+    "fsync",
+    "fdatasync",
+    "accept",
+    "accept4",
+];
+
+/// One traced system call that matters to the ordering of a change and its
+/// answer. Writes count from their start; syncs and accepts from their
+/// successful end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Traced {
+    /// A write to the store's data file.
+    StoreWrite,
+    /// An `fsync` or `fdatasync` of the store's data file that returned 0.
+    StoreSync,
+    /// A write to an accepted TCP connection, from the client port `peer`.
+    SocketWrite { peer: u16 },
+    /// A connection accepted from the client port `peer`.
+    Accept { peer: u16 },
+}
+
+/// The client port of a server-side TCP socket as `strace -yy` shows it:
+/// `TCP:[127.0.0.1:SERVER->127.0.0.1:CLIENT]`.
+fn peer_port(text: &str) -> Option<u16> {
+    let at = text.find("TCP:[")?;
+    let rest = &text[at..];
+    let arrow = rest.find("->")?;
+    let end = rest[arrow..].find(']')? + arrow;
+    let peer = &rest[arrow + 2..end];
+    peer.rsplit(':').next()?.parse().ok()
+}
+
+/// Whether a traced call's line ends with its result 0 (strace may pad
+/// before the `=`).
+fn returned_zero(line: &str) -> bool {
+    line.rsplit_once(" = ")
+        .is_some_and(|(call, result)| call.trim_end().ends_with(')') && result == "0")
+}
+
+/// The events of an `strace -f -yy` log, in the order they happened.
+fn traced_events(log: &str, store_file: &str) -> Vec<Traced> {
+    let store = format!("{store_file}>");
+    // Calls another thread interrupted: pid -> whether it syncs the store.
+    let mut unfinished_syncs: BTreeMap<String, bool> = BTreeMap::new();
+    let mut events = Vec::new();
+    for line in log.lines() {
+        let Some((pid, call)) = line.split_once(' ') else {
+            continue;
+        };
+        let call = call.trim_start();
+        if let Some(rest) = call.strip_prefix("<... ") {
+            // `<... fsync resumed>) = 0`: the end of an interrupted call.
+            let name = rest.split(' ').next().unwrap_or("");
+            let ok = returned_zero(rest);
+            if matches!(name, "fsync" | "fdatasync") {
+                if unfinished_syncs.remove(pid) == Some(true) && ok {
+                    events.push(Traced::StoreSync);
+                }
+            } else if name.starts_with("accept")
+                && let Some(peer) = rest.rsplit_once(" = ").and_then(|(_, r)| peer_port(r))
+            {
+                events.push(Traced::Accept { peer });
+            }
+            continue;
+        }
+        let Some((name, args)) = call.split_once('(') else {
+            continue;
+        };
+        let unfinished = args.ends_with("<unfinished ...>");
+        match name {
+            "fsync" | "fdatasync" => {
+                let of_store = args.contains(&store);
+                if unfinished {
+                    unfinished_syncs.insert(pid.to_owned(), of_store);
+                } else if of_store && returned_zero(args) {
+                    events.push(Traced::StoreSync);
+                }
+            }
+            "accept" | "accept4" => {
+                if let Some(peer) = args.rsplit_once(" = ").and_then(|(_, r)| peer_port(r)) {
+                    events.push(Traced::Accept { peer });
+                }
+            }
+            _ => {
+                // A write: its file descriptor is the first argument.
+                let fd = args.split(", ").next().unwrap_or("");
+                if fd.ends_with(&store) {
+                    events.push(Traced::StoreWrite);
+                } else if let Some(peer) = peer_port(fd) {
+                    events.push(Traced::SocketWrite { peer });
+                }
+            }
+        }
+    }
+    events
+}
+
+/// Checks, for each change between two markers (connections accepted from
+/// the ports in `markers`), that its answer (the last write to a client
+/// connection other than a marker) comes after an `fsync`/`fdatasync` of the
+/// store that followed the change's last write to the store. Returns one
+/// line per change that broke this.
+fn unsynced_answers(events: &[Traced], markers: &[u16]) -> Vec<String> {
+    let positions: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, Traced::Accept { peer } if markers.contains(peer)))
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(
+        positions.len(),
+        markers.len(),
+        "every marker connection is in the trace"
+    );
+    let mut broken = Vec::new();
+    for (change, pair) in positions.windows(2).enumerate() {
+        let segment = &events[pair[0]..pair[1]];
+        let answer = segment
+            .iter()
+            .rposition(|e| matches!(e, Traced::SocketWrite { peer } if !markers.contains(peer)));
+        let Some(answer) = answer else {
+            broken.push(format!("change {change}: no answer was written"));
+            continue;
+        };
+        let before = &segment[..answer];
+        let last_write = before.iter().rposition(|e| *e == Traced::StoreWrite);
+        let last_sync = before.iter().rposition(|e| *e == Traced::StoreSync);
+        match (last_write, last_sync) {
+            (_, None) => broken.push(format!(
+                "change {change}: answered with no sync of the store before it"
+            )),
+            (Some(write), Some(sync)) if write > sync => broken.push(format!(
+                "change {change}: answered after a write to the store that no sync followed"
+            )),
+            _ => {}
+        }
+    }
+    broken
+}
+
+/// Connects to the server, waits for its SSH version line (so the server has
+/// accepted the connection), and closes; returns the client port, which
+/// marks this moment in the server's trace.
+async fn mark(port: u16) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let marker = socket.local_addr().unwrap().port();
+    let mut banner = [0; 8];
+    tokio::time::timeout(Duration::from_secs(20), socket.read_exact(&mut banner))
+        .await
+        .expect("the server greets the marker connection")
+        .unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+    marker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_change_is_synced_to_disk_before_its_answer_is_written() {
+    assert!(
+        Command::new("strace")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success()),
+        "this test traces korv serve's system calls with strace: install it (apt-get install strace)"
+    );
+    let mut serve = Serve::new();
+    let trace = serve.dir.path().join("strace.log");
+    serve.start_traced(&trace);
+    let client = KorvClient::connect(serve.config()).await.unwrap();
+    // Warm up: the first change may open files and grow the store.
+    let warm = client
+        .store("/docs/warm", &json!({"warm": true}))
+        .await
+        .unwrap();
+    assert_eq!(warm.code, 201);
+
+    // Each change alone between two markers: STORE, UPDATE, DELETE of three
+    // documents.
+    let mut markers = vec![mark(serve.port).await];
+    for key in 0..3 {
+        let path = format!("/docs/synced-{key}");
+        for (verb, want) in [("STORE", 201), ("UPDATE", 200), ("DELETE", 200)] {
+            let answer = match verb {
+                "STORE" => client.store(&path, &json!({"v": 0})).await,
+                "UPDATE" => client.update(&path, &json!({"v": 1})).await,
+                _ => client.delete(&path).await,
+            }
+            .unwrap();
+            assert_eq!(answer.code, want, "{verb} {path}: {}", answer.body);
+            markers.push(mark(serve.port).await);
+        }
+    }
+    drop(client);
+    serve.kill();
+
+    let log = std::fs::read_to_string(&trace).unwrap();
+    let events = traced_events(&log, "store.redb");
+    assert!(
+        events.contains(&Traced::StoreSync),
+        "the trace shows no sync of the store at all; it has {} lines",
+        log.lines().count()
+    );
+    let broken = unsynced_answers(&events, &markers);
+    assert!(
+        broken.is_empty(),
+        "answers written before their change was on disk:\n{}",
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn the_trace_reader_sees_an_answer_written_before_the_sync() {
+    let log = "\
+10 accept4(7<TCP:[127.0.0.1:5000]>, {sa_family=AF_INET}, [16], SOCK_CLOEXEC) = 11<TCP:[127.0.0.1:5000->127.0.0.1:40001]>
+11 pwrite64(9</tmp/x/store.redb>, \"\"..., 4096, 0) = 4096
+12 fdatasync(9</tmp/x/store.redb> <unfinished ...>
+11 sendto(10<TCP:[127.0.0.1:5000->127.0.0.1:39999]>, \"\"..., 64, MSG_NOSIGNAL, NULL, 0) = 64
+12 <... fdatasync resumed>)       = 0
+10 accept4(7<TCP:[127.0.0.1:5000]>, <unfinished ...>
+10 <... accept4 resumed>{sa_family=AF_INET}, [16], SOCK_CLOEXEC) = 11<TCP:[127.0.0.1:5000->127.0.0.1:40002]>
+11 pwrite64(9</tmp/x/store.redb>, \"\"..., 4096, 0) = 4096
+12 fsync(9</tmp/x/store.redb>) = 0
+11 write(10<TCP:[127.0.0.1:5000->127.0.0.1:39999]>, \"\"..., 64) = 64
+10 accept4(7<TCP:[127.0.0.1:5000]>, {sa_family=AF_INET}, [16], SOCK_CLOEXEC) = 11<TCP:[127.0.0.1:5000->127.0.0.1:40003]>
+";
+    let events = traced_events(log, "store.redb");
+    assert_eq!(
+        events,
+        [
+            Traced::Accept { peer: 40001 },
+            Traced::StoreWrite,
+            Traced::SocketWrite { peer: 39999 },
+            Traced::StoreSync,
+            Traced::Accept { peer: 40002 },
+            Traced::StoreWrite,
+            Traced::StoreSync,
+            Traced::SocketWrite { peer: 39999 },
+            Traced::Accept { peer: 40003 },
+        ]
+    );
+    let broken = unsynced_answers(&events, &[40001, 40002, 40003]);
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(broken[0].starts_with("change 0:"), "{broken:?}");
 }

@@ -25,7 +25,8 @@ struct Inner {
 }
 
 impl KorvClient {
-    /// Connects, checks the host key, authenticates, and opens a stream.
+    /// Connects (through the jump hosts, if any), checks each host key,
+    /// authenticates, and opens a stream.
     ///
     /// # Errors
     /// [`Error::Connect`], [`Error::ConnectTimeout`] or [`Error::Ssh`] when
@@ -33,7 +34,10 @@ impl KorvClient {
     /// [`Error::HostKeyChanged`], [`Error::HostCertificate`] or
     /// [`Error::KnownHosts`] from the host key check; [`Error::Identity`] or
     /// [`Error::AuthRefused`] from authentication; [`Error::ChannelRefused`]
-    /// when the server refuses the Korv channel.
+    /// when the server refuses the Korv channel; [`Error::Config`] for a
+    /// malformed SSH configuration or jump host list; any of these inside
+    /// [`Error::JumpHost`] when a jump host fails, or [`Error::Forward`]
+    /// there when it refuses to forward.
     pub async fn connect(config: ClientConfig) -> Result<KorvClient, Error> {
         let (session, stream) = ssh::connect(&config).await?;
         let mux = mux::Mux::start(stream, config.max_frame);

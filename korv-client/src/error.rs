@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use korv_proto::ProtoError;
 
+use crate::ssh_config::ConfigError;
+
 /// Everything that can go wrong calling a Korv server.
 ///
 /// Each message says what failed; where another error is the cause,
@@ -140,6 +142,42 @@ pub enum Error {
         /// `direct-tcpip channel`, `session channel` or `korv subsystem`.
         channel: &'static str,
         /// russh's error (boxed: it is large).
+        #[source]
+        source: Box<russh::Error>,
+    },
+    /// The SSH configuration is malformed or cannot be read, or the jump
+    /// host list is malformed, or the jump hosts lead in a circle; the
+    /// source names the file and line.
+    #[error("the SSH configuration cannot be used")]
+    Config(#[source] ConfigError),
+    /// A jump host on the way failed: `source` says how (it could not be
+    /// reached, its host key was refused, it refused authentication or to
+    /// forward).
+    #[error("jump host {host}")]
+    JumpHost {
+        /// The jump host, as named in `-J`, `ProxyJump` or
+        /// [`ClientConfig::jump`](crate::ClientConfig::jump).
+        host: String,
+        /// What went wrong there.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The `ProxyCommand` that should carry the connection cannot start.
+    #[error("cannot start the ProxyCommand {command:?}")]
+    ProxyCommand {
+        /// The command, its tokens expanded.
+        command: String,
+        /// Why it did not start.
+        #[source]
+        source: io::Error,
+    },
+    /// A jump host refused to open a channel to the next host on the way
+    /// (`AllowTcpForwarding no`, or it could not connect there).
+    #[error("cannot open a channel to {to}")]
+    Forward {
+        /// The next host: its name and `host:port`.
+        to: String,
+        /// russh's error, with the jump host's reason (boxed: it is large).
         #[source]
         source: Box<russh::Error>,
     },

@@ -24,6 +24,29 @@
 //! # }
 //! ```
 //!
+//! # SSH configuration and jump hosts
+//!
+//! With [`ClientConfig::user_ssh_config`] (or [`ClientConfig::ssh_config`]
+//! for one file), the host may be an alias of `~/.ssh/config`, and the
+//! client does what `ssh` would: `HostName`, `Port`, `User`,
+//! `IdentityFile`, `IdentityAgent`, `UserKnownHostsFile`,
+//! `StrictHostKeyChecking`, `ProxyJump`, `ProxyCommand`, `ConnectTimeout`… (see
+//! [`ssh_config`] for the rules). Settings made on the builder win.
+//! [`ClientConfig::jump`] goes through jump hosts as `ssh -J` does.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), korv_client::Error> {
+//! use korv_client::{ClientConfig, KorvClient};
+//! let client = KorvClient::connect(
+//!     ClientConfig::new("prod-api")                 // an alias
+//!         .user_ssh_config()                          // ~/.ssh/config, /etc/ssh/ssh_config
+//!         .jump("ops@bastion.example.com"),           // as ssh -J
+//! )
+//! .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Errors
 //!
 //! Every call returns [`Error`]. Its message says what failed and its
@@ -34,6 +57,8 @@
 //!
 //! Each module uses only the ones listed before it.
 //!
+//! - [`ssh_config`]: OpenSSH's client configuration, resolved for one host;
+//!   jump host lists.
 //! - `error`: [`Error`] and its typed causes, [`IdentityError`] and
 //!   [`CloseReason`].
 //! - `config`: [`ClientConfig`], [`HostKeyPolicy`], [`ChannelKind`].
@@ -42,8 +67,11 @@
 //!   host certificate.
 //! - `certificate`: user certificates: where a key's certificate is, whether
 //!   it can be offered, signing with a key held in memory.
-//! - `ssh`: connecting, host key checks against known_hosts, identities and
-//!   their certificates.
+//! - `route`: the jump hosts on the way to a host, in connection order.
+//! - `endpoint`: each SSH server's settings, the builder's merged over the
+//!   configuration's; [`ResolvedHost`].
+//! - `ssh`: connecting through the route, host key checks against
+//!   known_hosts, identities with their certificates, and the agent.
 //! - `mux`: the multiplexed stream (ids, in-flight map, reader and writer tasks).
 //! - `client`: [`KorvClient`], the async client over `ssh` and `mux`.
 //! - [`blocking`]: the synchronous client, over [`KorvClient`].
@@ -52,12 +80,16 @@ pub mod blocking;
 mod certificate;
 mod client;
 mod config;
+mod endpoint;
 mod error;
 mod known_hosts;
 mod mux;
+mod route;
 mod ssh;
+pub mod ssh_config;
 
 pub use client::KorvClient;
 pub use config::{ChannelKind, ClientConfig, HostKeyPolicy};
+pub use endpoint::ResolvedHost;
 pub use error::{CloseReason, Error, IdentityError};
 pub use korv_proto::{Headers, ProtoError, Response, StatusCode, Verb};

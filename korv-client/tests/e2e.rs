@@ -34,7 +34,19 @@ fn app(limits: Limits) -> KorvServer {
             "/n/{n}",
             get(|r: Request| async move { json!({"n": r.param("n")}) }),
         )
+        .route(
+            "/parked",
+            get(|_r: Request| async {
+                PARKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                PARKED_CHANGED.notify_waiters();
+                std::future::pending::<Value>().await
+            }),
+        )
 }
+
+/// `/parked` handlers that started (they never finish); one test uses it.
+static PARKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PARKED_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 struct Fixture {
     dir: TempDir,
@@ -46,12 +58,17 @@ struct Fixture {
 
 impl Fixture {
     async fn start(limits: Limits) -> Fixture {
+        Fixture::start_with(app(limits)).await
+    }
+
+    /// Serves `server` with a fresh host key and client key.
+    async fn start_with(server: KorvServer) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let host = keygen(dir.path(), "host", KeyKind::Ed25519);
         let key = keygen(dir.path(), "id_ed25519", KeyKind::Ed25519);
         let authorized = dir.path().join("authorized_keys");
         std::fs::write(&authorized, public_key(&key) + "\n").unwrap();
-        let bound = app(limits)
+        let bound = server
             .host_key_file(&host)
             .authorized_keys_file(&authorized)
             .listen("127.0.0.1:0".parse().unwrap())
@@ -361,20 +378,70 @@ async fn the_ssh_agent_authenticates() {
 
 #[tokio::test]
 async fn a_request_past_its_timeout_fails_and_its_late_answer_is_dropped() {
-    let fixture = Fixture::start(Limits::default()).await;
-    fixture.trust();
-    let client = KorvClient::connect(
-        fixture
-            .config()
-            .request_timeout(Some(Duration::from_millis(200))),
-    )
-    .await
-    .unwrap();
-    let err = client.get("/sleep/600").await.err().unwrap();
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    // The test plays the server on an in-memory stream, so it knows when the
+    // late answer is on the wire and what follows it.
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let client = KorvClient::over_stream(
+        theirs,
+        ClientConfig::new("scripted").request_timeout(Some(Duration::from_millis(200))),
+    );
+    let (reader, mut writer) = tokio::io::split(ours);
+    let mut requests = tokio_util::codec::FramedRead::new(reader, korv_proto::KorvCodec::new());
+    let mut next_request = async || -> Value {
+        let frame = tokio::time::timeout(Duration::from_secs(30), requests.next())
+            .await
+            .expect("a request")
+            .expect("the stream is open")
+            .unwrap();
+        let korv_proto::Frame::Payload(payload) = frame else {
+            panic!("not a request: {frame:?}")
+        };
+        serde_json::from_slice(&payload).unwrap()
+    };
+    let answer = |id: &Value, body: Value| {
+        korv_testkit::frame::frame(&json!({"request_id": id, "code": 200, "body": body}))
+    };
+
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("/slow").await }
+    });
+    let first = next_request().await;
+    let err = slow.await.unwrap().err().unwrap();
     assert!(matches!(err, Error::Timeout(_)), "{err}");
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let r = client.get("/n/5").await.unwrap();
-    assert_eq!(r.body["n"], json!("5"));
+    // The late answer goes on the wire first; the next request's answer
+    // follows it on the same stream.
+    writer
+        .write_all(&answer(&first["id"], json!("late")))
+        .await
+        .unwrap();
+    let next = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("/next").await }
+    });
+    let second = next_request().await;
+    assert_eq!(second["resource"], json!("/next"));
+    assert_ne!(second["id"], first["id"], "a fresh id for the next request");
+    writer
+        .write_all(&answer(&second["id"], json!("own")))
+        .await
+        .unwrap();
+    let r = next.await.unwrap().unwrap();
+    assert_eq!(
+        r.body,
+        json!("own"),
+        "the next request got its own answer, read after the late one"
+    );
+    // The late answer closed nothing: the connection still serves.
+    let third = tokio::spawn(async move { client.get("/third").await });
+    let request = next_request().await;
+    writer
+        .write_all(&answer(&request["id"], json!("third")))
+        .await
+        .unwrap();
+    assert_eq!(third.await.unwrap().unwrap().body, json!("third"));
 }
 
 #[tokio::test]
@@ -397,10 +464,19 @@ async fn a_server_that_vanishes_fails_requests_in_flight_promptly() {
     let in_flight: Vec<_> = (0..20)
         .map(|_| {
             let c = client.clone();
-            tokio::spawn(async move { c.get("/sleep/30000").await })
+            tokio::spawn(async move { c.get("/parked").await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Until all 20 are running on the server.
+    loop {
+        let changed = PARKED_CHANGED.notified();
+        if PARKED.load(std::sync::atomic::Ordering::SeqCst) >= 20 {
+            break;
+        }
+        tokio::time::timeout(Duration::from_secs(30), changed)
+            .await
+            .expect("the requests reach their handlers");
+    }
     let stopped = Instant::now();
     kill_tx.send(()).unwrap();
     thread.join().unwrap();
@@ -530,25 +606,48 @@ async fn with_reconnect_on_the_next_request_after_the_server_comes_back() {
     thread.join().unwrap();
 }
 
+/// `/hold`'s handler signals here that it started ...
+static HOLD_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// ... and answers once a permit is added here.
+static HOLD_RELEASE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
 #[tokio::test]
 async fn graceful_shutdown_over_ssh_finishes_in_flight_requests_then_closes() {
-    let fixture = Fixture::start(Limits {
-        shutdown_grace: Duration::from_secs(5),
-        ..Limits::default()
-    })
+    let fixture = Fixture::start_with(
+        app(Limits {
+            shutdown_grace: Duration::from_secs(60),
+            ..Limits::default()
+        })
+        .route(
+            "/hold",
+            get(|_r: Request| async {
+                HOLD_STARTED.notify_one();
+                HOLD_RELEASE.acquire().await.unwrap().forget();
+                json!("held")
+            }),
+        ),
+    )
     .await;
     let client = fixture.client().await;
-    let slow = {
+    let held = {
         let client = client.clone();
-        tokio::spawn(async move { client.get("/sleep/500").await })
+        tokio::spawn(async move { client.get("/hold").await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    HOLD_STARTED.notified().await;
     fixture.shutdown.shutdown();
-    let answer = slow.await.unwrap().unwrap();
+    // While the held request runs, the stream stays open, and a request
+    // arriving after the shutdown is answered 503.
+    let late = client.get("/echo").await.unwrap();
+    assert_eq!(late.code, StatusCode::SERVICE_UNAVAILABLE, "{}", late.body);
+    assert!(late.body["message"].is_string(), "a 503 has a message");
+    HOLD_RELEASE.add_permits(1);
+    let answer = held.await.unwrap().unwrap();
     assert_eq!(
         (answer.code, answer.body.clone()),
-        (StatusCode::OK, json!({"slept": 500}))
+        (StatusCode::OK, json!("held"))
     );
+    // With nothing left in flight the server closes the connection: every
+    // request from then on fails as closed, after at most 503s.
     let started = Instant::now();
     loop {
         match client.get("/echo").await {
@@ -561,10 +660,10 @@ async fn graceful_shutdown_over_ssh_finishes_in_flight_requests_then_closes() {
             Err(other) => panic!("{other}"),
         }
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(20),
             "the server did not close the connection"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::task::yield_now().await;
     }
     // No new connections are accepted either.
     assert!(KorvClient::connect(fixture.config()).await.is_err());

@@ -26,7 +26,7 @@ use korv_client::{ClientConfig, Error, KorvClient, StatusCode};
 use korv_server::routing::{get, store};
 use korv_server::{KorvServer, Limits, Request, ShutdownHandle};
 use korv_testkit::keys::{KeyKind, keygen, known_hosts_line, public_key};
-use russh::client::{AuthResult, Handle, Msg};
+use russh::client::{AuthResult, Handle, KeyboardInteractiveAuthResponse, Msg};
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure, MethodKind};
 use serde_json::{Value, json};
@@ -423,6 +423,57 @@ async fn a_client_offering_no_key_is_refused() {
 }
 
 #[tokio::test]
+async fn password_and_keyboard_interactive_are_refused() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits::default());
+    let mut handle = raw_connect(server.addr).await.unwrap();
+    // russh's client sends these whatever the server offers.
+    let password = handle
+        .authenticate_password("alice", "secret")
+        .await
+        .unwrap();
+    let AuthResult::Failure {
+        remaining_methods,
+        partial_success,
+    } = password
+    else {
+        panic!("password authentication was accepted");
+    };
+    assert!(!partial_success);
+    let methods: Vec<MethodKind> = remaining_methods.iter().cloned().collect();
+    assert_eq!(methods, vec![MethodKind::PublicKey], "publickey only");
+    let interactive = handle
+        .authenticate_keyboard_interactive_start("alice", None)
+        .await
+        .unwrap();
+    let KeyboardInteractiveAuthResponse::Failure {
+        remaining_methods,
+        partial_success,
+    } = interactive
+    else {
+        panic!("keyboard-interactive was not refused: {interactive:?}");
+    };
+    assert!(!partial_success);
+    let methods: Vec<MethodKind> = remaining_methods.iter().cloned().collect();
+    assert_eq!(methods, vec![MethodKind::PublicKey], "publickey only");
+    // The same connection still authenticates with a key and is served.
+    let key = handle
+        .authenticate_publickey(
+            "alice",
+            PrivateKeyWithHashAlg::new(load_key(&server.keys.alice), None),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(key, AuthResult::Success));
+    let channel = handle
+        .channel_open_direct_tcpip("localhost", 8022, "127.0.0.1", 0)
+        .await
+        .unwrap();
+    let me = korv_over(channel).get("/whoami").await.unwrap();
+    assert_eq!(me.body["comment"], json!("alice"));
+}
+
+#[tokio::test]
 async fn an_authenticated_connection_outlives_the_authentication_deadline() {
     let _serial = SERIAL.lock().await;
     let server = Server::start(Limits {
@@ -674,13 +725,9 @@ async fn the_connection_closes_after_max_auth_attempts_failures() {
 async fn a_thousand_failed_authentications_do_not_slow_a_legitimate_client() {
     const ATTEMPTS: usize = 1000;
     const AT_ONCE: usize = 32;
-    // The floor: 1 ms. p99 on an idle loopback server is well under it (about
-    // 0.3 ms here); the floor keeps the bound (3 ms) above scheduler noise on
-    // a shared 2-core machine. This holds with the dependencies optimized
-    // (the workspace's dev profile does it): with unoptimized crypto each
-    // handshake holds a server worker for milliseconds, and p99 under attack
-    // measured 11 ms.
-    const FLOOR: Duration = Duration::from_millis(1);
+    // This holds with the dependencies optimized (the workspace's dev
+    // profile does it): with unoptimized crypto each handshake holds a
+    // server worker for milliseconds.
     let _serial = SERIAL.lock().await;
     let server = Server::start(Limits::default());
     let client = server.client().await;
@@ -752,11 +799,16 @@ async fn a_thousand_failed_authentications_do_not_slow_a_legitimate_client() {
     let (outcomes, attack_time, attacker_cpu) = attack.join().unwrap();
     let server_cpu_attack = thread_cpu("korv-server") - server_cpu_idle;
     let refused = outcomes.iter().filter(|o| matches!(o, Ok(true))).count();
+    // Slow, for this run: twenty times the idle median.
+    let slow_bar = 20 * p50_idle;
+    let slow = under_attack.iter().filter(|d| **d > slow_bar).count();
+    let slow_percent = slow as f64 * 100.0 / under_attack.len() as f64;
     let p99_attack = p99(&mut under_attack);
     let p50_attack = under_attack[under_attack.len() / 2];
     println!(
         "idle: p50 {p50_idle:?} p99 {p99_idle:?} over 2000 requests; under attack: p50 \
-         {p50_attack:?} p99 {p99_attack:?} over {} requests; {refused}/{ATTEMPTS} attempts \
+         {p50_attack:?} p99 {p99_attack:?} over {} requests, {slow_percent:.2}% over \
+         {slow_bar:?}; {refused}/{ATTEMPTS} attempts \
          refused in {attack_time:?}, {AT_ONCE} at once; a new connection during the attack took \
          {newcomer:?}; CPU during the attack: server {server_cpu_attack:?}, attackers {attacker_cpu:?}",
         under_attack.len()
@@ -769,9 +821,13 @@ async fn a_thousand_failed_authentications_do_not_slow_a_legitimate_client() {
     );
     assert!(under_attack.len() >= 200, "too few samples under attack");
     assert!(newcomer.is_some(), "no new connection during the attack");
+    // The bar comes from this run's idle median, so the machine's speed
+    // cancels out, and a share is steadier than a tail percentile on a shared
+    // machine: about 0.3% of requests pass the bar under attack here. A
+    // server whose handshakes hold its workers (10 ms each) puts 4% past it.
     assert!(
-        p99_attack <= 3 * p99_idle.max(FLOOR),
-        "p99 under attack {p99_attack:?} > 3 x max(idle {p99_idle:?}, {FLOOR:?})"
+        slow_percent < 2.0,
+        "{slow_percent:.2}% of requests under attack took over {slow_bar:?} (20 x the idle median)"
     );
 }
 
@@ -789,8 +845,10 @@ async fn slow_clients_are_closed_at_the_deadline_and_beyond_the_limit() {
 
     /// A client that sends its SSH version line one byte per second: returns
     /// whether it got the server's banner, and when (after connecting) the
-    /// server closed it.
-    async fn slow(addr: SocketAddr) -> (bool, Duration) {
+    /// server closed it. `told` learns as soon as the server has either
+    /// greeted it (true) or closed it (false).
+    async fn slow(addr: SocketAddr, told: tokio::sync::oneshot::Sender<bool>) -> (bool, Duration) {
+        let mut told = Some(told);
         let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
         let connected = Instant::now();
         let (mut read, mut write) = socket.into_split();
@@ -807,24 +865,43 @@ async fn slow_clients_are_closed_at_the_deadline_and_beyond_the_limit() {
         loop {
             match tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(Ok(n)) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.len() >= 8
+                        && let Some(told) = told.take()
+                    {
+                        let _ = told.send(got.starts_with(b"SSH-2.0-"));
+                    }
+                }
                 Err(_) => panic!("a slow client was kept for 10 s"),
             }
+        }
+        if let Some(told) = told.take() {
+            let _ = told.send(false);
         }
         dribble.abort();
         (got.starts_with(b"SSH-2.0-"), connected.elapsed())
     }
 
     // Four slow clients, under the limit: a legitimate client still gets in.
-    let first: Vec<_> = (0..4).map(|_| tokio::spawn(slow(server.addr))).collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Each is taken (greeted) or refused before the next connects.
+    let start_slow = async || {
+        let (told, greeted) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(slow(server.addr, told));
+        (task, greeted.await.unwrap())
+    };
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        let (task, greeted) = start_slow().await;
+        assert!(greeted, "a slow client under the limit is greeted");
+        first.push(task);
+    }
     let legit = server.client().await;
     assert_eq!(legit.get("/hello").await.unwrap().code, StatusCode::OK);
     // Four more: two fill the limit, two are closed at once without a banner.
     let mut second = Vec::new();
     for _ in 0..4 {
-        second.push(tokio::spawn(slow(server.addr)));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        second.push(start_slow().await.0);
     }
     let mut held = Vec::new();
     for task in first {
@@ -865,6 +942,265 @@ async fn slow_clients_are_closed_at_the_deadline_and_beyond_the_limit() {
     drop((legit, another));
     let after = server.tasks_settle(baseline, Duration::from_secs(3)).await;
     assert!(after <= baseline, "tasks: {after} now, {baseline} before");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_streams_per_connection_channels_are_refused_for_resource_shortage() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits {
+        max_streams_per_connection: 2,
+        ..Limits::default()
+    });
+    let handle = raw_login(server.addr, "alice", &server.keys.alice).await;
+    let open = || handle.channel_open_direct_tcpip("localhost", 8022, "127.0.0.1", 0);
+    let first = korv_over(open().await.unwrap());
+    let second = korv_over(open().await.unwrap());
+    let third = open().await;
+    assert!(
+        matches!(
+            third,
+            Err(russh::Error::ChannelOpenFailure(
+                ChannelOpenFailure::ResourceShortage
+            ))
+        ),
+        "a third stream: {:?}",
+        third.map(|c| c.id())
+    );
+    // The two admitted streams serve; once one ends, its place is free again
+    // (the server notices the end on its own time: retry until then).
+    assert_eq!(first.get("/hello").await.unwrap().code, StatusCode::OK);
+    assert_eq!(second.get("/hello").await.unwrap().code, StatusCode::OK);
+    drop(first);
+    let started = Instant::now();
+    let again = loop {
+        match open().await {
+            Ok(channel) => break korv_over(channel),
+            Err(russh::Error::ChannelOpenFailure(ChannelOpenFailure::ResourceShortage)) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "the closed stream's place never came free"
+                );
+                tokio::task::yield_now().await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    };
+    assert_eq!(again.get("/hello").await.unwrap().code, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_connections_new_connections_are_closed_before_the_handshake() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits {
+        max_connections: 2,
+        ..Limits::default()
+    });
+    let first = server.client().await;
+    let second = server.client().await;
+    // A third TCP connection is closed without the server's version line.
+    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut got))
+        .await
+        .expect("the third connection is closed at once")
+        .unwrap();
+    assert!(got.is_empty(), "no banner beyond the limit: {got:?}");
+    // The connections under the limit still serve; once one closes, a new
+    // client gets in (after the server has noticed the close).
+    assert_eq!(first.get("/hello").await.unwrap().code, StatusCode::OK);
+    drop(first);
+    let started = Instant::now();
+    let again = loop {
+        match KorvClient::connect(server.config(&server.keys.alice)).await {
+            Ok(client) => break client,
+            Err(err) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "no place came free: {err}"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    assert_eq!(again.get("/hello").await.unwrap().code, StatusCode::OK);
+    assert_eq!(second.get("/hello").await.unwrap().code, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_at_the_idle_timeout() {
+    const IDLE: Duration = Duration::from_millis(500);
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits {
+        idle_timeout: Some(IDLE),
+        keepalive_interval: None,
+        ..Limits::default()
+    });
+    // russh's client sends nothing unless asked: no keepalives of its own.
+    let handle = raw_login(server.addr, "alice", &server.keys.alice).await;
+    let mut channel = handle
+        .channel_open_direct_tcpip("localhost", 8022, "127.0.0.1", 0)
+        .await
+        .unwrap();
+    let idle_since = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(message) = channel.wait().await {
+            if matches!(message, ChannelMsg::Close) {
+                break;
+            }
+        }
+    })
+    .await;
+    let idle_for = idle_since.elapsed();
+    assert!(
+        ended.is_ok(),
+        "the idle connection was still open after 20 s"
+    );
+    assert!(
+        idle_for >= IDLE,
+        "closed after {idle_for:?}, before {IDLE:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_answering_keepalives_is_dropped() {
+    use std::io::Read;
+    use std::process::Stdio;
+    const INTERVAL: Duration = Duration::from_millis(200);
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits {
+        keepalive_interval: Some(INTERVAL),
+        keepalive_max: 2,
+        idle_timeout: None,
+        ..Limits::default()
+    });
+    let baseline = server.tasks_settle(0, Duration::from_secs(1)).await;
+    // OpenSSH's ssh answers keepalives until it is stopped (SIGSTOP); the
+    // kernel still acknowledges the TCP segments, so only the SSH replies
+    // are missing.
+    let ssh = |stdout: Stdio| {
+        let mut command = Command::new("ssh");
+        command
+            .args(["-F", "/dev/null", "-o", "BatchMode=yes"])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args(["-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
+            .args(["-o", "ServerAliveInterval=0"])
+            .args(["-p", &server.addr.port().to_string(), "-i"])
+            .arg(&server.keys.alice)
+            .args(["-W", "localhost:8022", "alice@127.0.0.1"])
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(Stdio::null());
+        command.spawn().unwrap()
+    };
+    let hello = korv_testkit::frame::frame(&json!({"id": 1, "verb": "GET", "resource": "/hello"}));
+    // Killed when dropped, so that a failure leaves no stopped ssh behind.
+    let mut stopped = korv_testkit::process::KillOnDrop(ssh(Stdio::piped()));
+    let mut answering = korv_testkit::process::KillOnDrop(ssh(Stdio::piped()));
+    for korv_testkit::process::KillOnDrop(child) in [&mut stopped, &mut answering] {
+        use std::io::Write;
+        child.stdin.as_mut().unwrap().write_all(&hello).unwrap();
+        let mut len = [0; 4];
+        child.stdout.as_mut().unwrap().read_exact(&mut len).unwrap();
+        let mut answer = vec![0; u32::from_be_bytes(len) as usize];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut answer)
+            .unwrap();
+    }
+    let connected = server.alive_tasks();
+    assert!(connected > baseline);
+    let signal = |name: &str, pid: u32| {
+        let status = Command::new("kill")
+            .args([name, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP", stopped.id());
+    // The server drops the stopped client's connection after its unanswered
+    // probes; the answering client's stays.
+    let started = Instant::now();
+    let after = loop {
+        let now = server.alive_tasks();
+        if now < connected {
+            break now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the stopped client was not dropped ({now} tasks)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let dropped_after = started.elapsed();
+    assert!(
+        after > baseline,
+        "the answering client's connection is gone too"
+    );
+    // Resumed, the stopped ssh finds its connection closed and exits with an
+    // error (a connection still open would keep it running: the test fails
+    // rather than wait for it).
+    signal("-CONT", stopped.id());
+    let resumed = Instant::now();
+    let stopped_status = loop {
+        if let Some(status) = stopped.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(20),
+            "the stopped client's connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        !stopped_status.success(),
+        "the dropped client's ssh exits with an error"
+    );
+    // The client that answers probes is still served, well past
+    // interval × max.
+    {
+        use std::io::Write;
+        let stdin = answering.0.stdin.as_mut().unwrap();
+        stdin.write_all(&hello).unwrap();
+        let mut len = [0; 4];
+        answering
+            .0
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut len)
+            .unwrap();
+    }
+    drop(answering.0.stdin.take());
+    let _ = answering.0.wait();
+    println!("dropped {dropped_after:?} after it stopped answering (interval {INTERVAL:?}, max 2)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_answers_504_and_cancels_the_handler() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits {
+        request_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    });
+    let client = server.client().await;
+    let answer = client.get("/hold").await.unwrap();
+    assert_eq!(answer.code.as_u16(), 504);
+    assert!(answer.body["message"].is_string(), "{}", answer.body);
+    assert_eq!(server.probes.holding.load(Ordering::SeqCst), 1);
+    // The handler's future was dropped before the answer was sent.
+    assert_eq!(
+        server.probes.released.load(Ordering::SeqCst),
+        1,
+        "the timed-out handler is still running"
+    );
+    assert_eq!(client.get("/hello").await.unwrap().code, StatusCode::OK);
 }
 
 // ================================================================ faults
@@ -914,7 +1250,6 @@ async fn a_client_that_vanishes_with_1000_requests_in_flight_frees_them() {
     drop(server.client().await.get("/hello").await.unwrap());
     let baseline = server.tasks_settle(0, Duration::from_secs(2)).await;
     let rss_start = rss_bytes();
-    let mut rss_after = Vec::new();
     for round in 1..=ROUNDS {
         let (kill, thread) = vanishing_client(server.config(&server.keys.alice), IN_FLIGHT);
         let started = Instant::now();
@@ -935,8 +1270,8 @@ async fn a_client_that_vanishes_with_1000_requests_in_flight_frees_them() {
         thread.join().unwrap();
         while server.probes.released.load(Ordering::SeqCst) < round * IN_FLIGHT {
             assert!(
-                vanished.elapsed() < Duration::from_secs(5),
-                "round {round}: {} of {} handler futures dropped 5 s after the client vanished",
+                vanished.elapsed() < Duration::from_secs(30),
+                "round {round}: {} of {} handler futures dropped 30 s after the client vanished",
                 server.probes.released.load(Ordering::SeqCst) - (round - 1) * IN_FLIGHT,
                 IN_FLIGHT
             );
@@ -956,31 +1291,13 @@ async fn a_client_that_vanishes_with_1000_requests_in_flight_frees_them() {
             rss_peak / MIB,
             rss / MIB
         );
-        rss_after.push(rss);
     }
-    // RSS tolerance. 1,000 held requests add about 7 MiB to this process
-    // (server and client); the allocator may keep some freed memory for
-    // reuse (glibc keeps up to ~5 MiB in a thread's arena here, seen once in
-    // a run with --test-threads 1), so RSS need not fall all the way back.
-    // After each round it must be within 8 MiB of the start, and it must not
-    // creep up from round 1 to round 3 by more than 8 MiB: keeping what each
-    // round takes would add 14 MiB. The exact guard is above: every task and
-    // every handler is gone after each round.
-    for (round, rss) in rss_after.iter().enumerate() {
-        assert!(
-            *rss <= rss_start + 8 * MIB,
-            "round {}: RSS {} MiB, {} MiB at the start",
-            round + 1,
-            rss / MIB,
-            rss_start / MIB
-        );
-    }
-    let growth = rss_after[ROUNDS - 1].saturating_sub(rss_after[0]);
-    assert!(
-        growth <= 8 * MIB,
-        "RSS grew by {} KiB from round 1 to round {ROUNDS}",
-        growth / 1024
-    );
+    // Whether memory is given back is the allocator's business (glibc keeps
+    // freed memory in a thread's arena for reuse), and this process holds
+    // the client too: the resident size above is printed, not bounded. The
+    // guard is exact: after each round every task and every handler is gone.
+    // Memory per request is bounded by `cargo xtask bench --check` (no RSS
+    // growth across 1,000,000 requests) and `cargo xtask soak`.
     let client = server.client().await;
     assert_eq!(client.get("/hello").await.unwrap().code, StatusCode::OK);
 }
@@ -1132,7 +1449,22 @@ async fn graceful_shutdown_under_load_answers_every_request_it_took() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Until at least half the workers' requests are running at once.
+    let loaded = Instant::now();
+    loop {
+        let running = {
+            let log = server.probes.delays.lock().unwrap();
+            log.started.difference(&log.finished).count()
+        };
+        if running >= WORKERS / 2 {
+            break;
+        }
+        assert!(
+            loaded.elapsed() < Duration::from_secs(60),
+            "only {running} requests ever ran at once"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Which requests are running right now, taken with shutdown under the
     // lock that handlers take to record themselves.
     let running: HashSet<String> = {
@@ -1178,6 +1510,12 @@ async fn graceful_shutdown_under_load_answers_every_request_it_took() {
         .filter(|(_, o)| !matches!(o, Outcome::Answered(200 | 503) | Outcome::Closed))
         .collect();
     assert!(other.is_empty(), "not 200, 503 or closed: {other:?}");
+    // Requests that arrived after the shutdown, on connections still
+    // finishing others, were answered 503 rather than dropped.
+    assert!(
+        unavailable > 0,
+        "no request arriving after the shutdown was answered 503"
+    );
     assert!(
         !stop.load(Ordering::SeqCst),
         "a worker's connection was never closed"
@@ -1222,13 +1560,13 @@ async fn a_thousand_concurrent_connections_each_get_their_own_answers() {
     let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
     let raised = rlimit::increase_nofile_limit(hard.min(4 * CONNECTIONS as u64 + 1024)).unwrap();
     println!("RLIMIT_NOFILE: soft {soft}, hard {hard}; now {raised}");
-    let connections = if raised >= 2 * CONNECTIONS as u64 + 256 {
-        CONNECTIONS
-    } else {
-        let fit = ((raised.saturating_sub(256)) / 2) as usize;
-        println!("only {fit} connections fit under RLIMIT_NOFILE {raised}");
-        fit
-    };
+    assert!(
+        raised >= 2 * CONNECTIONS as u64 + 256,
+        "{CONNECTIONS} connections need {} open files in this process; RLIMIT_NOFILE allows \
+         {raised} (hard limit {hard}): raise the hard limit (ulimit -Hn)",
+        2 * CONNECTIONS as u64 + 256
+    );
+    let connections = CONNECTIONS;
     let server = Server::start(Limits {
         max_connections: CONNECTIONS + 24,
         max_unauthenticated: 2 * SETUP_AT_ONCE,

@@ -17,7 +17,7 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info};
 
 use crate::admission::Slot;
 use crate::authorized::Refusal;
@@ -161,11 +161,11 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         match self.trust.is_revoked(key.key_data()) {
             Ok(false) => false,
             Ok(true) => {
-                info!(peer = %self.peer, user, fingerprint = %key.fingerprint(HashAlg::Sha256), "refused: key listed in the revoked keys");
+                info!(parent: &self.shared.span, peer = %self.peer, user, fingerprint = %key.fingerprint(HashAlg::Sha256), "refused: key listed in the revoked keys");
                 true
             }
             Err(reason) => {
-                info!(peer = %self.peer, user, %reason, "refused: the revoked keys cannot be read");
+                info!(parent: &self.shared.span, peer = %self.peer, user, %reason, "refused: the revoked keys cannot be read");
                 true
             }
         }
@@ -175,10 +175,21 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
     fn authenticated(&mut self, client: ClientInfo) -> Auth {
         self.client = Some(Arc::new(client));
         self.status.authenticated.store(true, Ordering::Release);
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.authentication(true);
+        }
         if let Some(slot) = self.slot.take() {
             slot.authenticated();
         }
         Auth::Accept
+    }
+
+    /// Refuses a key, offered or signed with, counting the refusal.
+    fn refuse(&self) -> Auth {
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.authentication(false);
+        }
+        reject()
     }
 
     /// Counts a new stream; the refusal when the client has not
@@ -215,7 +226,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         let gone = self.status.gone.clone();
         let id = channel.id();
         let stream = channel.into_stream();
-        self.tracker.spawn(async move {
+        let serve = async move {
             let shutdown = shared.shutdown.clone();
             tokio::select! {
                 result = run_stream(shared, stream, client, shutdown) => {
@@ -232,7 +243,9 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
             let _ = handle.close(id).await;
             streams.fetch_sub(1, Ordering::AcqRel);
             running.fetch_sub(1, Ordering::AcqRel);
-        });
+        };
+        self.tracker
+            .spawn(serve.instrument(self.shared.span.clone()));
     }
 }
 
@@ -280,7 +293,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
     }
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
-        info!(peer = %self.peer, user, "password authentication refused: Korv takes public keys only");
+        info!(parent: &self.shared.span, peer = %self.peer, user, "password authentication refused: Korv takes public keys only");
         Ok(reject())
     }
 
@@ -301,7 +314,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         if !self.key_acceptable(offer.public_key, offer.algorithm)
             || self.revoked(user, offer.public_key)
         {
-            return Ok(reject());
+            return Ok(self.refuse());
         }
         let authorized = self.trust.authorized.as_ref().is_some_and(|authorized| {
             authorized
@@ -316,7 +329,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         Ok(if authorized || self.trust.accepts_certificates() {
             Auth::Accept
         } else {
-            reject()
+            self.refuse()
         })
     }
 
@@ -331,11 +344,11 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         }
         let fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
         if !self.key_acceptable(key.public_key, key.algorithm) {
-            info!(peer = %self.peer, user, %fingerprint, "refused: SHA-1 signature or RSA key under 2048 bits");
-            return Ok(reject());
+            info!(parent: &self.shared.span, peer = %self.peer, user, %fingerprint, "refused: SHA-1 signature or RSA key under 2048 bits");
+            return Ok(self.refuse());
         }
         if self.revoked(user, key.public_key) {
-            return Ok(reject());
+            return Ok(self.refuse());
         }
         let checked = match &self.trust.authorized {
             Some(authorized) => authorized.check(key.public_key, Some(self.peer.ip())),
@@ -343,7 +356,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         };
         match checked {
             Ok(entry) => {
-                info!(peer = %self.peer, user, fingerprint = %entry.fingerprint(), "authenticated");
+                info!(parent: &self.shared.span, peer = %self.peer, user, fingerprint = %entry.fingerprint(), "authenticated");
                 Ok(self.authenticated(ClientInfo::new(
                     user,
                     fingerprint,
@@ -358,8 +371,8 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
                     Refusal::Expired => "key past its expiry-time",
                     Refusal::FromMismatch => "address not allowed by the key's from= option",
                 };
-                info!(peer = %self.peer, user, %fingerprint, why, "refused");
-                Ok(reject())
+                info!(parent: &self.shared.span, peer = %self.peer, user, %fingerprint, why, "refused");
+                Ok(self.refuse())
             }
         }
     }
@@ -378,15 +391,15 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         let key_id = certificate.key_id();
         let serial = certificate.serial();
         if !rsa_size_acceptable(&key) {
-            info!(peer = %self.peer, user, key_id, serial, %fingerprint, "certificate refused: RSA key under 2048 bits");
-            return Ok(reject());
+            info!(parent: &self.shared.span, peer = %self.peer, user, key_id, serial, %fingerprint, "certificate refused: RSA key under 2048 bits");
+            return Ok(self.refuse());
         }
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         match check_user_certificate(certificate, user, Some(self.peer.ip()), now, &self.trust) {
             Ok(info) => {
-                info!(peer = %self.peer, user, key_id, serial, %fingerprint, ca = %info.ca_fingerprint, "authenticated with a certificate");
+                info!(parent: &self.shared.span, peer = %self.peer, user, key_id, serial, %fingerprint, ca = %info.ca_fingerprint, "authenticated with a certificate");
                 Ok(self.authenticated(
                     ClientInfo::new(
                         user,
@@ -399,8 +412,8 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
                 ))
             }
             Err(refusal) => {
-                info!(peer = %self.peer, user, key_id, serial, %fingerprint, %refusal, "certificate refused");
-                Ok(reject())
+                info!(parent: &self.shared.span, peer = %self.peer, user, key_id, serial, %fingerprint, %refusal, "certificate refused");
+                Ok(self.refuse())
             }
         }
     }

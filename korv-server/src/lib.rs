@@ -58,13 +58,17 @@
 //! - [`routing`]: [`MethodRouter`](routing::MethodRouter) and its
 //!   constructors ([`get`](routing::get), [`any`](routing::any), ...).
 //! - `router`: the routing table: patterns, matching, `404`/`405`.
+//! - `admission`: who may hold an unauthenticated place: per-source
+//!   limits, eviction when full, penalties ([`AdmissionStats`]).
+//! - `metrics`: the counters and gauges (admission's read at each scrape),
+//!   and the HTTP listener that serves them to Prometheus.
 //! - `state`: what the listener, connections and streams share: routes,
-//!   state, limits, the shutdown token.
+//!   state, limits, the shutdown token, the metrics, the server's log span.
 //! - `stream`: the per-stream loop, generic over `AsyncRead + AsyncWrite`.
 //! - `connection`: one SSH connection (russh's `Handler`): authentication,
 //!   the channels that carry streams, refusals.
-//! - `admission`: who may hold an unauthenticated place: per-source
-//!   limits, eviction when full, penalties ([`AdmissionStats`]).
+//! - `proxy`: the PROXY protocol header a load balancer sends first, and
+//!   the networks trusted to send it.
 //! - `listener`: the accept loop, connection limits, the version and
 //!   authentication deadlines, the drain on shutdown.
 //! - `server`: [`KorvServer`], [`BoundServer`], [`StreamService`],
@@ -80,7 +84,9 @@ mod error;
 mod handler;
 mod ipnet;
 mod listener;
+mod metrics;
 mod panic;
+mod proxy;
 mod reload;
 mod request;
 mod response;

@@ -7,6 +7,15 @@
 //! eviction when all are taken, and penalties). A connection refused by
 //! either is closed before the SSH handshake. Every connection and stream
 //! runs in one [`TaskTracker`], so that shutdown can wait for them.
+//!
+//! A connection from a trusted load balancer ([`TrustedProxies`]) must
+//! start with a PROXY header, read within the version deadline; the client
+//! address it carries is the connection's peer from then on, for admission,
+//! `from=`, `source-address`, logs and [`ClientInfo::peer`]. From any other
+//! source no header is read: one sent anyway is not an SSH version line,
+//! and fails the handshake.
+//!
+//! [`ClientInfo::peer`]: crate::ClientInfo::peer
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,12 +28,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::admission::{Admission, Denied, Slot};
 use crate::certificate::Trust;
 use crate::connection::{Connection, russh_config};
 use crate::error::ServerError;
+use crate::proxy::{TrustedProxies, read_header};
 use crate::state::Shared;
 
 /// A bound TCP listener with everything its connections need.
@@ -34,6 +44,7 @@ pub(crate) struct Listener<S> {
     config: Arc<Config>,
     trust: Arc<Trust>,
     admission: Arc<Admission>,
+    proxies: TrustedProxies,
 }
 
 impl<S: Clone + Send + Sync + 'static> Listener<S> {
@@ -43,6 +54,7 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
         host_keys: Vec<PrivateKey>,
         host_certificates: Vec<Certificate>,
         trust: Trust,
+        proxies: TrustedProxies,
     ) -> Self {
         let config = Arc::new(russh_config(&shared.limits, host_keys, host_certificates));
         let admission = Admission::new(&shared.limits);
@@ -52,6 +64,7 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
             config,
             trust: Arc::new(trust),
             admission,
+            proxies,
         }
     }
 
@@ -69,9 +82,17 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
             config,
             trust,
             admission,
+            proxies,
         } = self;
         let connections = Arc::new(Semaphore::new(shared.limits.max_connections));
         let tracker = TaskTracker::new();
+        let starter = Starter {
+            shared: Arc::clone(&shared),
+            config,
+            trust,
+            admission: Arc::clone(&admission),
+            tracker: tracker.clone(),
+        };
         loop {
             let accepted = tokio::select! {
                 () = shared.shutdown.cancelled() => break,
@@ -93,24 +114,18 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
                 admission.refuse(Denied::ConnectionLimit, peer.ip());
                 continue;
             };
-            let Ok(slot) = admission.admit(peer.ip()) else {
-                continue;
-            };
-            let slot = Arc::new(slot);
-            let connection = Connection::new(
-                Arc::clone(&shared),
-                Arc::clone(&trust),
-                peer,
-                Arc::clone(&slot),
-                tracker.clone(),
-            );
-            tracker.spawn(serve_connection(
-                Arc::clone(&config),
-                socket,
-                connection,
-                slot,
-                connection_permit,
-            ));
+            if proxies.trusts(peer.ip()) {
+                let starter = starter.clone();
+                let read_then_start = async move {
+                    let mut socket = socket;
+                    if let Some(client) = starter.read_proxy_header(&mut socket, peer).await {
+                        starter.start(socket, client, connection_permit);
+                    }
+                };
+                tracker.spawn(read_then_start.in_current_span());
+            } else {
+                starter.start(socket, peer, connection_permit);
+            }
         }
         drop(tcp);
         tracker.close();
@@ -124,6 +139,81 @@ impl<S: Clone + Send + Sync + 'static> Listener<S> {
             warn!("connections still open after the grace period: dropping them");
         }
         Ok(())
+    }
+}
+
+/// What starting a connection needs, cloned into the tasks that read PROXY
+/// headers.
+struct Starter<S> {
+    shared: Arc<Shared<S>>,
+    config: Arc<Config>,
+    trust: Arc<Trust>,
+    admission: Arc<Admission>,
+    tracker: TaskTracker,
+}
+
+impl<S> Clone for Starter<S> {
+    fn clone(&self) -> Self {
+        Starter {
+            shared: Arc::clone(&self.shared),
+            config: Arc::clone(&self.config),
+            trust: Arc::clone(&self.trust),
+            admission: Arc::clone(&self.admission),
+            tracker: self.tracker.clone(),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Starter<S> {
+    /// Admits a connection from `peer` (the client's address) and spawns
+    /// its task, or closes it when admission refuses it.
+    fn start(&self, socket: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let Ok(slot) = self.admission.admit(peer.ip()) else {
+            return;
+        };
+        let slot = Arc::new(slot);
+        let connection = Connection::new(
+            Arc::clone(&self.shared),
+            Arc::clone(&self.trust),
+            peer,
+            Arc::clone(&slot),
+            self.tracker.clone(),
+        );
+        self.tracker.spawn(
+            serve_connection(Arc::clone(&self.config), socket, connection, slot, permit)
+                .in_current_span(),
+        );
+    }
+
+    /// Reads the PROXY header of a connection from the load balancer at
+    /// `balancer` within the version deadline, and returns the client's
+    /// address; `None` (the connection is to be closed) when there is no
+    /// valid header by then or the server shuts down.
+    async fn read_proxy_header(
+        &self,
+        socket: &mut TcpStream,
+        balancer: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let limits = &self.shared.limits;
+        let within = limits.version_timeout.min(limits.auth_timeout);
+        let header = tokio::select! {
+            read = tokio::time::timeout(within, read_header(socket, balancer)) => read,
+            () = self.shared.shutdown.cancelled() => return None,
+        };
+        match header {
+            Ok(Ok(client)) => {
+                debug!(%client, %balancer, "PROXY header read");
+                Some(client)
+            }
+            Ok(Err(err)) => {
+                info!(%balancer, %err, "closing a connection from a trusted proxy");
+                None
+            }
+            Err(_) => {
+                info!(%balancer, "no PROXY header before the deadline: closing");
+                None
+            }
+        }
     }
 }
 
@@ -145,6 +235,11 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     let shutdown = connection.shared().shutdown.clone();
     let limits = &connection.shared().limits;
     let accepted = Instant::now();
+    let _open = connection
+        .shared()
+        .metrics
+        .as_ref()
+        .map(|m| m.connection_opened());
     let auth_deadline = deadline(accepted, limits.auth_timeout);
     let version_deadline = deadline(accepted, limits.version_timeout.min(limits.auth_timeout));
     let evicted = slot.evicted().clone();

@@ -25,7 +25,9 @@ pub struct ClientInfo {
     pub algorithm: String,
     /// The comment of the key's line in authorized_keys.
     pub comment: String,
-    /// The peer's address, when the transport has one.
+    /// The client's address, when the transport has one: the TCP peer, or
+    /// the address a trusted load balancer's PROXY header carries
+    /// ([`KorvServer::proxy_protocol_from`](crate::KorvServer::proxy_protocol_from)).
     pub peer: Option<SocketAddr>,
     /// The OpenSSH user certificate the client authenticated with (key id,
     /// serial, principals, CA, validity); `None` for a plain key.

@@ -13,6 +13,7 @@ use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::{Certificate, PrivateKey, PublicKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::admission::AdmissionMonitor;
 use crate::authorize::{Authorization, Rule};
@@ -21,7 +22,10 @@ use crate::certificate::{KeyList, Trust};
 use crate::config::Limits;
 use crate::error::ServerError;
 use crate::handler::{Handler, boxed};
+use crate::ipnet::IpNet;
 use crate::listener::{self, Listener};
+use crate::metrics::Metrics;
+use crate::proxy::TrustedProxies;
 use crate::request::ClientInfo;
 use crate::router::Router;
 use crate::routing::{MethodRouter, RouteError, on};
@@ -80,6 +84,9 @@ pub struct KorvServer<S = ()> {
     authorized: Option<AuthorizedSource>,
     user_ca_keys: Option<AuthorizedSource>,
     revoked_keys: Option<PathBuf>,
+    proxies: Vec<IpNet>,
+    name: Option<String>,
+    metrics: Option<SocketAddr>,
 }
 
 impl Default for KorvServer<()> {
@@ -110,6 +117,9 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
             authorized: None,
             user_ca_keys: None,
             revoked_keys: None,
+            proxies: Vec::new(),
+            name: None,
+            metrics: None,
         }
     }
 
@@ -277,6 +287,54 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
         self
     }
 
+    /// Expects the PROXY protocol (version 1 or 2, as HAProxy's
+    /// `send-proxy` and `send-proxy-v2` write it) on every connection from
+    /// `networks`: the load balancers. Adds to the networks given before.
+    ///
+    /// From those networks the header is mandatory and must arrive within
+    /// the version deadline ([`Limits::version_timeout`]); the client
+    /// address it carries is the connection's address everywhere: per-source
+    /// admission, `from=` in authorized_keys, a certificate's
+    /// `source-address`, logs and [`ClientInfo::peer`]. A `LOCAL` header
+    /// (the balancer's own health check) keeps the balancer's address. From
+    /// any other address no header is read, and one sent anyway fails the
+    /// SSH handshake: a client cannot choose its address.
+    ///
+    /// ```
+    /// use korv_server::{IpNet, KorvServer};
+    ///
+    /// let balancer: IpNet = "10.0.0.5/32".parse().unwrap();
+    /// let server = KorvServer::new().proxy_protocol_from([balancer]);
+    /// ```
+    pub fn proxy_protocol_from(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.proxies.extend(networks);
+        self
+    }
+
+    /// Names this instance of the server: every log line of its listener,
+    /// connections and requests carries `server{name=NAME}`, and every
+    /// metric the label `instance_name="NAME"`, so that a fleet's logs and
+    /// metrics tell its instances apart.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Serves metrics in the OpenMetrics text format (which Prometheus
+    /// scrapes) at `GET /metrics` over plain HTTP on `addr`, a listener of
+    /// its own: requests by verb and code (`korv_requests_total`), their
+    /// latency (`korv_request_duration_seconds`), requests in flight, frames
+    /// refused, open connections and streams, authentications by result,
+    /// admission refusals by reason, and whether shutdown has started.
+    /// Bind it to an address only the monitoring can reach: it has no
+    /// authentication. [`BoundServer::metrics_addr`] tells the port chosen
+    /// for port 0; [`BoundServer::render_metrics`] renders the same text
+    /// for an HTTP server of your own.
+    pub fn metrics(mut self, addr: SocketAddr) -> Self {
+        self.metrics = Some(addr);
+        self
+    }
+
     /// Adds a host key from an OpenSSH private key file (unencrypted, readable
     /// by its owner only). Repeat for several algorithms.
     pub fn host_key_file(mut self, path: impl Into<PathBuf>) -> Self {
@@ -384,13 +442,41 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
                 .map(|path| KeyList::from_file(path, "revoked keys")),
         };
         let (tcp, local_addr) = listener::bind(self.listen).await?;
-        let shared = self.into_shared();
+        let metrics_tcp = match self.metrics {
+            Some(addr) => Some(listener::bind(addr).await?),
+            None => None,
+        };
+        let proxies = TrustedProxies::new(std::mem::take(&mut self.proxies));
+        let name = self.name.clone();
+        let shared = self.into_shared(metrics_tcp.is_some().then(Arc::default));
         let shutdown = shared.shutdown.clone();
-        tracing::info!(addr = %local_addr, "korv server listening");
+        let metrics = shared.metrics.clone();
+        let span = shared.span.clone();
+        let listener = Listener::new(shared, tcp, host_keys, certificates, trust, proxies);
+        let metrics = match (metrics, metrics_tcp) {
+            (Some(metrics), Some((tcp, addr))) => {
+                let registry = metrics.registry(
+                    name.as_deref(),
+                    Arc::clone(listener.admission()),
+                    shutdown.clone(),
+                );
+                Some(MetricsEndpoint {
+                    tcp,
+                    addr,
+                    registry: Arc::new(registry),
+                })
+            }
+            _ => None,
+        };
+        span.in_scope(|| {
+            tracing::info!(addr = %local_addr, metrics = ?metrics.as_ref().map(|m| m.addr), "korv server listening");
+        });
         Ok(BoundServer {
-            listener: Listener::new(shared, tcp, host_keys, certificates, trust),
+            listener,
             local_addr,
             shutdown,
+            metrics,
+            span,
         })
     }
 
@@ -433,13 +519,18 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
         self.serve_with_shutdown(shutdown_signal()).await
     }
 
-    fn into_shared(self) -> Arc<Shared<S>> {
+    fn into_shared(self, metrics: Option<Arc<Metrics>>) -> Arc<Shared<S>> {
         Arc::new(Shared {
             router: self.router,
             state: self.state,
             limits: self.limits,
             tracebacks: self.tracebacks,
             shutdown: CancellationToken::new(),
+            metrics,
+            span: match &self.name {
+                Some(name) => tracing::info_span!("server", %name),
+                None => tracing::Span::none(),
+            },
         })
     }
 
@@ -447,7 +538,7 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
     /// over any transport, without SSH.
     pub fn into_stream_service(self) -> StreamService<S> {
         StreamService {
-            shared: self.into_shared(),
+            shared: self.into_shared(None),
         }
     }
 
@@ -473,6 +564,16 @@ pub struct BoundServer<S> {
     listener: Listener<S>,
     local_addr: SocketAddr,
     shutdown: CancellationToken,
+    metrics: Option<MetricsEndpoint>,
+    /// `server{name=…}` when the server has a name.
+    span: tracing::Span,
+}
+
+/// The bound metrics listener and what it serves.
+struct MetricsEndpoint {
+    tcp: tokio::net::TcpListener,
+    addr: SocketAddr,
+    registry: Arc<prometheus_client::registry::Registry>,
 }
 
 impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
@@ -497,14 +598,43 @@ impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
         AdmissionMonitor::new(self.listener.admission())
     }
 
+    /// The address metrics are served on, when [`KorvServer::metrics`] asked
+    /// for them.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr)
+    }
+
+    /// The metrics' text, as `GET /metrics` answers it (OpenMetrics), when
+    /// [`KorvServer::metrics`] asked for them.
+    pub fn render_metrics(&self) -> Option<String> {
+        self.metrics
+            .as_ref()
+            .map(|m| crate::metrics::render(&m.registry))
+    }
+
     /// Serves connections until the shutdown handle fires, then stops
     /// accepting, drains the streams (in-flight requests get the grace period)
-    /// and returns.
+    /// and returns. Metrics are served until then too, shutdown state
+    /// included.
     ///
     /// # Errors
     /// None today; reserved for fatal listener errors.
     pub async fn run(self) -> Result<(), ServerError> {
-        self.listener.run().await
+        let BoundServer {
+            listener,
+            metrics,
+            span,
+            ..
+        } = self;
+        let stop_metrics = CancellationToken::new();
+        if let Some(endpoint) = metrics {
+            tokio::spawn(
+                crate::metrics::serve(endpoint.tcp, endpoint.registry, stop_metrics.clone())
+                    .instrument(span.clone()),
+            );
+        }
+        let _stop_metrics = stop_metrics.drop_guard();
+        listener.run().instrument(span).await
     }
 
     /// Like [`run`](Self::run), and also shuts down when `shutdown`
@@ -517,12 +647,13 @@ impl<S: Clone + Send + Sync + 'static> BoundServer<S> {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServerError> {
         let token = self.shutdown.clone();
+        let span = self.span.clone();
         let run = self.run();
         tokio::pin!(run);
         tokio::select! {
             result = &mut run => return result,
             () = shutdown => {
-                tracing::info!("shutting down");
+                tracing::info!(parent: &span, "shutting down");
                 token.cancel();
             }
         }

@@ -1,8 +1,11 @@
 //! [`Shared`]: what every stream of a server reads, behind one `Arc`.
 
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
+use crate::metrics::Metrics;
 use crate::router::Router;
 
 /// The routes, the user's state and the settings, shared by the listener,
@@ -17,4 +20,9 @@ pub(crate) struct Shared<S> {
     /// Cancelled when the server shuts down: no new connections, streams or
     /// requests; in-flight ones get `limits.shutdown_grace`.
     pub(crate) shutdown: CancellationToken,
+    /// The counters, when the server exports metrics.
+    pub(crate) metrics: Option<Arc<Metrics>>,
+    /// `server{name=…}` when the server has a name, else no span: the
+    /// parent of its log events, including those of tasks russh spawns.
+    pub(crate) span: tracing::Span,
 }

@@ -13,7 +13,9 @@
 //! - At the client's EOF the loop finishes what is in flight, writes it, then
 //!   shuts its writing side down (EOF).
 //! - On shutdown it answers new requests `503`, gives in-flight ones the grace
-//!   period, answers the rest `503`, then closes.
+//!   period, answers the rest `503`, then closes once nothing has arrived for
+//!   [`SHUTDOWN_LINGER`]: requests already on their way when shutdown began
+//!   get a `503`, not a closed stream.
 
 use std::io;
 use std::sync::Arc;
@@ -28,15 +30,20 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::authorize;
 use crate::handler::BoxedHandler;
+use crate::metrics::Metrics;
 use crate::panic::CatchPanic;
 use crate::request::{ClientInfo, Params, Request};
 use crate::response::{TRACEBACKS, internal_error};
 use crate::router::Routed;
 use crate::state::Shared;
+
+/// On shutdown, how long a stream with nothing in flight waits for more
+/// requests (answered `503`) before it closes; never past the grace period.
+pub(crate) const SHUTDOWN_LINGER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Bytes read from the transport at a time, at least.
 const READ_CAPACITY: usize = 64 * 1024;
@@ -52,6 +59,7 @@ where
     S: Clone + Send + Sync + 'static,
     IO: AsyncRead + AsyncWrite + Send,
 {
+    let _open = shared.metrics.as_ref().map(|m| m.stream_opened());
     let (reader, writer) = tokio::io::split(io);
     // Writing runs beside reading, never in its way: over SSH a stream that
     // stops reading while a write waits can stall the whole connection
@@ -148,6 +156,9 @@ where
     let mut shutting_down = false;
     let grace = tokio::time::sleep(shared.limits.shutdown_grace);
     tokio::pin!(grace);
+    let linger = tokio::time::sleep(SHUTDOWN_LINGER);
+    tokio::pin!(linger);
+    let mut grace_ends = tokio::time::Instant::now();
     let max_in_flight = shared.limits.max_in_flight_per_stream.max(1);
     let max_unwritten = shared
         .limits
@@ -187,15 +198,19 @@ where
                 ));
             }
         }
-        if in_flight.is_empty() && (!reading || shutting_down) {
+        if in_flight.is_empty() && !reading {
             return Ok(());
         }
         tokio::select! {
             biased;
             () = shutdown.cancelled(), if !shutting_down => {
                 shutting_down = true;
-                grace.as_mut().reset(tokio::time::Instant::now() + shared.limits.shutdown_grace);
+                let now = tokio::time::Instant::now();
+                grace_ends = now + shared.limits.shutdown_grace;
+                grace.as_mut().reset(grace_ends);
+                linger.as_mut().reset((now + SHUTDOWN_LINGER).min(grace_ends));
             }
+            () = &mut linger, if shutting_down && in_flight.is_empty() => return Ok(()),
             () = &mut grace, if shutting_down && !abort.is_cancelled() => abort.cancel(),
             () = to_writer.closed() => {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the stream's writer stopped"));
@@ -206,9 +221,16 @@ where
                 Some(Err(err)) => return Err(into_io(err)),
                 Some(Ok(frame)) => {
                     let started = Instant::now();
+                    if shutting_down {
+                        let quiet_until = tokio::time::Instant::now() + SHUTDOWN_LINGER;
+                        linger.as_mut().reset(quiet_until.min(grace_ends));
+                    }
                     match dispatch(shared, client, frame, shutting_down) {
-                        Dispatch::Now(response) => {
+                        Dispatch::Now(response, verb) => {
                             log_answer(&response, None, started);
+                            if let Some(metrics) = &shared.metrics {
+                                metrics.answered(verb, response.code.as_u16(), started.elapsed());
+                            }
                             encode(&mut codec, &response, &mut out);
                         }
                         Dispatch::Run(run) => {
@@ -236,7 +258,9 @@ fn encode(codec: &mut KorvCodec, response: &Response, out: &mut BytesMut) {
 }
 
 enum Dispatch<S> {
-    Now(Response),
+    /// An answer without a handler, and the request's verb (`None` for a
+    /// frame that is not a request).
+    Now(Response, Option<korv_proto::Verb>),
     Run(Run<S>),
 }
 
@@ -260,23 +284,30 @@ fn dispatch<S>(
     shutting_down: bool,
 ) -> Dispatch<S> {
     let payload = match frame {
-        Frame::Empty => return Dispatch::Now(Response::empty_frame()),
+        Frame::Empty => return Dispatch::Now(Response::empty_frame(), None),
         Frame::Oversized { len } => {
-            return Dispatch::Now(Response::payload_too_large(len, shared.limits.max_frame));
+            return Dispatch::Now(
+                Response::payload_too_large(len, shared.limits.max_frame),
+                None,
+            );
         }
         Frame::Payload(payload) => payload,
     };
     let request = match WireRequest::from_payload(&payload) {
         Ok(request) => request,
-        Err(rejection) => return Dispatch::Now(rejection.into_response()),
+        Err(rejection) => return Dispatch::Now(rejection.into_response(), None),
     };
     let id = request.id.clone();
+    let verb = Some(request.verb);
     if shutting_down {
-        return Dispatch::Now(Response::error(
-            id,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down and takes no new requests",
-        ));
+        return Dispatch::Now(
+            Response::error(
+                id,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down and takes no new requests",
+            ),
+            verb,
+        );
     }
     match shared.router.route(request.verb, &request.resource) {
         Routed::Found(handler, params, rules) => {
@@ -289,23 +320,29 @@ fn dispatch<S>(
                 }),
                 Err(message) => {
                     tracing::info!(user = %client.user, verb = %request.verb, resource = %request.resource, %message, "refused: 403");
-                    Dispatch::Now(Response::error(id, StatusCode::FORBIDDEN, message))
+                    Dispatch::Now(Response::error(id, StatusCode::FORBIDDEN, message), verb)
                 }
             }
         }
-        Routed::NotAllowed(allow) => Dispatch::Now(Response::new(
-            id,
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({
-                "message": format!("{} is not allowed on {}", request.verb, request.resource),
-                "allow": allow,
-            }),
-        )),
-        Routed::NotFound => Dispatch::Now(Response::error(
-            id,
-            StatusCode::NOT_FOUND,
-            format!("no route for {} {}", request.verb, request.resource),
-        )),
+        Routed::NotAllowed(allow) => Dispatch::Now(
+            Response::new(
+                id,
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({
+                    "message": format!("{} is not allowed on {}", request.verb, request.resource),
+                    "allow": allow,
+                }),
+            ),
+            verb,
+        ),
+        Routed::NotFound => Dispatch::Now(
+            Response::error(
+                id,
+                StatusCode::NOT_FOUND,
+                format!("no route for {} {}", request.verb, request.resource),
+            ),
+            verb,
+        ),
     }
 }
 
@@ -344,7 +381,10 @@ where
     let started = Instant::now();
     let mut task_codec = codec.clone();
     let task_id = id.clone();
+    let metrics: Option<Arc<Metrics>> = shared.metrics.clone();
+    let running = metrics.as_ref().map(|m| m.request_started());
     let mut task = Box::pin(TRACEBACKS.scope(shared.tracebacks, async move {
+        let _running = running;
         let mut response = tokio::select! {
             biased;
             () = abort.cancelled() => Response::error(
@@ -370,6 +410,9 @@ where
         };
         response.request_id = Some(task_id);
         log_answer(&response, resource.as_deref().map(|r| (verb, r)), started);
+        if let Some(metrics) = &metrics {
+            metrics.answered(Some(verb), response.code.as_u16(), started.elapsed());
+        }
         let mut out = BytesMut::new();
         encode(&mut task_codec, &response, &mut out);
         out
@@ -377,9 +420,9 @@ where
     let outcome = match inline {
         true => match (&mut task).now_or_never() {
             Some(encoded) => Ok(encoded),
-            None => Err(tokio::spawn(task)),
+            None => Err(tokio::spawn(task.in_current_span())),
         },
-        false => Err(tokio::spawn(task)),
+        false => Err(tokio::spawn(task.in_current_span())),
     };
     let mut codec = codec.clone();
     async move {

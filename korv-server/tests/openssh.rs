@@ -94,6 +94,39 @@ impl Fixture {
         .unwrap()
     }
 
+    /// Sends one GET /hello with `identity` and expects its 200: the server
+    /// still serves.
+    async fn assert_serves(&self, identity: &Path) {
+        let output = self
+            .request_via_w(
+                identity,
+                frame(&json!({"id": "next", "verb": "GET", "resource": "/hello"})),
+            )
+            .await;
+        assert!(
+            output.status.success(),
+            "the next client was not served: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let answers = responses(&output.stdout);
+        assert_eq!(answers.len(), 1, "the next client's answer");
+        assert_eq!(answers[0].code, StatusCode::OK);
+    }
+
+    /// Expects `output` to be ssh's refusal of authentication, as OpenSSH
+    /// words it when the server takes public keys only, and the server to
+    /// serve the next client, with `next` (an authorized key).
+    async fn assert_refused(&self, output: &Output, next: &Path) {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(255), "stderr: {stderr}");
+        assert!(output.stdout.is_empty());
+        assert!(
+            stderr.contains("Permission denied (publickey)"),
+            "not an authentication refusal: {stderr}"
+        );
+        self.assert_serves(next).await;
+    }
+
     async fn request_via_w(&self, identity: &Path, frames: Vec<u8>) -> Output {
         self.ssh(
             identity,
@@ -119,16 +152,6 @@ fn responses(mut bytes: &[u8]) -> Vec<Response> {
     }
     assert!(bytes.is_empty(), "trailing bytes");
     out
-}
-
-fn assert_refused(output: &Output) {
-    assert_eq!(
-        output.status.code(),
-        Some(255),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.stdout.is_empty());
 }
 
 #[tokio::test]
@@ -247,29 +270,65 @@ async fn an_unauthorized_key_is_refused() {
             frame(&json!({"id": 1, "verb": "GET", "resource": "/hello"})),
         )
         .await;
-    assert_refused(&output);
+    fixture
+        .assert_refused(&output, &fixture.dir.path().join("ed"))
+        .await;
 }
 
+/// OpenSSH's `ssh` ready to answer a password or keyboard-interactive prompt
+/// (interactive mode, an askpass program that records being asked) finds
+/// only `publickey` offered and never asks; the server's own refusal of
+/// those methods, when a client tries them anyway, is
+/// `hardening.rs`: `password_and_keyboard_interactive_are_refused`.
 #[tokio::test]
 async fn password_and_keyboard_interactive_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
     let fixture = Fixture::start(|dir| public_key(&keygen(dir, "ed", KeyKind::Ed25519))).await;
-    let key = fixture.dir.path().join("ed");
+    let dir = fixture.dir.path();
+    let key = dir.join("ed");
+    let asked = dir.join("asked");
+    let askpass = dir.join("askpass");
+    std::fs::write(
+        &askpass,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> '{}'\necho secret\n",
+            asked.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
     for method in ["password", "keyboard-interactive"] {
-        let output = fixture
-            .ssh(
-                &key,
-                &[
-                    "-o",
-                    &format!("PreferredAuthentications={method}"),
-                    "-W",
-                    "localhost:1",
-                    "alice@127.0.0.1",
-                ],
-                Vec::new(),
-            )
-            .await;
-        assert_refused(&output);
+        let mut command = Command::new("ssh");
+        command
+            .args(["-F", "/dev/null", "-o", "BatchMode=no"])
+            .args(["-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "PubkeyAuthentication=no"])
+            .args(["-o", &format!("PreferredAuthentications={method}")])
+            .args(["-o", "NumberOfPasswordPrompts=1"])
+            .args(["-o", "ConnectTimeout=10"])
+            .args(["-p", &fixture.addr.port().to_string()])
+            .args(["-W", "localhost:1", "alice@127.0.0.1"])
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .stdin(Stdio::null());
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(255), "{method}: {stderr}");
+        assert!(
+            stderr.contains("Permission denied (publickey)"),
+            "{method}: the server offers public keys only: {stderr}"
+        );
+        assert!(
+            !asked.exists(),
+            "{method}: ssh asked for a secret: {}",
+            std::fs::read_to_string(&asked).unwrap_or_default()
+        );
     }
+    fixture.assert_serves(&key).await;
 }
 
 #[tokio::test]
@@ -279,8 +338,14 @@ async fn exec_is_refused() {
     let output = fixture
         .ssh(&key, &["alice@127.0.0.1", "true"], Vec::new())
         .await;
-    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
     assert!(output.stdout.is_empty());
+    assert!(
+        stderr.contains("exec request failed on channel"),
+        "not the server's refusal of exec: {stderr}"
+    );
+    fixture.assert_serves(&key).await;
 }
 
 #[tokio::test]
@@ -290,20 +355,64 @@ async fn another_subsystem_is_refused() {
     let output = fixture
         .ssh(&key, &["-s", "alice@127.0.0.1", "sftp"], Vec::new())
         .await;
-    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(output.stdout.is_empty());
+    assert!(
+        stderr.contains("subsystem request failed on channel"),
+        "not the server's refusal of the subsystem: {stderr}"
+    );
+    fixture.assert_serves(&key).await;
+}
+
+#[tokio::test]
+async fn rsa_keys_under_2048_bits_are_refused() {
+    let fixture = Fixture::start(|dir| {
+        let small = public_key(&keygen(dir, "rsa1024", KeyKind::Rsa(1024)));
+        let large = public_key(&keygen(dir, "rsa2048", KeyKind::Rsa(2048)));
+        format!("{small}\n{large}\n")
+    })
+    .await;
+    let small = fixture.dir.path().join("rsa1024");
+    let output = fixture
+        .request_via_w(
+            &small,
+            frame(&json!({"id": 1, "verb": "GET", "resource": "/hello"})),
+        )
+        .await;
+    // The same kind of key at 2048 bits, authorized the same way, is served.
+    fixture
+        .assert_refused(&output, &fixture.dir.path().join("rsa2048"))
+        .await;
+}
+
+#[tokio::test]
+async fn an_expiry_time_in_the_future_is_accepted() {
+    let fixture = Fixture::start(|dir| {
+        format!(
+            "expiry-time=\"29991231\" {}",
+            public_key(&keygen(dir, "ed", KeyKind::Ed25519))
+        )
+    })
+    .await;
+    fixture.assert_serves(&fixture.dir.path().join("ed")).await;
 }
 
 #[tokio::test]
 async fn a_from_option_that_excludes_loopback_is_refused() {
     let fixture = Fixture::start(|dir| {
         format!(
-            "from=\"10.0.0.*\" {}",
-            public_key(&keygen(dir, "ed", KeyKind::Ed25519))
+            "from=\"10.0.0.*\" {}\n{}\n",
+            public_key(&keygen(dir, "ed", KeyKind::Ed25519)),
+            public_key(&keygen(dir, "other", KeyKind::Ed25519))
         )
     })
     .await;
     let key = fixture.dir.path().join("ed");
-    assert_refused(&fixture.request_via_w(&key, Vec::new()).await);
+    let output = fixture.request_via_w(&key, Vec::new()).await;
+    fixture
+        .assert_refused(&output, &fixture.dir.path().join("other"))
+        .await;
 }
 
 #[tokio::test]
@@ -329,13 +438,17 @@ async fn a_from_option_that_includes_loopback_is_accepted() {
 async fn an_expired_key_is_refused() {
     let fixture = Fixture::start(|dir| {
         format!(
-            "expiry-time=\"20200101\" {}",
-            public_key(&keygen(dir, "ed", KeyKind::Ed25519))
+            "expiry-time=\"20200101\" {}\n{}\n",
+            public_key(&keygen(dir, "ed", KeyKind::Ed25519)),
+            public_key(&keygen(dir, "other", KeyKind::Ed25519))
         )
     })
     .await;
     let key = fixture.dir.path().join("ed");
-    assert_refused(&fixture.request_via_w(&key, Vec::new()).await);
+    let output = fixture.request_via_w(&key, Vec::new()).await;
+    fixture
+        .assert_refused(&output, &fixture.dir.path().join("other"))
+        .await;
 }
 
 #[tokio::test]
@@ -354,12 +467,10 @@ async fn a_key_removed_from_authorized_keys_is_refused_on_the_next_connection() 
     );
     let b_only = public_key(&fixture.dir.path().join("b"));
     std::fs::write(fixture.dir.path().join("authorized_keys"), b_only + "\n").unwrap();
-    assert_refused(&fixture.request_via_w(&a, hello()).await);
-    let b = fixture.dir.path().join("b");
-    assert_eq!(
-        responses(&fixture.request_via_w(&b, hello()).await.stdout).len(),
-        1
-    );
+    let output = fixture.request_via_w(&a, hello()).await;
+    fixture
+        .assert_refused(&output, &fixture.dir.path().join("b"))
+        .await;
 }
 
 #[tokio::test]
@@ -456,9 +567,22 @@ async fn beyond_the_unauthenticated_limit_new_connections_are_closed_at_once() {
         ..Default::default()
     })
     .await;
-    let _held: Vec<_> =
-        futures_util::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(addr))).await;
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    /// Connects and reads the server's version line: the server has taken
+    /// the connection and counts it as unauthenticated.
+    async fn greeted(addr: SocketAddr) -> tokio::net::TcpStream {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut banner = [0; 8];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            socket.read_exact(&mut banner),
+        )
+        .await
+        .expect("the version line")
+        .unwrap();
+        assert_eq!(&banner, b"SSH-2.0-");
+        socket
+    }
+    let held = vec![greeted(addr).await, greeted(addr).await];
     let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut sink = Vec::new();
     let read = tokio::time::timeout(
@@ -468,6 +592,30 @@ async fn beyond_the_unauthenticated_limit_new_connections_are_closed_at_once() {
     .await;
     assert!(read.is_ok(), "the third connection was not closed at once");
     assert!(sink.is_empty(), "no SSH banner for a refused connection");
+    // Once the held connections are gone, their places are free again: a new
+    // connection is greeted (the server notices each close on its own time,
+    // so refusals may come first).
+    drop(held);
+    let started = std::time::Instant::now();
+    loop {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut banner = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            (&mut socket).take(8).read_to_end(&mut banner),
+        )
+        .await
+        .expect("a version line or a close");
+        if banner == b"SSH-2.0-" {
+            break;
+        }
+        assert!(banner.is_empty(), "{banner:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the server stopped greeting new connections"
+        );
+        tokio::task::yield_now().await;
+    }
     shutdown.shutdown();
 }
 

@@ -56,6 +56,30 @@ pub(crate) fn fuzz(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks the fuzz crate, which is a workspace of its own that the main
+/// workspace's `fmt`, `clippy` and `build` never reach: its formatting, its
+/// lints (warnings are errors) and a build of every target. The build needs
+/// no nightly flags; only running the targets does.
+pub(crate) fn check() -> Result<(), String> {
+    let manifest = root().join("fuzz").join("Cargo.toml");
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--manifest-path"])
+        .arg(&manifest)
+        .args(["--", "--check"]);
+    step("fuzz crate: format", fmt)?;
+    let mut clippy = cargo();
+    clippy
+        .args(["clippy", "--locked", "--all-targets", "--manifest-path"])
+        .arg(&manifest)
+        .args(["--", "-D", "warnings"]);
+    step("fuzz crate: lint", clippy)?;
+    let mut build = cargo();
+    build
+        .args(["build", "--locked", "--bins", "--manifest-path"])
+        .arg(&manifest);
+    step("fuzz crate: build the targets", build)
+}
+
 /// `--seconds N` or `--seconds=N`; N is a whole number above zero.
 fn parse_seconds(args: &[String]) -> Result<u64, String> {
     let mut seconds = DEFAULT_SECONDS;

@@ -1,17 +1,21 @@
 //! Korv's project tasks. Run from anywhere in the workspace:
 //!
 //! ```text
-//! cargo xtask test      # fmt check, clippy (warnings are errors), every test
+//! cargo xtask test      # fmt check, clippy (warnings are errors), every test;
+//!                       # fuzz/ formatted, linted and built too
 //! cargo xtask python    # the Python package's tests alone (also part of `test`)
 //! cargo xtask bench     # Korv against its peers; rewrites BENCHMARKS.md
+//!                       # (--check: fail on a missed target or failed load)
 //! cargo xtask soak      # korv serve under valid and malformed frames, 60 s
 //! cargo xtask fuzz      # every fuzz target, 60 s each
+//! cargo xtask fleet     # three korv serve behind HAProxy (docs/DEPLOY.md), checked
 //! ```
 //!
 //! Each step is printed before it runs; the first failure stops the run with
 //! a message naming the step and how to reproduce it.
 
 mod bench;
+mod fleet;
 mod fuzz;
 mod python;
 mod soak;
@@ -27,6 +31,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("python") => python::test(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("fleet") => fleet::fleet(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
@@ -48,10 +53,12 @@ fn print_help() {
     println!(
         "cargo xtask TASK\n\n\
          Tasks:\n  \
-         test    cargo fmt --check, cargo clippy -D warnings, cargo test --workspace, python\n  \
+         test    cargo fmt --check, cargo clippy -D warnings (the workspace and fuzz/), cargo test --workspace, python\n  \
          python  the Python package: a venv in the target folder, the wheel, pytest\n  \
          soak    [--minutes N] korv serve under a full-speed mix of valid and malformed frames\n  \
-         bench   [--quick] Korv against HTTPS, OpenSSH and plain TCP; writes BENCHMARKS.md\n  \
+         bench   [--quick] [--check] Korv against HTTPS, OpenSSH and plain TCP; writes BENCHMARKS.md;\n          \
+         --check fails on a missed target or a failed load\n  \
+         fleet   [--release] three korv serve behind HAProxy with the PROXY protocol, every scenario\n  \
          fuzz    run each fuzz target for N seconds (default 60): fuzz [--seconds N]\n  \
          help    this text"
     );
@@ -72,6 +79,8 @@ fn test() -> Result<(), String> {
         "warnings",
     ]);
     step("lint", clippy)?;
+
+    fuzz::check()?;
 
     let mut tests = cargo();
     tests.args(["test", "--workspace", "--all-targets"]);

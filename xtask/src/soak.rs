@@ -4,12 +4,14 @@
 //! Each stream is OpenSSH's `ssh -W` into the server, so the frames travel
 //! exactly as a foreign client's would. A writer thread pipelines frames; a
 //! reader thread checks every answer against what its frame must get:
-//! every request id answered exactly once with its code, and the answers
-//! with a `null` id (frames whose id cannot be read) counted by code. The
+//! every request id answered exactly once with its code; and each frame whose
+//! id cannot be read answered once, with its code, in the order sent (the
+//! server answers such frames as it reads them, without a handler, so their
+//! answers keep the order of their frames). Each `ssh` must exit 0. The
 //! server's resident memory is sampled every second; after the warm-up it
-//! must grow by less than 10%.
+//! must grow by less than 10%, and a run that ends before the warm-up fails.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -84,14 +86,52 @@ struct Expect {
 struct Ledger {
     /// Ids sent and not yet answered, with their expected code.
     open: Mutex<HashMap<u64, Expect>>,
-    /// Frames sent whose answer has a `null` id, by expected code.
-    null_sent: Mutex<HashMap<u16, u64>>,
-    null_seen: Mutex<HashMap<u16, u64>>,
+    /// Frames sent whose answer has a `null` id and is not yet read, in the
+    /// order sent: each frame's number and expected code.
+    null_open: Mutex<NullAnswers>,
     sent: AtomicU64,
     answered: AtomicU64,
     /// Problems found (wrong code, duplicate, unknown id), the first few.
     problems: Mutex<Vec<String>>,
     problem_count: AtomicU64,
+}
+
+/// The frames whose answers come with a `null` id, matched one by one with
+/// their answers as they come. Answers of one code are matched in the order
+/// their frames were sent; across codes the order is free: a `413` is written
+/// when its length is read, and `korv serve` may write it after the `400` of a
+/// malformed frame sent later (answers may come in any order). So a dropped
+/// answer and a doubled one of another code never cancel out: one frame is
+/// left waiting and one answer finds no frame.
+#[derive(Default)]
+struct NullAnswers {
+    /// Frame number and expected code of each frame not yet answered.
+    waiting: VecDeque<(u64, u16)>,
+}
+
+impl NullAnswers {
+    fn sent(&mut self, frame: u64, code: u16) {
+        self.waiting.push_back((frame, code));
+    }
+
+    /// Matches an answer with a `null` id and `code` to the oldest frame
+    /// still waiting for an answer of that code.
+    fn answered(&mut self, code: u16) -> Result<(), String> {
+        match self
+            .waiting
+            .iter()
+            .position(|(_, expected)| *expected == code)
+        {
+            Some(at) => {
+                self.waiting.remove(at);
+                Ok(())
+            }
+            None => Err(format!(
+                "an answer with a null id ({code}) for no frame: a duplicate, \
+                 or an answer of the wrong code"
+            )),
+        }
+    }
 }
 
 impl Ledger {
@@ -188,7 +228,11 @@ fn run(korv: &Path, dir: &Path, duration: Duration, streams: usize) -> Result<()
     for (stream, (mut child, writer, reader, ledger)) in workers.into_iter().enumerate() {
         let wrote = writer.join().map_err(|_| "a writer thread panicked")?;
         let read = reader.join().map_err(|_| "a reader thread panicked")?;
-        let _ = child.wait();
+        match child.wait() {
+            Ok(status) if status.success() => {}
+            Ok(status) => problems.push(format!("stream {stream}: ssh exited {status}")),
+            Err(err) => problems.push(format!("stream {stream}: ssh: {err}")),
+        }
         if let Err(err) = wrote {
             problems.push(format!("stream {stream}: writing: {err}"));
         }
@@ -208,19 +252,14 @@ fn run(korv: &Path, dir: &Path, duration: Duration, streams: usize) -> Result<()
                 "stream {stream}: {open} request ids never answered"
             ));
         }
-        let null_sent = ledger
-            .null_sent
+        let unanswered = ledger
+            .null_open
             .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
-        let null_seen = ledger
-            .null_seen
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
-        if null_sent != null_seen {
+            .map(|n| n.waiting.len())
+            .unwrap_or(0);
+        if unanswered > 0 {
             problems.push(format!(
-                "stream {stream}: answers with a null id by code: expected {null_sent:?}, got {null_seen:?}"
+                "stream {stream}: {unanswered} frames without a readable id never answered"
             ));
         }
         let count = ledger.problem_count.load(Ordering::Relaxed);
@@ -237,23 +276,22 @@ fn run(korv: &Path, dir: &Path, duration: Duration, streams: usize) -> Result<()
     }
     drop(server);
     let elapsed = started.elapsed().as_secs_f64();
-    // Medians of the first and the last few samples after the warm-up: a
-    // leak moves both ends apart, a passing burst moves neither.
     let after: Vec<u64> = samples
         .iter()
         .filter(|(t, _, _)| *t >= warmup.as_secs_f64())
         .map(|(_, rss, _)| *rss)
         .collect();
-    let window = (after.len() / 5).max(3).min(after.len());
-    let warm = median(after.get(..window).unwrap_or_default());
-    let final_rss = median(after.get(after.len() - window..).unwrap_or_default());
-    let peak_after_warm = samples
-        .iter()
-        .filter(|(t, _, _)| *t >= warmup.as_secs_f64())
-        .map(|(_, rss, _)| *rss)
-        .max()
-        .unwrap_or(final_rss);
-    let growth = (final_rss as f64 - warm as f64) / warm.max(1) as f64 * 100.0;
+    let (warm, final_rss, growth) = match memory_growth(&after) {
+        Ok(figures) => figures,
+        Err(err) => {
+            problems.push(format!(
+                "the run ended {elapsed:.0} s in, warm-up {:.0} s: {err}",
+                warmup.as_secs_f64()
+            ));
+            (0, 0, 0.0)
+        }
+    };
+    let peak_after_warm = after.iter().copied().max().unwrap_or(final_rss);
     let report = json!({
         "seconds": elapsed,
         "streams": streams,
@@ -377,7 +415,14 @@ fn write_frames(
             n += 1;
             if n.is_multiple_of(OVERSIZED_EVERY) {
                 // Announce one byte over the maximum and send it all: the
-                // server skips it without buffering and answers 413.
+                // server skips it without buffering and answers 413 as soon
+                // as it has read the length, so the frame is counted as sent
+                // before its first byte is.
+                ledger
+                    .null_open
+                    .lock()
+                    .map_err(|_| "poisoned")?
+                    .sent(n, 413);
                 stdin
                     .write_all(&batch)
                     .and_then(|()| stdin.write_all(&((MAX_FRAME + 1) as u32).to_be_bytes()))
@@ -391,12 +436,6 @@ fn write_frames(
                         .map_err(|e| e.to_string())?;
                     left -= chunk;
                 }
-                *ledger
-                    .null_sent
-                    .lock()
-                    .map_err(|_| "poisoned")?
-                    .entry(413)
-                    .or_default() += 1;
                 count += 1;
                 continue;
             }
@@ -411,12 +450,11 @@ fn write_frames(
                         .insert(id, Expect { code });
                 }
                 None => {
-                    *ledger
-                        .null_sent
+                    ledger
+                        .null_open
                         .lock()
                         .map_err(|_| "poisoned")?
-                        .entry(code)
-                        .or_default() += 1;
+                        .sent(n, code);
                 }
             }
             batch.extend_from_slice(&bytes);
@@ -455,12 +493,14 @@ fn read_answers(stdout: std::process::ChildStdout, ledger: &Ledger) -> Result<()
         let code = answer["code"].as_u64().unwrap_or(0) as u16;
         match &answer["request_id"] {
             Value::Null => {
-                *ledger
-                    .null_seen
+                let matched = ledger
+                    .null_open
                     .lock()
                     .map_err(|_| "poisoned")?
-                    .entry(code)
-                    .or_default() += 1;
+                    .answered(code);
+                if let Err(problem) = matched {
+                    ledger.problem(problem);
+                }
             }
             id => {
                 let Some(id) = id.as_u64() else {
@@ -481,8 +521,71 @@ fn read_answers(stdout: std::process::ChildStdout, ledger: &Ledger) -> Result<()
     }
 }
 
+/// The resident memory after the warm-up (the median of its first few
+/// samples), at the end (the median of the last few) and the growth between
+/// them in percent, from the samples taken after the warm-up; an error when
+/// there are too few of them to say (the run ended during the warm-up). A
+/// leak moves both ends apart, a passing burst moves neither.
+fn memory_growth(after_warmup: &[u64]) -> Result<(u64, u64, f64), String> {
+    const AT_LEAST: usize = 6;
+    if after_warmup.len() < AT_LEAST {
+        return Err(format!(
+            "{} memory samples after the warm-up, at least {AT_LEAST} needed: no growth figure",
+            after_warmup.len()
+        ));
+    }
+    let window = (after_warmup.len() / 5).max(3);
+    let warm = median(&after_warmup[..window]);
+    let last = median(&after_warmup[after_warmup.len() - window..]);
+    let growth = (last as f64 - warm as f64) / warm.max(1) as f64 * 100.0;
+    Ok((warm, last, growth))
+}
+
 fn median(values: &[u64]) -> u64 {
     let mut sorted = values.to_vec();
     sorted.sort_unstable();
     sorted.get(sorted.len() / 2).copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_id_answers_are_matched_to_their_frames_by_code() {
+        let mut open = NullAnswers::default();
+        open.sent(9, 400);
+        open.sent(50_000, 413);
+        open.sent(10, 400);
+        // The 413 may come after the 400 of a frame sent later.
+        assert_eq!(open.answered(400), Ok(()));
+        assert_eq!(open.answered(400), Ok(()));
+        assert_eq!(open.answered(413), Ok(()));
+        assert!(open.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_dropped_and_a_doubled_answer_do_not_cancel_out() {
+        // Frame 50000's 413 is dropped and frame 10's 400 doubled: the
+        // answers add up to the frames, but one finds no frame and one frame
+        // stays waiting.
+        let mut open = NullAnswers::default();
+        open.sent(9, 400);
+        open.sent(50_000, 413);
+        open.sent(10, 400);
+        assert_eq!(open.answered(400), Ok(()));
+        assert_eq!(open.answered(400), Ok(()));
+        let err = open.answered(400).unwrap_err();
+        assert!(err.contains("for no frame"), "{err}");
+        assert_eq!(open.waiting, VecDeque::from([(50_000, 413)]));
+    }
+
+    #[test]
+    fn a_run_that_ends_during_the_warm_up_has_no_growth_figure() {
+        assert!(memory_growth(&[]).is_err());
+        assert!(memory_growth(&[100, 100, 100]).is_err());
+        let (warm, last, growth) = memory_growth(&[100, 100, 100, 110, 110, 110]).unwrap();
+        assert_eq!((warm, last), (100, 110));
+        assert!((growth - 10.0).abs() < 1e-9, "{growth}");
+    }
 }

@@ -24,13 +24,15 @@ use plan::{System, Timing};
 use processes::Servers;
 use report::{Report, Row};
 
-/// Parses the arguments (`--quick` or nothing), builds the release binaries,
-/// runs the plan and writes the report.
+/// Parses the arguments (`--quick`, `--check`), builds the release
+/// binaries, runs the plan and writes the report; with `--check`, fails when
+/// a target is missed or a load failed.
 pub(crate) fn bench(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
-    if let Some(other) = args.iter().find(|a| *a != "--quick") {
+    let check = args.iter().any(|a| a == "--check");
+    if let Some(other) = args.iter().find(|a| *a != "--quick" && *a != "--check") {
         return Err(format!(
-            "unknown bench option {other:?}; use --quick or nothing"
+            "unknown bench option {other:?}; use --quick, --check, both or nothing"
         ));
     }
     let timing = if quick { Timing::QUICK } else { Timing::FULL };
@@ -61,7 +63,12 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
         started,
     );
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    let report = result?;
+    if check {
+        report::check(&report)?;
+        println!("==> check: every target met, no load failed");
+    }
+    Ok(())
 }
 
 /// Starts the servers, runs every load of the plan and the side
@@ -73,7 +80,7 @@ fn run(
     quick: bool,
     out_dir: &Path,
     started: Instant,
-) -> Result<(), String> {
+) -> Result<Report, String> {
     println!(
         "\n==> setting up keys, bodies and servers in {}",
         dir.display()
@@ -161,7 +168,7 @@ fn run(
         svg_path.display(),
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(report)
 }
 
 /// The time now, to the minute, in UTC.

@@ -169,72 +169,133 @@ pub(crate) fn render_markdown(report: &Report) -> String {
         );
     }
     let _ = writeln!(md, "\n### Targets\n");
-    for line in targets(report) {
-        let _ = writeln!(md, "- {line}");
+    for target in targets(report) {
+        let _ = writeln!(md, "- {}", target.line);
     }
     md
 }
 
+/// One performance target as the run measured it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Target {
+    /// The target and the run's figures for it, with the verdict.
+    pub(crate) line: String,
+    pub(crate) met: bool,
+}
+
 /// The performance targets whose figures the run has, each with its figures
 /// and a verdict.
-pub(crate) fn targets(report: &Report) -> Vec<String> {
+pub(crate) fn targets(report: &Report) -> Vec<Target> {
     let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
     let mut lines = Vec::new();
+    let mut push = |line: String, met: bool| lines.push(Target { line, met });
     if let (Some(k), Some(h)) = (
         report.find(System::Korv, Workload::Hello, 1, 64),
         report.find(System::Https2, Workload::Hello, 1, 64),
     ) {
         let r = k.requests_per_second / h.requests_per_second.max(1e-9);
-        lines.push(format!(
-            "Concurrency 64, one connection, ≥ 1.5× HTTPS/2 req/s: {:.0} vs {:.0}, {r:.2}× — {}",
-            k.requests_per_second,
-            h.requests_per_second,
-            verdict(r >= 1.5)
-        ));
+        push(
+            format!(
+                "Concurrency 64, one connection, ≥ 1.5× HTTPS/2 req/s: {:.0} vs {:.0}, {r:.2}× — {}",
+                k.requests_per_second,
+                h.requests_per_second,
+                verdict(r >= 1.5)
+            ),
+            r >= 1.5,
+        );
     }
     if let (Some(k), Some(h)) = (
         report.find(System::Korv, Workload::Hello, 1, 1),
         report.find(System::Https1, Workload::Hello, 1, 1),
     ) {
-        lines.push(format!(
-            "Concurrency 1, p50 ≤ HTTPS/1.1's: {:.0} µs vs {:.0} µs — {}",
-            k.p50_us,
-            h.p50_us,
-            verdict(k.p50_us <= h.p50_us)
-        ));
+        let met = k.p50_us <= h.p50_us;
+        push(
+            format!(
+                "Concurrency 1, p50 ≤ HTTPS/1.1's: {:.0} µs vs {:.0} µs — {}",
+                k.p50_us,
+                h.p50_us,
+                verdict(met)
+            ),
+            met,
+        );
     }
     let korv = report.best_echo_1m(System::Korv).unwrap_or(0.0).max(0.0);
     let h2 = report.best_echo_1m(System::Https2).unwrap_or(0.0).max(0.0);
     if korv > 0.0 && h2 > 0.0 {
-        lines.push(format!(
-            "1 MiB echo ≥ HTTPS/2's MB/s (best concurrency of each): {korv:.1} vs {h2:.1} MB/s, {:.2}× — {}",
-            korv / h2,
-            verdict(korv >= h2)
-        ));
+        push(
+            format!(
+                "1 MiB echo ≥ HTTPS/2's MB/s (best concurrency of each): {korv:.1} vs {h2:.1} MB/s, {:.2}× — {}",
+                korv / h2,
+                verdict(korv >= h2)
+            ),
+            korv >= h2,
+        );
     }
     if let Some(bulk) = report.openssh_bulk_mb_per_second {
-        lines.push(format!(
-            "1 MiB echo ≥ 50% of OpenSSH bulk MB/s: {korv:.1} vs {bulk:.1} MB/s, {:.0}% — {} (the echo counts both directions, the bulk one)",
-            korv / bulk * 100.0,
-            verdict(korv >= bulk / 2.0)
-        ));
+        let met = korv >= bulk / 2.0;
+        push(
+            format!(
+                "1 MiB echo ≥ 50% of OpenSSH bulk MB/s: {korv:.1} vs {bulk:.1} MB/s, {:.0}% — {} (the echo counts both directions, the bulk one)",
+                korv / bulk * 100.0,
+                verdict(met)
+            ),
+            met,
+        );
     }
     let memory = &report.memory;
     let per = memory.kib_per_idle_connection;
-    lines.push(format!(
-        "≤ 64 KiB of server RSS per idle authenticated connection: {per:.1} KiB over {} connections — {}",
-        memory.idle_connections,
-        verdict(per <= 64.0)
-    ));
+    push(
+        format!(
+            "≤ 64 KiB of server RSS per idle authenticated connection: {per:.1} KiB over {} connections — {}",
+            memory.idle_connections,
+            verdict(per <= 64.0)
+        ),
+        per <= 64.0,
+    );
     let growth = memory.growth_percent;
-    lines.push(format!(
-        "No RSS growth across {} requests after warm-up: {} KiB → {} KiB ({growth:+.1}%) — {}",
-        memory.growth_requests,
-        memory.rss_before_kib,
-        memory.rss_after_kib,
-        verdict(growth <= 2.0)
-    ));
+    push(
+        format!(
+            "No RSS growth across {} requests after warm-up: {} KiB → {} KiB ({growth:+.1}%) — {}",
+            memory.growth_requests,
+            memory.rss_before_kib,
+            memory.rss_after_kib,
+            verdict(growth <= 2.0)
+        ),
+        growth <= 2.0,
+    );
     lines
+}
+
+/// `cargo xtask bench --check`'s verdict on a run: an error naming every
+/// missed target and every failed row (a load with transport errors or with
+/// no request answered).
+pub(crate) fn check(report: &Report) -> Result<(), String> {
+    let mut problems: Vec<String> = targets(report)
+        .into_iter()
+        .filter(|target| !target.met)
+        .map(|target| format!("target missed: {}", target.line))
+        .collect();
+    for row in &report.results {
+        if row.errors > 0.0 || row.requests_per_second <= 0.0 {
+            problems.push(format!(
+                "row failed: {} {} at {} × {}: {} errors, {:.0} req/s",
+                row.system.key(),
+                row.workload.label(),
+                row.connections,
+                row.concurrency,
+                row.errors,
+                row.requests_per_second
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the benchmark check failed:\n  {}",
+            problems.join("\n  ")
+        ))
+    }
 }
 
 /// Replaces the generated section of `path` (`BENCHMARKS.md`) with
@@ -454,7 +515,11 @@ Run: 2026-01-02 03:04 UTC · Test CPU, 2 cores, Linux 6.1, loopback · `cargo xt
         report.results.retain(|r| r.system != System::Https2);
         let lines = targets(&report);
         assert_eq!(lines.len(), 3, "{lines:#?}");
-        assert!(lines[0].starts_with("Concurrency 1, p50"), "{}", lines[0]);
+        assert!(
+            lines[0].line.starts_with("Concurrency 1, p50"),
+            "{}",
+            lines[0].line
+        );
         assert!(!render_markdown(&report).contains(BULK_NAME));
     }
 
@@ -503,5 +568,52 @@ Run: 2026-01-02 03:04 UTC · Test CPU, 2 cores, Linux 6.1, loopback · `cargo xt
         assert!(svg.contains(">GET /hello, 64 in flight</text>"));
         assert!(svg.contains(">900 MB/s</text>"));
         assert!(svg.contains("<text x=\"244\" y=\"69\" text-anchor=\"end\">Korv over SSH</text>"));
+    }
+
+    #[test]
+    fn the_check_fails_naming_each_missed_target_and_each_failed_row() {
+        // The sample run misses two targets and has one row with errors.
+        let err = check(&report()).unwrap_err();
+        assert!(
+            err.contains("target missed: 1 MiB echo ≥ HTTPS/2's MB/s"),
+            "{err}"
+        );
+        assert!(err.contains("target missed: No RSS growth"), "{err}");
+        assert!(
+            err.contains("row failed: https2 GET /hello at 1 × 64: 3 errors"),
+            "{err}"
+        );
+        assert_eq!(err.matches("target missed").count(), 2, "{err}");
+        assert_eq!(err.matches("row failed").count(), 1, "{err}");
+    }
+
+    #[test]
+    fn the_check_passes_when_every_target_is_met_and_no_row_failed() {
+        let mut report = report();
+        report.memory.growth_percent = 0.5;
+        for row in &mut report.results {
+            row.errors = 0.0;
+            if row.system == System::Korv && row.workload == Workload::Echo1M {
+                row.mb_per_second = 950.0;
+            }
+        }
+        assert_eq!(check(&report), Ok(()));
+        assert!(targets(&report).iter().all(|t| t.met));
+    }
+
+    #[test]
+    fn a_row_with_no_answered_request_fails_the_check_alone() {
+        let mut report = report();
+        report.memory.growth_percent = 0.5;
+        for row in &mut report.results {
+            row.errors = 0.0;
+            if row.system == System::Korv && row.workload == Workload::Echo1M {
+                row.mb_per_second = 950.0;
+            }
+        }
+        report.results[1].requests_per_second = 0.0;
+        let err = check(&report).unwrap_err();
+        assert!(err.contains("row failed: https1"), "{err}");
+        assert!(!err.contains("target missed"), "{err}");
     }
 }
