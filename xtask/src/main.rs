@@ -4,6 +4,7 @@
 //! cargo xtask test      # fmt check, clippy (warnings are errors), every test;
 //!                       # fuzz/ formatted, linted and built too
 //! cargo xtask legacy    # only the korv 0.2.1 interoperability tests (pytest)
+//! cargo xtask python    # the Python package's tests alone (also part of `test`)
 //! cargo xtask bench     # Korv against its peers; rewrites BENCHMARKS.md
 //!                       # (--check: fail on a missed target or failed load)
 //! cargo xtask soak      # korv serve under valid and malformed frames, 60 s
@@ -18,6 +19,7 @@ mod bench;
 mod fleet;
 mod fuzz;
 mod legacy_venv;
+mod python;
 mod soak;
 mod workspace;
 
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("python") => python::test(),
         Some("bench") => bench::bench(&args[1..]),
         Some("fleet") => fleet::fleet(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
@@ -53,7 +56,8 @@ fn print_help() {
     println!(
         "cargo xtask TASK\n\n\
          Tasks:\n  \
-         test    cargo fmt --check, cargo clippy -D warnings (the workspace and fuzz/), cargo test --workspace\n  \
+         test    cargo fmt --check, cargo clippy -D warnings (the workspace and fuzz/), cargo test --workspace, python\n  \
+         python  the Python package: a venv in the target folder, the wheel, pytest\n  \
          soak    [--minutes N] korv serve under a full-speed mix of valid and malformed frames\n  \
          bench   [--quick] [--check] Korv against HTTPS, OpenSSH and plain TCP; writes BENCHMARKS.md;\n          \
          --check fails on a missed target or a failed load\n  \
@@ -91,6 +95,7 @@ fn test() -> Result<(), String> {
     step("doctests", doctests)?;
 
     legacy_venv::legacy_tests(&[])?;
+    python::test()?;
 
     println!("\nall steps passed");
     Ok(())

@@ -1,0 +1,99 @@
+//! The Python package's tests: a virtualenv under the target directory with
+//! maturin and pytest from PyPI, the `korv` wheel built and installed into
+//! it, then pytest over `korv-py/tests` with the `korv` binary at hand.
+//!
+//! Every step is idempotent: the venv is made once, pip skips what is
+//! installed, and the wheel is rebuilt (incrementally) and reinstalled on
+//! each run so the tests always see the current sources.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::workspace::{cargo, root, step, target_dir};
+
+/// What pip installs into the venv.
+const TOOLS: [&str; 2] = ["maturin>=1.8,<2", "pytest>=7"];
+
+/// The Python that makes the venv: `$PYTHON`, else `python3`.
+fn system_python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+fn venv_python(venv: &Path) -> PathBuf {
+    if cfg!(windows) {
+        venv.join("Scripts").join("python.exe")
+    } else {
+        venv.join("bin").join("python")
+    }
+}
+
+/// Makes the venv, builds and installs the package, and runs pytest.
+pub(crate) fn test() -> Result<(), String> {
+    let target = target_dir();
+    let venv = target.join("venv-py");
+    let python = venv_python(&venv);
+    if !python.exists() {
+        let mut make = Command::new(system_python());
+        make.args(["-m", "venv"]).arg(&venv);
+        step("python venv", make)?;
+    }
+
+    let mut tools = Command::new(&python);
+    tools
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(TOOLS);
+    step("python tools", tools)?;
+
+    let wheels = target.join("wheels-py");
+    if wheels.exists() {
+        std::fs::remove_dir_all(&wheels)
+            .map_err(|err| format!("cannot empty {}: {err}", wheels.display()))?;
+    }
+    let mut build = Command::new(&python);
+    build
+        .args(["-m", "maturin", "build", "--quiet", "--manifest-path"])
+        .arg(root().join("korv-py").join("Cargo.toml"))
+        .arg("--interpreter")
+        .arg(&python)
+        .arg("--out")
+        .arg(&wheels)
+        .env("CARGO_TARGET_DIR", &target);
+    step("python wheel", build)?;
+    let wheel = std::fs::read_dir(&wheels)
+        .map_err(|err| format!("cannot read {}: {err}", wheels.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .find(|path| path.extension().is_some_and(|ext| ext == "whl"))
+        .ok_or_else(|| format!("maturin left no wheel in {}", wheels.display()))?;
+    let mut install = Command::new(&python);
+    install
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--force-reinstall",
+            "--no-deps",
+        ])
+        .arg(&wheel);
+    step("python install", install)?;
+
+    let mut korv = cargo();
+    korv.args(["build", "--package", "korv-cli", "--bin", "korv"])
+        .env("CARGO_TARGET_DIR", &target);
+    step("korv binary", korv)?;
+
+    let mut pytest = Command::new(&python);
+    pytest
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(root().join("korv-py").join("tests"))
+        .env("KORV_BIN", target.join("debug").join("korv"))
+        .current_dir(root().join("korv-py"));
+    step("python tests", pytest)
+}
