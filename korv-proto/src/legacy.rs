@@ -183,12 +183,19 @@ impl Inflater {
                 .get_mut(..chunk)
                 .ok_or(InflateError::TooLarge)?;
             let (in_before, out_before) = (self.inflate.total_in(), self.inflate.total_out());
-            let status = self
-                .inflate
-                .decompress(src, out, FlushDecompress::None)
-                .map_err(|err| InflateError::Corrupt(err.to_string()))?;
+            let result = self.inflate.decompress(src, out, FlushDecompress::None);
             let consumed = usize::try_from(self.inflate.total_in() - in_before).unwrap_or(0);
             let produced = usize::try_from(self.inflate.total_out() - out_before).unwrap_or(0);
+            let status = match result {
+                Ok(status) => status,
+                // Content past the maximum came before the corruption: the
+                // member is refused as too large, as it is when its bytes
+                // arrive in smaller pieces and the maximum is seen first.
+                Err(_) if self.content.len() + produced > max_frame => {
+                    return Err(InflateError::TooLarge);
+                }
+                Err(err) => return Err(InflateError::Corrupt(err.to_string())),
+            };
             src.advance(consumed);
             let made = out.get(..produced).unwrap_or_default();
             self.crc.update(made);
