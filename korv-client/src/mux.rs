@@ -131,7 +131,9 @@ impl Mux {
     ) -> Result<Response, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         request.id = id.into();
-        let mut frame = BytesMut::new();
+        // Room for a small request: encoding then grows it in one step, not
+        // in many, for most requests.
+        let mut frame = BytesMut::with_capacity(256);
         match self.wire {
             Wire::Version1 => KorvCodec::builder()
                 .max_frame(self.max_frame)
