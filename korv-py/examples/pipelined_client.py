@@ -72,14 +72,19 @@ def main():
         after = cpu_seconds(args.server_pid)
         server = None if after is None else after - server
     if args.json:
-        print(json.dumps({
+        report = {
             'answered': len(answered),
             'errors': total - len(answered),
             'seconds': elapsed,
             'requests_per_second': len(answered) / elapsed,
             'concurrency': in_flight,
             'cpu': {'client_seconds': own, 'server_seconds': server},
-        }), flush=True)
+        }
+        session = getattr(client, '_session', None)  # the original's asyncssh session
+        if session is not None:
+            connection = session._chan.get_extra_info('connection')
+            report['cipher'] = connection.get_extra_info('send_cipher')
+        print(json.dumps(report), flush=True)
     else:
         print(f'{len(answered)} of {total} answered in {elapsed:.2f} s: '
               f'{len(answered) / elapsed:.0f} requests/s ({in_flight} in flight)'

@@ -130,12 +130,13 @@ fn run(
     let all = plan::plan();
     let (sshd, ssh, python) = servers.can_run();
     let loads = plan::runnable(&all, sshd, ssh, python);
-    let mut skipped: Vec<String> = all
-        .iter()
-        .filter(|l| !loads.contains(l))
-        .map(|l| l.system.key().to_owned())
-        .collect();
-    skipped.dedup();
+    let mut skipped: Vec<String> = Vec::new();
+    for load in all.iter().filter(|l| !loads.contains(l)) {
+        let key = load.system.key().to_owned();
+        if !skipped.contains(&key) {
+            skipped.push(key);
+        }
+    }
     let total = loads.len();
     for (n, load) in loads.iter().enumerate() {
         print!(
