@@ -27,6 +27,7 @@ use crate::direct::{LEGACY_FIRST_BYTE, Prefixed, WholeWrites, first_data};
 use crate::request::ClientInfo;
 use crate::state::Shared;
 use crate::stream::{Format, run_stream};
+use crate::subsystem::ExitStatusFirst;
 
 /// The subsystem name of Korv protocol version 1.
 const SUBSYSTEM: &str = "korv";
@@ -273,12 +274,21 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         running.fetch_add(1, Ordering::AcqRel);
         let gone = self.status.gone.clone();
         let id = channel.id();
+        // Whether the subsystem's exit status is sent: by the stream's
+        // shutdown, before its EOF, or else below when it ends.
+        let reported = Arc::new(AtomicBool::new(false));
+        let (status_handle, stream_reported) = (handle.clone(), Arc::clone(&reported));
         let task = async move {
             let shutdown = shared.shutdown.clone();
             let serve = async move {
                 match kind {
                     ChannelKind::Subsystem => {
-                        let stream = channel.into_stream();
+                        let stream = ExitStatusFirst::new(
+                            channel.into_stream(),
+                            status_handle,
+                            id,
+                            stream_reported,
+                        );
                         run_stream(shared, stream, client, shutdown, Format::Version1).await
                     }
                     ChannelKind::DirectTcpip => {
@@ -295,7 +305,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
                 // Dropping the stream cancels the handlers it runs.
                 () = gone.cancelled() => debug!("connection lost: stream and requests in flight dropped"),
             }
-            if kind == ChannelKind::Subsystem {
+            if kind == ChannelKind::Subsystem && !reported.load(Ordering::Acquire) {
                 let _ = handle.exit_status_request(id, 0).await;
             }
             let _ = handle.close(id).await;

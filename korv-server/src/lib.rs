@@ -103,6 +103,7 @@ pub mod routing;
 mod server;
 mod state;
 mod stream;
+mod subsystem;
 
 pub use admission::{AdmissionMonitor, AdmissionStats};
 pub use authorize::Authorization;
