@@ -345,12 +345,6 @@ def _start_task(
     awaitable: Awaitable[Any],
     responder: Any,
 ) -> None:
-    if job.cancelled:
-        # Abandoned before it started: never run it.
-        close = getattr(awaitable, "close", None)
-        if close is not None:
-            close()
-        return
     task = loop.create_task(_respond(awaitable, responder, job))
     job.task = task
     # The loop keeps only a weak reference to its tasks.
@@ -361,7 +355,9 @@ def _start_task(
 def _cancel(job: _Job) -> None:
     job.cancelled = True
     if job.task is not None:
-        job.task.cancel()
+        # Scheduled after the task's first step, so that the callback has
+        # started (and its ``finally`` will run) before it is cancelled.
+        job.task.get_loop().call_soon(job.task.cancel)
 
 
 async def _respond(awaitable: Awaitable[Any], responder: Any, job: _Job) -> None:
