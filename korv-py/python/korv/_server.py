@@ -176,7 +176,10 @@ class KorvServer:
         captures that segment into ``request['params']['name']``
         (``/notes/{id}``). The callback gets the request dict and returns
         ``(code, body)``; it may be an ``async def``. An exception it raises
-        is answered ``500`` with its ``message`` and ``traceback``.
+        is answered ``500`` with its ``message`` and ``traceback``. An
+        ``async def`` callback whose request is abandoned is cancelled (its
+        ``finally`` runs): at ``request_timeout`` (answered ``504``), when a
+        shutdown's grace period ends (``503``), or when its client is gone.
 
         Raises ``ValueError`` for a verb other than ``GET``, ``STORE``,
         ``UPDATE`` and ``DELETE``, a malformed resource pattern, or a verb and
