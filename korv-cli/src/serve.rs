@@ -68,7 +68,9 @@ pub(crate) struct ServeArgs {
     /// The document store (default ~/.local/share/korv/store.redb).
     #[arg(long, value_name = "PATH")]
     pub(crate) data: Option<PathBuf>,
-    /// Serve one stream on stdin/stdout (for `Subsystem korv` in sshd_config).
+    /// Serve one stream on stdin/stdout (for `Subsystem korv` in sshd_config),
+    /// in version 1 only: korv 0.2.1's format is detected on direct-tcpip
+    /// channels of a listening server.
     #[arg(long)]
     pub(crate) stdio: bool,
     /// Send 500s without tracebacks.

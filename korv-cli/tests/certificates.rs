@@ -9,14 +9,14 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use assert_cmd::cargo::CommandCargoExt;
 use korv_testkit::certs::sign;
 use korv_testkit::frame::frame;
 use korv_testkit::keys::{KeyKind, keygen, public_key};
-use korv_testkit::net::free_port;
-use korv_testkit::process::{KillOnDrop, wait_until_listening};
+use korv_testkit::process::{KillOnDrop, spawn_listening};
 use korv_testkit::sshd::{Sshd, current_user};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -77,7 +77,7 @@ impl Pki {
     }
 }
 
-/// `korv serve` on a free port of 127.0.0.1, stopped when dropped.
+/// `korv serve` on 127.0.0.1, on the port it bound, stopped when dropped.
 struct KorvServe {
     port: u16,
     _child: KillOnDrop,
@@ -85,26 +85,31 @@ struct KorvServe {
 
 impl KorvServe {
     fn start(pki: &Pki, extra: &[&str]) -> KorvServe {
-        let port = free_port();
         let authorized = pki.write("authorized_keys", "");
-        let mut child = KillOnDrop::spawn(
+        // A store of its own for each server of the test.
+        static SERVERS: AtomicUsize = AtomicUsize::new(0);
+        let store = pki.path(&format!(
+            "store-{}.redb",
+            SERVERS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let (child, addr) = spawn_listening(
             Command::cargo_bin("korv")
                 .unwrap()
-                .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+                .args(["serve", "--listen", "127.0.0.1:0"])
                 .arg("--host-key")
                 .arg(&pki.host)
                 .arg("--authorized-keys")
                 .arg(&authorized)
                 .arg("--data")
-                .arg(pki.path(&format!("store-{port}.redb")))
+                .arg(&store)
                 .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
+                .stdout(Stdio::null()),
+            "listening on ",
+            Duration::from_secs(20),
         )
         .unwrap();
-        wait_until_listening(&mut child.0, port, Duration::from_secs(20)).unwrap();
         KorvServe {
-            port,
+            port: addr.port(),
             _child: child,
         }
     }

@@ -15,7 +15,7 @@ use russh::keys::ssh_key::private::KeypairData;
 use russh::keys::ssh_key::{Signature, public::KeyData};
 use russh::keys::{Certificate, HashAlg, PrivateKey};
 
-use crate::known_hosts::utc_date;
+use korv_proto::utc_date;
 
 /// `<identity>-cert.pub`: where `ssh-keygen -s` writes a key's certificate
 /// and where `ssh` looks for it.

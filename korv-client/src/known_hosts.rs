@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use hmac::{Hmac, KeyInit, Mac};
+use korv_proto::utc_date;
 use russh::keys::HashAlg;
 use russh::keys::PublicKeyOrCertificate;
 use russh::keys::ssh_key::certificate::CertType;
@@ -330,32 +331,6 @@ fn fingerprint(key: &KeyData) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`; `forever` for
-/// values past the signed 64-bit range (OpenSSH's "no expiry").
-pub(crate) fn utc_date(seconds: u64) -> String {
-    if seconds >= i64::MAX as u64 {
-        return "forever".to_owned();
-    }
-    let days = (seconds / 86_400) as i64;
-    let rest = seconds % 86_400;
-    // Civil date from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -642,12 +617,5 @@ mod tests {
         let keys = Keys::new();
         let known = KnownHosts::read(&keys.path("none")).unwrap();
         assert!(known.lines.is_empty());
-    }
-
-    #[test]
-    fn dates_print_in_utc() {
-        assert_eq!(utc_date(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc_date(1_893_456_000), "2030-01-01 00:00:00 UTC");
-        assert_eq!(utc_date(u64::MAX), "forever");
     }
 }

@@ -95,6 +95,8 @@ struct Probes {
     released: AtomicUsize,
     /// `/delay/{ms}/{tag}`: tags whose handler started, and finished.
     delays: Mutex<DelayLog>,
+    /// Lets the `/large/{kb}/{tag}` handlers answer.
+    release_large: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -148,6 +150,18 @@ fn app(limits: Limits, probes: Arc<Probes>) -> KorvServer<Arc<Probes>> {
                     panic!("boom {n}");
                 }
                 json!({ "n": n })
+            }),
+        )
+        .route(
+            "/large/{kb}/{tag}",
+            get(|r: Request, probes: Arc<Probes>| async move {
+                let kb: usize = r.param("kb").unwrap().parse().unwrap();
+                let tag = r.param("tag").unwrap().to_owned();
+                probes.delays.lock().unwrap().started.insert(tag.clone());
+                // Answers once the test has started the shutdown.
+                probes.release_large.notified().await;
+                probes.delays.lock().unwrap().finished.insert(tag.clone());
+                json!({ "tag": tag, "filler": "x".repeat(kb * 1024) })
             }),
         )
         .route(
@@ -980,7 +994,7 @@ async fn beyond_max_streams_per_connection_channels_are_refused_for_resource_sho
                     started.elapsed() < Duration::from_secs(20),
                     "the closed stream's place never came free"
                 );
-                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(other) => panic!("{other}"),
         }
@@ -1018,7 +1032,7 @@ async fn beyond_max_connections_new_connections_are_closed_before_the_handshake(
                     started.elapsed() < Duration::from_secs(20),
                     "no place came free: {err}"
                 );
-                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     };
@@ -1544,6 +1558,54 @@ async fn graceful_shutdown_under_load_answers_every_request_it_took() {
     assert!(
         took < GRACE + Duration::from_secs(2),
         "stopping took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_finished_during_shutdown_reaches_the_client_before_the_server_stops() {
+    // The answer leaves in many SSH packets, written by the connection's
+    // session after the stream has handed them over and ended: the server
+    // must not call itself stopped (and its runtime go away) before they
+    // are on the wire.
+    const KB: usize = 7 * 1024;
+    let _serial = SERIAL.lock().await;
+    let mut server = Server::start(Limits::default());
+    let client = server.client().await;
+    let request = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(&format!("/large/{KB}/last")).await }
+    });
+    let started = Instant::now();
+    while !server
+        .probes
+        .delays
+        .lock()
+        .unwrap()
+        .started
+        .contains("last")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the handler never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.shutdown.shutdown();
+    server.probes.release_large.notify_one();
+    let (_server, took) = tokio::task::spawn_blocking(move || {
+        let took = server.stop();
+        (server, took)
+    })
+    .await
+    .unwrap();
+    let answer = request.await.unwrap();
+    println!("server stopped {took:?} after the shutdown began");
+    let answer = answer.expect("the answer of a request that ran during the shutdown");
+    assert_eq!(answer.code, StatusCode::OK, "{:?}", answer.message());
+    assert_eq!(answer.body["tag"], "last");
+    assert_eq!(
+        answer.body["filler"].as_str().map(str::len),
+        Some(KB * 1024)
     );
 }
 

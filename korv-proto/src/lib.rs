@@ -48,15 +48,19 @@
 //! - [`Response`] and [`StatusCode`].
 //! - [`legacy`]: korv 0.2.1's format (one gzip member per message, no
 //!   framing), for serving its clients and calling its servers.
+//! - [`utc_date`]: a Unix time as a UTC date, as the server and the client
+//!   print certificate validity.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 pub mod codec;
+mod date;
 pub mod legacy;
 mod request;
 mod response;
 mod status;
 
 pub use codec::{DEFAULT_MAX_FRAME, Frame, KorvCodec, KorvCodecBuilder};
+pub use date::utc_date;
 pub use legacy::{LegacyCodec, LegacyCodecBuilder, LegacyFrame};
 pub use request::{Headers, MAX_RESOURCE_BYTES, Rejection, Request, RequestId, Verb};
 pub use response::{Response, ResponseError};

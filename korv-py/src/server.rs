@@ -7,7 +7,9 @@
 //! - a plain function answers there and then, `(code, body)`;
 //! - an `async def` returns an awaitable, which the job hands to the Python
 //!   layer's `spawn(awaitable, responder)`; it is awaited on the server's
-//!   asyncio loop, and the [`Responder`] sends its answer.
+//!   asyncio loop, and the [`Responder`] sends its answer. `spawn` returns a
+//!   function that cancels it, called when the request is abandoned (timed
+//!   out, cut short by a shutdown, or its client gone).
 //!
 //! An exception becomes a `500` whose body has the `message` and the
 //! `traceback` as `traceback.format_exception` gives it.
@@ -129,7 +131,8 @@ impl Builder {
 struct Dispatch {
     pool: PyPool,
     /// The Python layer's `spawn(awaitable, responder)`, which awaits the
-    /// awaitable on the server's asyncio loop.
+    /// awaitable on the server's asyncio loop and returns a function that
+    /// cancels it.
     spawn: OnceLock<Py<PyAny>>,
     tracebacks: bool,
 }
@@ -401,10 +404,17 @@ struct Route {
 
 impl Route {
     /// The handler: runs the callback on a pool thread and waits for its answer.
+    ///
+    /// The server drops this future when nobody will read the answer any
+    /// more: at the request timeout (`504`), when the grace period of a
+    /// shutdown ends (`503`), or when the client's connection is gone. An
+    /// `async def` callback still running then is cancelled.
     async fn call(self: Arc<Self>, request: Request) -> Response {
         let (reply, answer) = oneshot::channel();
         let route = Arc::clone(&self);
-        let job = Box::new(move |py: Python<'_>| route.run(py, request, reply));
+        let task = Arc::new(AsyncTask::default());
+        let run_task = Arc::clone(&task);
+        let job = Box::new(move |py: Python<'_>| route.run(py, request, reply, &run_task));
         if self.dispatch.pool.submit(job).is_err() {
             return Response::error(
                 None,
@@ -412,18 +422,24 @@ impl Route {
                 "the server is shutting down",
             );
         }
-        answer.await.unwrap_or_else(|_| {
+        let abandoned = CancelOnDrop {
+            task,
+            pool: self.dispatch.pool.clone(),
+        };
+        let response = answer.await.unwrap_or_else(|_| {
             Response::error(
                 None,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the callback ended without an answer",
             )
-        })
+        });
+        abandoned.task.finish();
+        response
     }
 
     /// On a pool thread: calls the callback and answers, or hands its
     /// awaitable to the asyncio loop.
-    fn run(&self, py: Python<'_>, request: Request, reply: Reply) {
+    fn run(&self, py: Python<'_>, request: Request, reply: Reply, task: &AsyncTask) {
         let tracebacks = self.dispatch.tracebacks;
         let called =
             request_dict(py, &request).and_then(|dict| self.callback.bind(py).call1((dict,)));
@@ -441,7 +457,7 @@ impl Route {
                     what: what(&request),
                     tracebacks,
                 };
-                self.spawn(py, result, responder);
+                self.spawn(py, result, responder, task);
                 return;
             }
             Ok(result) => answer(py, || what(&request), &result, tracebacks),
@@ -449,21 +465,121 @@ impl Route {
         let _ = reply.send(response);
     }
 
-    fn spawn(&self, py: Python<'_>, awaitable: Bound<'_, PyAny>, responder: Responder) {
+    /// Hands `awaitable` to the asyncio loop; what `spawn` returns, the
+    /// function that cancels it, goes to `task`.
+    fn spawn(
+        &self,
+        py: Python<'_>,
+        awaitable: Bound<'_, PyAny>,
+        responder: Responder,
+        task: &AsyncTask,
+    ) {
         let responder = match Py::new(py, responder) {
             Ok(responder) => responder,
             Err(err) => return err.write_unraisable(py, None),
         };
         let scheduled = match self.dispatch.spawn.get() {
-            Some(spawn) => spawn
-                .bind(py)
-                .call1((awaitable, responder.clone_ref(py)))
-                .map(drop),
+            Some(spawn) => spawn.bind(py).call1((awaitable, responder.clone_ref(py))),
             None => Err(PyRuntimeError::new_err("the server has no asyncio loop")),
         };
-        if let Err(err) = scheduled {
-            responder.get().fail(py, err.value(py).as_any(), None);
+        match scheduled {
+            Ok(cancel) => {
+                if let Some(cancel) = task.started(cancel.unbind()) {
+                    // Abandoned meanwhile: cancel it at once.
+                    call_cancel(py, &cancel);
+                }
+            }
+            Err(err) => responder.get().fail(py, err.value(py).as_any(), None),
         }
+    }
+}
+
+/// Where the awaitable of a request's `async def` callback stands, shared
+/// by the handler waiting for the answer and the pool thread that starts
+/// the awaitable.
+#[derive(Default)]
+struct AsyncTask {
+    state: Mutex<TaskState>,
+}
+
+#[derive(Default)]
+enum TaskState {
+    /// Not handed to the asyncio loop (yet, or ever: a plain callback).
+    #[default]
+    NotStarted,
+    /// Running on the loop; calling this cancels it.
+    Running(Py<PyAny>),
+    /// The handler has its answer: nothing to cancel.
+    Finished,
+    /// Nobody waits for the answer any more.
+    Abandoned,
+}
+
+impl AsyncTask {
+    fn lock(&self) -> MutexGuard<'_, TaskState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records the awaitable as running, with its `cancel`; gives `cancel`
+    /// back when the request was abandoned already.
+    fn started(&self, cancel: Py<PyAny>) -> Option<Py<PyAny>> {
+        let mut state = self.lock();
+        match *state {
+            TaskState::NotStarted => {
+                *state = TaskState::Running(cancel);
+                None
+            }
+            TaskState::Abandoned => Some(cancel),
+            TaskState::Running(_) | TaskState::Finished => None,
+        }
+    }
+
+    /// The handler got its answer.
+    fn finish(&self) {
+        // The replaced `cancel`, if any, is dropped after the lock.
+        let _previous = std::mem::replace(&mut *self.lock(), TaskState::Finished);
+    }
+
+    /// The handler was dropped: returns the `cancel` of a running awaitable.
+    fn abandon(&self) -> Option<Py<PyAny>> {
+        let mut state = self.lock();
+        match std::mem::replace(&mut *state, TaskState::Abandoned) {
+            TaskState::Running(cancel) => Some(cancel),
+            TaskState::Finished => {
+                *state = TaskState::Finished;
+                None
+            }
+            TaskState::NotStarted | TaskState::Abandoned => None,
+        }
+    }
+}
+
+/// Cancels a request's awaitable when its handler is dropped before the
+/// answer came.
+struct CancelOnDrop {
+    task: Arc<AsyncTask>,
+    pool: PyPool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(cancel) = self.task.abandon() else {
+            return;
+        };
+        // This runs on a Tokio thread, which must not wait for the GIL: a
+        // pool thread calls `cancel`. A closed pool means the server has
+        // stopped, and the Python layer cancels what is left on its loop.
+        let job = Box::new(move |py: Python<'_>| call_cancel(py, &cancel));
+        let _ = self.pool.submit(job);
+    }
+}
+
+/// Calls the `cancel` that `spawn` returned.
+fn call_cancel(py: Python<'_>, cancel: &Py<PyAny>) {
+    if let Err(err) = cancel.call0(py) {
+        err.write_unraisable(py, None);
     }
 }
 
@@ -557,8 +673,9 @@ fn client_dict<'py>(py: Python<'py>, client: &ClientInfo) -> PyResult<Bound<'py,
 
 /// An OpenSSH user certificate the client logged in with: `key_id`,
 /// `serial`, `principals`, `ca_fingerprint`, and `valid_after` and
-/// `valid_before` as Unix timestamps (`valid_before` is `None` when it
-/// never expires).
+/// `valid_before` as Unix timestamps. An open end is `None`: `valid_after`
+/// for a certificate valid from the start of time (OpenSSH's "always",
+/// written as 0), `valid_before` for one that never expires.
 fn certificate_dict<'py>(
     py: Python<'py>,
     certificate: &CertificateInfo,
@@ -568,12 +685,14 @@ fn certificate_dict<'py>(
             .map(|since| since.as_secs_f64())
             .unwrap_or(0.0)
     };
+    let valid_after = (certificate.valid_after > std::time::UNIX_EPOCH)
+        .then(|| timestamp(certificate.valid_after));
     let dict = PyDict::new(py);
     dict.set_item("key_id", &certificate.key_id)?;
     dict.set_item("serial", certificate.serial)?;
     dict.set_item("principals", &certificate.principals)?;
     dict.set_item("ca_fingerprint", &certificate.ca_fingerprint)?;
-    dict.set_item("valid_after", timestamp(certificate.valid_after))?;
+    dict.set_item("valid_after", valid_after)?;
     dict.set_item("valid_before", certificate.valid_before.map(timestamp))?;
     Ok(dict)
 }

@@ -299,6 +299,80 @@ def test_a_callback_past_the_request_timeout_is_answered_504(make_server, make_c
         release.set()
 
 
+class Stuck:
+    """An ``async def`` callback that waits far longer than any test, and
+    records whether it was cancelled and whether its ``finally`` ran."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.cancelled = threading.Event()
+        self.cleaned_up = threading.Event()
+
+    async def __call__(self, request):
+        self.started.set()
+        try:
+            await asyncio.sleep(120)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        finally:
+            self.cleaned_up.set()
+        return 200, {"finished": True}
+
+
+def test_an_async_callback_past_the_request_timeout_is_cancelled(make_server, make_client):
+    stuck = Stuck()
+    server = make_server([("GET", "/stuck", stuck)], request_timeout=0.3)
+    response = make_client(server).get("/stuck")
+    assert response["code"] == 504
+    assert stuck.cancelled.wait(30), "the callback was not cancelled after the 504"
+    assert stuck.cleaned_up.wait(30)
+
+
+def test_an_async_callback_whose_client_is_gone_is_cancelled(make_server, korv_bin, keys):
+    stuck = Stuck()
+    server = make_server([("GET", "/stuck", stuck)])
+    caller = subprocess.Popen(
+        [
+            korv_bin, "get", "/stuck", "--host", "127.0.0.1", "--port", str(server.port),
+            "-i", str(keys.client), "--known-hosts", str(keys.known_hosts),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert stuck.started.wait(60), "the request never reached the callback"
+    finally:
+        caller.kill()
+        caller.wait(30)
+    assert stuck.cancelled.wait(30), "the callback was not cancelled when its client went away"
+
+
+def test_an_async_callback_still_running_after_the_shutdown_grace_is_cancelled(make_server, make_client):
+    stuck = Stuck()
+    server = make_server([("GET", "/stuck", stuck)], shutdown_grace=0.3)
+    client = make_client(server)
+    answers = []
+    client.get("/stuck", callback=answers.append)
+    assert stuck.started.wait(30)
+    server.stop()
+    # Cancelled, and its clean-up done, by the time stop() returns.
+    assert stuck.cancelled.is_set()
+    assert stuck.cleaned_up.is_set()
+    assert client.wait(30)
+    assert answers[0]["code"] == 503
+
+
+def test_an_async_callback_that_cancels_itself_is_a_500(make_server, make_client):
+    async def gives_up(request):
+        raise asyncio.CancelledError("gave up")
+
+    server = make_server([("GET", "/gives-up", gives_up)])
+    response = make_client(server).get("/gives-up")
+    assert response["code"] == 500
+    assert response["body"]["message"] == "gave up"
+
+
 def test_add_callback_refuses_other_verbs_like_the_original():
     server = korv.KorvServer(port=0, host_keys=["unused"], authorized_client_keys="unused")
     with pytest.raises(ValueError, match=r"Verb must be one of \('GET', 'STORE', 'UPDATE', 'DELETE'\)"):
@@ -508,13 +582,19 @@ def test_ctrl_c_stops_start_gracefully(keys, tmp_path):
             server.kill()
 
 
-def test_a_certificate_login_shows_in_the_request(keys, make_client):
+@pytest.mark.parametrize(
+    "validity", [None, "-1h:+1h", "always:+1h", "-1h:forever"], ids=["forever", "window", "from-always", "no-expiry"]
+)
+def test_a_certificate_login_shows_in_the_request(keys, make_client, validity):
+    """Both ends of the validity window are Unix timestamps; an open end
+    (OpenSSH's "always" and "forever") is None."""
     from conftest import keygen
 
     ca = keygen(keys.folder, "ca")
+    window = [] if validity is None else ["-V", validity]
     subprocess.run(
         ["ssh-keygen", "-q", "-s", str(ca), "-I", "alice-laptop", "-n", "alice", "-z", "42",
-         f"{keys.client}.pub"],
+         *window, f"{keys.client}.pub"],
         check=True,
     )
     trusted = keys.folder / "trusted_user_ca_keys"
@@ -534,4 +614,12 @@ def test_a_certificate_login_shows_in_the_request(keys, make_client):
     assert certificate["serial"] == 42
     assert certificate["principals"] == ["alice"]
     assert certificate["ca_fingerprint"] == fingerprint(Path(f"{ca}.pub"))
-    assert certificate["valid_after"] <= time.time() < certificate["valid_before"]
+    now = time.time()
+    if validity in (None, "always:+1h"):
+        assert certificate["valid_after"] is None
+    else:
+        assert now - 3700 < certificate["valid_after"] <= now
+    if validity in (None, "-1h:forever"):
+        assert certificate["valid_before"] is None
+    else:
+        assert now < certificate["valid_before"] < now + 3700

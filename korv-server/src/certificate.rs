@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use korv_proto::utc_date;
 use russh::keys::HashAlg;
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::public::KeyData;
@@ -41,6 +42,10 @@ pub struct CertificateInfo {
     pub valid_before: Option<SystemTime>,
 }
 
+/// From this many seconds since the epoch on, a certificate never expires:
+/// no later time is representable.
+const FOREVER: u64 = i64::MAX as u64;
+
 impl CertificateInfo {
     /// Describes `cert`, trusting whoever checked it: for certificates that
     /// another server accepted, such as OpenSSH's sshd hosting a Korv app
@@ -56,7 +61,12 @@ impl CertificateInfo {
                 .fingerprint(HashAlg::Sha256)
                 .to_string(),
             valid_after: SystemTime::UNIX_EPOCH + Duration::from_secs(cert.valid_after()),
-            valid_before: cert.valid_before_time(),
+            // OpenSSH writes u64::MAX for "forever"; ssh-key turns it into the
+            // latest representable time rather than no end.
+            valid_before: match cert.valid_before() {
+                FOREVER.. => None,
+                _ => cert.valid_before_time(),
+            },
         }
     }
 
@@ -390,32 +400,6 @@ fn cidr_contains(entry: &str, client: Option<IpAddr>) -> Option<bool> {
     })
 }
 
-/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`; `forever` for
-/// the largest value.
-pub(crate) fn utc_date(seconds: u64) -> String {
-    if seconds >= i64::MAX as u64 {
-        return "forever".to_owned();
-    }
-    let days = (seconds / 86_400) as i64;
-    let rest = seconds % 86_400;
-    // Civil date from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
 impl fmt::Display for CertificateInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -520,6 +504,18 @@ mod tests {
             info.valid_after,
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000)
         );
+    }
+
+    #[test]
+    fn a_certificate_without_a_window_never_expires() {
+        let (keys, ca, _) = setup();
+        let cert = keys.cert("ca", "user", "forever", &["-n", "alice"]);
+        assert_eq!(cert.valid_before(), u64::MAX);
+        let info =
+            check_user_certificate(&cert, "alice", localhost(), NOW, &trust_file_cas(&[&ca]))
+                .unwrap();
+        assert_eq!(info.valid_before, None);
+        assert_eq!(info.valid_after, SystemTime::UNIX_EPOCH);
     }
 
     #[test]
@@ -835,13 +831,6 @@ mod tests {
             matches!(refusal, Err(CertRefusal::BadSignature { .. })),
             "{refusal:?}"
         );
-    }
-
-    #[test]
-    fn dates_print_in_utc() {
-        assert_eq!(utc_date(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc_date(951_868_861), "2000-03-01 00:01:01 UTC");
-        assert_eq!(utc_date(u64::MAX), "forever");
     }
 
     #[test]

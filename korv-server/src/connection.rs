@@ -296,13 +296,18 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
             StreamChannel::DirectTcpip(channel) => (channel.id(), ChannelKind::DirectTcpip),
             StreamChannel::Subsystem(id) => (*id, ChannelKind::Subsystem),
         };
+        // Whether the subsystem's exit status is sent: by the stream's
+        // finish, before its EOF, or else below when it ends.
+        let reported = Arc::new(AtomicBool::new(false));
+        let stream_reported = Arc::clone(&reported);
         let task = async move {
             let shutdown = shared.shutdown.clone();
             let session = handle.clone();
             let serve = async move {
                 match channel {
                     StreamChannel::Subsystem(id) => {
-                        let outbound = SessionOutbound::new(session, id);
+                        let outbound =
+                            SessionOutbound::new(session, id).exit_status_first(stream_reported);
                         serve(shared, feed, outbound, client, shutdown, Format::Version1).await
                     }
                     StreamChannel::DirectTcpip(channel) => {
@@ -319,7 +324,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
                 // Dropping the stream cancels the handlers it runs.
                 () = gone.cancelled() => debug!("connection lost: stream and requests in flight dropped"),
             }
-            if kind == ChannelKind::Subsystem {
+            if kind == ChannelKind::Subsystem && !reported.load(Ordering::Acquire) {
                 let _ = handle.exit_status_request(id, 0).await;
             }
             let _ = handle.close(id).await;

@@ -22,6 +22,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -109,11 +111,28 @@ impl AsyncRead for Feed {
 pub(crate) struct SessionOutbound {
     handle: Handle,
     channel: ChannelId,
+    /// For a `korv` subsystem channel: set once exit status 0 is sent,
+    /// which [`Outbound::finish`] does just before the EOF.
+    exit_status: Option<Arc<AtomicBool>>,
 }
 
 impl SessionOutbound {
     pub(crate) fn new(handle: Handle, channel: ChannelId) -> Self {
-        SessionOutbound { handle, channel }
+        SessionOutbound {
+            handle,
+            channel,
+            exit_status: None,
+        }
+    }
+
+    /// Reports exit status 0 before the EOF, and sets `reported` once it is
+    /// sent. `ssh -s` exits with the status the server reports and closes
+    /// the channel once both sides have sent EOF: a status sent after the
+    /// server's EOF can arrive when the channel is gone, is dropped, and
+    /// `ssh` exits 255. OpenSSH's sshd reports the status first, too.
+    pub(crate) fn exit_status_first(mut self, reported: Arc<AtomicBool>) -> Self {
+        self.exit_status = Some(reported);
+        self
     }
 }
 
@@ -136,6 +155,12 @@ impl Outbound for SessionOutbound {
     }
 
     async fn finish(&mut self) -> io::Result<()> {
+        if let Some(reported) = &self.exit_status
+            && !reported.load(Ordering::Acquire)
+        {
+            let _ = self.handle.exit_status_request(self.channel, 0).await;
+            reported.store(true, Ordering::Release);
+        }
         self.handle.eof(self.channel).await.map_err(|()| gone())
     }
 }

@@ -320,6 +320,14 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
                 if status.running.load(Ordering::Acquire) == 0 {
                     slot.spare();
                     disconnect(&handle, "server shutting down").await;
+                    // russh's own task writes what the streams handed over
+                    // (their last answers, EOF and close), then the
+                    // disconnect: the connection counts as open until it
+                    // has, or the last answers are lost when the server's
+                    // runtime ends once `run` returns.
+                    if tokio::time::timeout(CLOSE_WITHIN, &mut session).await.is_err() {
+                        debug!(%peer, "the client did not close after the disconnect: dropping it");
+                    }
                     break;
                 }
             }
@@ -330,6 +338,10 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
 /// Bytes read from a connection's socket at a time, at most. Larger reads
 /// (the rest of a large packet) go straight into russh's buffer.
 const READ_BUFFER: usize = 16 * 1024;
+
+/// How long a connection told to disconnect on shutdown gets to write its
+/// last packets and see the client close.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 
 /// `timeout` after `start`; a timeout too long to represent is a century.
 fn deadline(start: Instant, timeout: Duration) -> Instant {

@@ -68,6 +68,66 @@ pub fn spawn_announcing(command: &mut Command, prefix: &str) -> io::Result<(Kill
     Ok((child, announced))
 }
 
+/// Starts `command`, a server told to listen on port 0, and reads its
+/// stderr until a line says `marker` followed by the address it bound (such
+/// as `korv: host listening on 127.0.0.1:40123 (store …)` with the marker
+/// `"listening on "`); returns the child and that address. The port is the
+/// server's from the start, so no other program can take it in between, as
+/// it can one picked by [`free_port`](crate::net::free_port) beforehand.
+///
+/// A thread copies the rest of stderr to this process's stderr (a test's
+/// captured output), so the child never blocks on a full pipe.
+///
+/// # Errors
+/// The program cannot be started, it exits without naming its address, or
+/// it names none within `within`.
+pub fn spawn_listening(
+    command: &mut Command,
+    marker: &str,
+    within: Duration,
+) -> io::Result<(KillOnDrop, SocketAddr)> {
+    let mut child = KillOnDrop::spawn(command.stderr(Stdio::piped()))?;
+    let stderr = child
+        .0
+        .stderr
+        .take()
+        .ok_or_else(|| io::Error::other("no stderr"))?;
+    let (found, address) = std::sync::mpsc::channel();
+    let marker = marker.to_owned();
+    std::thread::spawn(move || {
+        let mut found = Some(found);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let bound = line
+                .split_once(&marker)
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .and_then(|addr| addr.parse::<SocketAddr>().ok());
+            if let (Some(addr), Some(sender)) = (bound, &found) {
+                let _ = sender.send(addr);
+                found = None;
+            }
+            eprintln!("{line}");
+        }
+    });
+    match address.recv_timeout(within) {
+        Ok(addr) => Ok((child, addr)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "{:?} named no address after {within:?}",
+                command.get_program()
+            ),
+        )),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            let status = child.0.wait()?;
+            Err(io::Error::other(format!(
+                "{:?} exited ({status}) without naming the address it listens on",
+                command.get_program()
+            )))
+        }
+    }
+}
+
 /// Waits until something accepts TCP connections on 127.0.0.1:`port`, for a
 /// `child` that does not say when it is ready. Polls every 10 ms; stops at
 /// once if the child exits.

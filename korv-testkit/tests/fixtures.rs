@@ -10,7 +10,7 @@ use korv_testkit::keys::{
     try_keygen,
 };
 use korv_testkit::net::free_port;
-use korv_testkit::process::{spawn_announcing, wait_until_listening};
+use korv_testkit::process::{spawn_announcing, spawn_listening, wait_until_listening};
 use korv_testkit::sshd::{Sshd, current_user};
 
 #[test]
@@ -92,6 +92,30 @@ fn spawn_announcing_returns_what_follows_the_prefix() {
     );
     let err = spawn_announcing(Command::new("echo").arg("hello"), "listening ").unwrap_err();
     assert!(err.to_string().contains("\"hello\\n\""), "{err}");
+}
+
+#[test]
+fn spawn_listening_reads_the_bound_address_from_stderr() {
+    let (child, addr) = spawn_listening(
+        Command::new("sh")
+            .args([
+                "-c",
+                "echo 'starting' >&2; echo 'srv listening on 127.0.0.1:4321 (store x)' >&2; exec cat",
+            ])
+            .stdin(Stdio::piped()),
+        "listening on ",
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(addr, "127.0.0.1:4321".parse().unwrap());
+    drop(child);
+    let err = spawn_listening(
+        Command::new("sh").args(["-c", "echo 'no port' >&2; exit 3"]),
+        "listening on ",
+        Duration::from_secs(20),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("exited"), "{err}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The Python package's tests: a virtualenv under the target directory with
-//! maturin and pytest from PyPI, the `korv` wheel built and installed into
-//! it, then pytest over `korv-py/tests` with the `korv` binary at hand.
+//! maturin, pytest and abi3audit from PyPI, the `korv` wheel built, audited
+//! for the stable ABI of CPython 3.9 it claims, and installed into it, then
+//! pytest over `korv-py/tests` with the `korv` binary at hand.
 //!
 //! Every step is idempotent: the venv is made once, pip skips what is
 //! installed, and the wheel is rebuilt (incrementally) and reinstalled on
@@ -12,7 +13,7 @@ use std::process::Command;
 use crate::workspace::{cargo, root, step, target_dir};
 
 /// What pip installs into the venv.
-const TOOLS: [&str; 2] = ["maturin>=1.8,<2", "pytest>=7"];
+const TOOLS: [&str; 3] = ["maturin>=1.8,<2", "pytest>=7", "abi3audit>=0.0.26"];
 
 /// The Python that makes the venv: `$PYTHON`, else `python3`.
 fn system_python() -> String {
@@ -77,6 +78,15 @@ pub(crate) fn venv_with_wheel(release: bool) -> Result<PathBuf, String> {
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .find(|path| path.extension().is_some_and(|ext| ext == "whl"))
         .ok_or_else(|| format!("maturin left no wheel in {}", wheels.display()))?;
+    // Only CPython 3.11 runs the tests here; the wheel claims every CPython
+    // from 3.9 on (abi3). abi3audit checks each symbol the extension uses
+    // against the stable ABI of the version its tag names.
+    let mut audit = Command::new(&python);
+    audit
+        .args(["-m", "abi3audit", "--strict", "--summary"])
+        .arg(&wheel);
+    step("python abi3 audit", audit)?;
+
     let mut install = Command::new(&python);
     install
         .args([

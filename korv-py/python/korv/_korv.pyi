@@ -37,10 +37,20 @@ class Server:
     ) -> None: ...
     def add_route(self, verb: str, pattern: str, callback: Callable[[Dict[str, Any]], Any]) -> None:
         """Routes ``verb`` requests for ``pattern`` to ``callback``; ``ValueError``
-        for an unknown verb, a malformed pattern or a duplicate route."""
-    def start(self, spawn: Callable[[Awaitable[Any], "Responder"], None]) -> Tuple[str, int]:
+        for an unknown verb, a malformed pattern or a duplicate route.
+
+        The callback gets the request dict (``korv.Request``); in its
+        ``client['certificate']``, ``valid_after`` and ``valid_before`` are
+        Unix timestamps, or ``None`` for an open end (valid from the start,
+        never expiring)."""
+    def start(
+        self, spawn: Callable[[Awaitable[Any], "Responder"], Callable[[], None]]
+    ) -> Tuple[str, int]:
         """Binds and serves in the background; the bound ``(host, port)``.
-        Raises ``korv.ServerError``."""
+        ``spawn`` awaits an ``async def`` callback's awaitable on the asyncio
+        loop and returns a function, callable from any thread, that cancels
+        it (called when the request times out, a shutdown's grace period
+        ends, or its client is gone). Raises ``korv.ServerError``."""
     def shutdown(self) -> None:
         """Starts the graceful shutdown."""
     def wait(self, timeout: Optional[float] = None) -> bool:

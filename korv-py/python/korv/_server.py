@@ -26,7 +26,9 @@ Request = Dict[str, Any]
 ``client`` (``user``, ``fingerprint``, ``algorithm``, ``comment``, ``peer``,
 and ``certificate``: ``None``, or the ``key_id``, ``serial``,
 ``principals``, ``ca_fingerprint``, ``valid_after`` and ``valid_before`` of
-the OpenSSH certificate the client logged in with)."""
+the OpenSSH certificate the client logged in with; the two times are Unix
+timestamps, or ``None`` for an open end: ``valid_after`` when the certificate
+is valid from the start, ``valid_before`` when it never expires)."""
 
 Result = Union[Tuple[int], Tuple[int, Any], Tuple[int, Any, Dict[str, str]]]
 """What a callback returns: ``(code, body)``; ``(code,)`` or
@@ -38,6 +40,10 @@ Callback = Callable[[Request], Union[Result, Awaitable[Result]]]
 PathLike = Union[str, "os.PathLike[str]"]
 
 _running: "weakref.WeakSet[KorvServer]" = weakref.WeakSet()
+
+_CLEANUP_PATIENCE = 5.0
+"""Seconds the async callbacks still running when a server stops get to
+finish once cancelled."""
 
 
 def _paths(name: str, value: Union[PathLike, Sequence[PathLike]]) -> List[str]:
@@ -157,6 +163,8 @@ class KorvServer:
         )
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_thread: Optional[threading.Thread] = None
+        # The async callbacks running on the loop, touched on its thread only.
+        self._jobs: Set[_Job] = set()
         self._started = False
         self._finished = False
 
@@ -168,7 +176,10 @@ class KorvServer:
         captures that segment into ``request['params']['name']``
         (``/notes/{id}``). The callback gets the request dict and returns
         ``(code, body)``; it may be an ``async def``. An exception it raises
-        is answered ``500`` with its ``message`` and ``traceback``.
+        is answered ``500`` with its ``message`` and ``traceback``. An
+        ``async def`` callback whose request is abandoned is cancelled (its
+        ``finally`` runs): at ``request_timeout`` (answered ``504``), when a
+        shutdown's grace period ends (``503``), or when its client is gone.
 
         Raises ``ValueError`` for a verb other than ``GET``, ``STORE``,
         ``UPDATE`` and ``DELETE``, a malformed resource pattern, or a verb and
@@ -241,7 +252,7 @@ class KorvServer:
         ready.wait()
         self._loop, self._loop_thread = loop, thread
         try:
-            host, port = self._native.start(functools.partial(_spawn, loop))
+            host, port = self._native.start(functools.partial(_spawn, loop, self._jobs))
         except BaseException:
             self._stop_loop()
             self._native.close()
@@ -280,36 +291,108 @@ class KorvServer:
         if loop is None or thread is None:
             return
         self._loop = self._loop_thread = None
+        # Serving is over, so no answer can be sent any more: async callbacks
+        # still running are cancelled, as the server cancels those of
+        # requests it gave up on, and get a moment to clean up.
+        cleanup = asyncio.run_coroutine_threadsafe(
+            _cancel_jobs(self._jobs, _CLEANUP_PATIENCE), loop
+        )
+        try:
+            cleanup.result(_CLEANUP_PATIENCE + 1.0)
+        except Exception:  # noqa: BLE001 - stopping anyway
+            _log.exception("cancelling the async callbacks still running")
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
 
 
-_tasks: Set["asyncio.Task[None]"] = set()
+class _Job:
+    """One ``async def`` callback's awaitable on a server's loop. Touched
+    only on the loop's thread."""
+
+    __slots__ = ("task", "cancelled")
+
+    def __init__(self) -> None:
+        self.task: Optional["asyncio.Task[None]"] = None
+        self.cancelled = False
 
 
-def _spawn(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[Any], responder: Any) -> None:
+def _spawn(
+    loop: asyncio.AbstractEventLoop,
+    jobs: Set[_Job],
+    awaitable: Awaitable[Any],
+    responder: Any,
+) -> Callable[[], None]:
     """Awaits an ``async def`` callback's awaitable on the server's loop and
-    answers through ``responder``. Called from a worker thread."""
-    loop.call_soon_threadsafe(_start_task, loop, awaitable, responder)
+    answers through ``responder``. Called from a worker thread; returns the
+    function, callable from any thread, that cancels the awaitable: the
+    server calls it when nobody waits for the answer any more (the request
+    timed out, a shutdown's grace period ended, or the client is gone)."""
+    job = _Job()
+    loop.call_soon_threadsafe(_start_task, loop, jobs, job, awaitable, responder)
+
+    def cancel() -> None:
+        try:
+            loop.call_soon_threadsafe(_cancel, job)
+        except RuntimeError:
+            # The loop is closed: stopping it cancelled every job left.
+            pass
+
+    return cancel
 
 
-def _start_task(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[Any], responder: Any) -> None:
-    task = loop.create_task(_respond(awaitable, responder))
+def _start_task(
+    loop: asyncio.AbstractEventLoop,
+    jobs: Set[_Job],
+    job: _Job,
+    awaitable: Awaitable[Any],
+    responder: Any,
+) -> None:
+    task = loop.create_task(_respond(awaitable, responder, job))
+    job.task = task
     # The loop keeps only a weak reference to its tasks.
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+    jobs.add(job)
+    task.add_done_callback(lambda _: jobs.discard(job))
 
 
-async def _respond(awaitable: Awaitable[Any], responder: Any) -> None:
+def _cancel(job: _Job) -> None:
+    job.cancelled = True
+    if job.task is not None:
+        # Scheduled after the task's first step, so that the callback has
+        # started (and its ``finally`` will run) before it is cancelled.
+        job.task.get_loop().call_soon(job.task.cancel)
+
+
+async def _respond(awaitable: Awaitable[Any], responder: Any, job: _Job) -> None:
     try:
         result = await awaitable
+    except asyncio.CancelledError as error:
+        if job.cancelled:
+            # Cancelled by the server: the request was answered already (504
+            # or 503) or its client is gone.
+            raise
+        # The callback cancelled itself: a failure like any other.
+        _fail(responder, error)
     except BaseException as error:  # noqa: BLE001 - every failure is a 500
-        # The traceback starts at the callback, without this frame.
-        traceback = error.__traceback__.tb_next if error.__traceback__ else None
-        responder.fail(error, traceback)
+        _fail(responder, error)
     else:
         responder.send(result)
+
+
+def _fail(responder: Any, error: BaseException) -> None:
+    # The traceback starts at the callback, without the awaiting frame.
+    traceback = error.__traceback__.tb_next if error.__traceback__ else None
+    responder.fail(error, traceback)
+
+
+async def _cancel_jobs(jobs: Set[_Job], patience: float) -> None:
+    """Cancels the jobs still running and gives them ``patience`` seconds to
+    finish (their ``finally`` blocks and ``except CancelledError`` run)."""
+    tasks = [job.task for job in list(jobs) if job.task is not None]
+    for job in list(jobs):
+        _cancel(job)
+    if tasks:
+        await asyncio.wait(tasks, timeout=patience)
 
 
 @atexit.register
