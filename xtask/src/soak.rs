@@ -1,6 +1,7 @@
 //! `cargo xtask soak [--minutes N | --seconds N] [--streams N] [--korv PATH]
-//! [--no-oversized] [--no-hostile] [--svg PATH] [--json PATH]`: `korv serve`
-//! (release build) under a full-speed mix of valid and malformed frames.
+//! [--no-oversized] [--no-hostile] [--svg PATH] [--json PATH] [--replay PATH]`:
+//! `korv serve` (release build) under a full-speed mix of valid and
+//! malformed frames.
 //!
 //! Each stream is OpenSSH's `ssh -W` into the server, so the frames travel
 //! exactly as a foreign client's would. A writer thread pipelines frames; a
@@ -14,7 +15,7 @@
 //! threads, and, from its metrics endpoint, its live tokio tasks, streams
 //! and connections are sampled. After the warm-up (a fifth of the run, at
 //! least 5 s and at most 5 minutes) resident memory must not trend upwards
-//! (the least-squares slope, in percent of the level per minute, at most
+//! (the Theil–Sen slope, in percent of the level per minute, at most
 //! [`MAX_RSS_PERCENT_PER_MINUTE`]; in a run of 10 minutes or more, also at
 //! most [`MAX_LONG_RUN_GROWTH_PERCENT`] growth from the warm-up's end to the
 //! last minute), and open files and tasks must stay flat. A run that ends
@@ -25,7 +26,8 @@
 //! the runs that tell which part of the mix costs memory. `--korv` serves a
 //! given binary instead of building one (to gate an older build, or to run
 //! one under a heap profiler). `--svg` draws the samples, `--json` writes
-//! them.
+//! them; `--replay REPORT` judges (and draws) a written report's samples
+//! again without running anything.
 
 mod gate;
 mod svg;
@@ -56,8 +58,11 @@ const OVERSIZED_EVERY: u64 = 50_000;
 /// The server's default maximum frame (`Limits::max_frame`).
 const MAX_FRAME: usize = 8 << 20;
 /// The steepest resident-memory trend after the warm-up that passes, in
-/// percent of the level per minute.
-const MAX_RSS_PERCENT_PER_MINUTE: f64 = 1.0;
+/// percent of the level per minute (Theil–Sen slope). The creep this gate
+/// exists for measured +8 to +12%/min over a 60 s run's last 48 s; `korv
+/// serve` with two malloc arenas and bounded blocking threads +0.1 to
+/// +0.7%/min, on a 2-core machine with 4 other jobs building.
+const MAX_RSS_PERCENT_PER_MINUTE: f64 = 3.0;
 /// In a run of at least [`LONG_RUN`], the largest growth that passes
 /// between the warm-up's end and the last minute, in percent.
 const MAX_LONG_RUN_GROWTH_PERCENT: f64 = 1.0;
@@ -65,9 +70,11 @@ const MAX_LONG_RUN_GROWTH_PERCENT: f64 = 1.0;
 const LONG_RUN: Duration = Duration::from_secs(600);
 /// How far open files may drift over the run after the warm-up.
 const FD_TOLERANCE: f64 = 2.0;
-/// How far live tasks may drift over the run after the warm-up: they come
-/// and go with the requests in flight.
-const TASK_TOLERANCE: f64 = 32.0;
+/// How far the floor of live tasks may drift over the run after the
+/// warm-up (they come and go with the requests in flight, hundreds at a
+/// peak; the floor is the lowest count of each [`TASK_CHUNK_SECONDS`]).
+const TASK_TOLERANCE: f64 = 8.0;
+const TASK_CHUNK_SECONDS: f64 = 10.0;
 
 /// What the soak runs and what it writes.
 #[derive(Debug, Clone)]
@@ -79,6 +86,7 @@ struct Options {
     hostile: bool,
     svg: Option<PathBuf>,
     json: Option<PathBuf>,
+    replay: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -90,6 +98,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         hostile: true,
         svg: None,
         json: None,
+        replay: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -105,7 +114,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--streams" => options.streams = (number("--streams")? as usize).max(1),
             "--no-oversized" => options.oversized = false,
             "--no-hostile" => options.hostile = false,
-            "--korv" | "--svg" | "--json" => {
+            "--korv" | "--svg" | "--json" | "--replay" => {
                 let path = args
                     .next()
                     .map(PathBuf::from)
@@ -113,13 +122,15 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 match arg.as_str() {
                     "--korv" => options.korv = Some(path),
                     "--svg" => options.svg = Some(path),
+                    "--replay" => options.replay = Some(path),
                     _ => options.json = Some(path),
                 }
             }
             other => {
                 return Err(format!(
                     "unknown soak option {other:?}; use --minutes N, --seconds N, --streams N, \
-                     --korv PATH, --no-oversized, --no-hostile, --svg PATH, --json PATH"
+                     --korv PATH, --no-oversized, --no-hostile, --svg PATH, --json PATH, \
+                     --replay PATH"
                 ));
             }
         }
@@ -129,6 +140,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 pub(crate) fn soak(args: &[String]) -> Result<(), String> {
     let options = parse(args)?;
+    if let Some(report) = &options.replay {
+        return replay(report, &options);
+    }
     let korv = match &options.korv {
         Some(korv) => {
             std::fs::canonicalize(korv).map_err(|e| format!("{}: {e}", korv.display()))?
@@ -280,6 +294,84 @@ fn metric(text: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// The server's open files and live tasks with nothing connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rest {
+    fds: u64,
+    /// `None` from a build without the tasks metric.
+    tasks: Option<u64>,
+}
+
+impl std::fmt::Display for Rest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} open files", self.fds)?;
+        match self.tasks {
+            Some(tasks) => write!(f, ", {tasks} tokio tasks"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Waits (10 s at most) until the metrics say no connection and no stream
+/// is open, then reads the open files and tasks: the lowest of three
+/// readings, as the scrape's own connection and task may outlive its answer
+/// by a moment.
+fn at_rest(pid: u32, metrics_port: u16) -> Result<Rest, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(metrics_port);
+        let open = |name: &str| text.as_deref().and_then(|t| metric(t, name));
+        let idle = text.is_some()
+            && open("korv_connections_open") == Some(0)
+            && open("korv_streams_open") == Some(0);
+        if idle {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the server still had connections or streams open 10 s after the load ended (metrics: {:?} connections, {:?} streams)",
+                open("korv_connections_open"),
+                open("korv_streams_open")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut rest = Rest {
+        fds: u64::MAX,
+        tasks: None,
+    };
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(200));
+        rest.fds = rest.fds.min(open_files(pid)?);
+        let tasks = scrape(metrics_port).and_then(|t| metric(&t, "korv_tokio_tasks_alive"));
+        rest.tasks = match (rest.tasks, tasks) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(rest)
+}
+
+/// What a server left behind once its load ended: more open files or tasks
+/// than before it began is a leak, whatever the curves say.
+fn compare_at_rest(before: &Rest, after: &Rest) -> Vec<String> {
+    let mut problems = Vec::new();
+    if after.fds > before.fds {
+        problems.push(format!(
+            "{} open files with nothing connected after the load, {} before it",
+            after.fds, before.fds
+        ));
+    }
+    if let (Some(before), Some(after)) = (before.tasks, after.tasks)
+        && after > before
+    {
+        problems.push(format!(
+            "{after} tokio tasks with nothing connected after the load, {before} before it"
+        ));
+    }
+    problems
+}
+
 fn sample(pid: u32, metrics_port: u16, at: f64, sent: u64) -> Result<Sample, String> {
     // Files first: the scrape's own connection must not be counted.
     let fds = open_files(pid)?;
@@ -326,12 +418,8 @@ fn run(korv: &Path, dir: &Path, options: &Options) -> Result<(), String> {
     wait_until_listening(&mut server.0, port, Duration::from_secs(10))
         .map_err(|e| format!("korv serve: {e}"))?;
     let pid = server.0.id();
-    let mix = match (options.hostile, options.oversized) {
-        (true, true) => "valid, malformed and oversized frames",
-        (true, false) => "valid and malformed frames, none oversized",
-        (false, true) => "valid and oversized frames, none malformed",
-        (false, false) => "valid frames only",
-    };
+    let rest_before = at_rest(pid, metrics_port)?;
+    let mix = mix_name(options.hostile, options.oversized);
     println!(
         "\n==> soak: {streams} streams through `ssh -W` into `korv serve` (pid {pid}) for {:.0} s: {mix}",
         duration.as_secs_f64()
@@ -453,26 +541,89 @@ fn run(korv: &Path, dir: &Path, options: &Options) -> Result<(), String> {
             ));
         }
     }
-    drop(server);
     let elapsed = started.elapsed().as_secs_f64();
-    let verdict = judge(&samples, warmup.as_secs_f64(), elapsed);
+    let rest_after = at_rest(pid, metrics_port)?;
+    problems.extend(compare_at_rest(&rest_before, &rest_after));
+    println!("==> soak: at rest before the load: {rest_before}; after it: {rest_after}");
+    // SIGTERM first: a clean exit lets a heap profiler under `--korv`
+    // write its last records; SIGKILL (on drop) after 10 s regardless.
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && matches!(server.0.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(server);
+    let facts = Facts {
+        elapsed,
+        streams,
+        oversized: options.oversized,
+        hostile: options.hostile,
+        sent,
+        answered,
+        warmup: warmup.as_secs_f64(),
+    };
+    conclude(&samples, &facts, options, problems)
+}
+
+/// What a run was, beside its samples.
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    elapsed: f64,
+    streams: usize,
+    oversized: bool,
+    hostile: bool,
+    sent: u64,
+    answered: u64,
+    /// Seconds of warm-up.
+    warmup: f64,
+}
+
+fn mix_name(hostile: bool, oversized: bool) -> &'static str {
+    match (hostile, oversized) {
+        (true, true) => "valid, malformed and oversized frames",
+        (true, false) => "valid and malformed frames, none oversized",
+        (false, true) => "valid and oversized frames, none malformed",
+        (false, false) => "valid frames only",
+    }
+}
+
+/// Judges the samples, writes the report (and the drawing), and tells
+/// whether the run passed.
+fn conclude(
+    samples: &[Sample],
+    facts: &Facts,
+    options: &Options,
+    mut problems: Vec<String>,
+) -> Result<(), String> {
+    let Facts {
+        elapsed,
+        streams,
+        sent,
+        answered,
+        warmup,
+        ..
+    } = *facts;
+    let verdict = judge(samples, warmup, elapsed);
     problems.extend(verdict.problems.iter().cloned());
     let column =
         |f: fn(&Sample) -> Option<u64>| -> Vec<Option<u64>> { samples.iter().map(f).collect() };
     let report = json!({
         "seconds": elapsed,
         "streams": streams,
-        "oversized": options.oversized,
-        "hostile": options.hostile,
+        "oversized": facts.oversized,
+        "hostile": facts.hostile,
         "frames_sent": sent,
         "answers": answered,
         "frames_per_second": sent as f64 / elapsed,
-        "warmup_seconds": warmup.as_secs_f64(),
+        "warmup_seconds": warmup,
         "rss_kib_at_warmup_end": verdict.rss_at_warmup,
         "rss_kib_final": verdict.rss_final,
         "rss_kib_peak_after_warmup": verdict.rss_peak,
         "rss_slope_kib_per_minute": verdict.rss.map(|t| t.per_minute),
         "rss_slope_percent_per_minute": verdict.rss.map(|t| t.percent_per_minute),
+        "rss_least_squares_slope_kib_per_minute": verdict.rss.map(|t| t.least_squares_per_minute),
         "rss_growth_percent_after_warmup": verdict.growth,
         "max_rss_percent_per_minute": MAX_RSS_PERCENT_PER_MINUTE,
         "fds_slope_per_minute": verdict.fds.map(|t| t.per_minute),
@@ -497,18 +648,14 @@ fn run(korv: &Path, dir: &Path, options: &Options) -> Result<(), String> {
     }
     if let Some(path) = &options.svg {
         let title = format!(
-            "korv serve, {:.0} min soak, {streams} streams, {mix}: {} frames",
+            "korv serve, {:.0} min soak, {streams} streams, {}: {} frames",
             elapsed / 60.0,
+            mix_name(facts.hostile, facts.oversized),
             group_thousands(sent)
         );
         std::fs::write(
             path,
-            svg::draw(
-                &title,
-                &samples_for_svg(&samples),
-                warmup.as_secs_f64(),
-                verdict.rss,
-            ),
+            svg::draw(&title, &samples_for_svg(samples), warmup, verdict.rss),
         )
         .map_err(|e| format!("{}: {e}", path.display()))?;
         println!("==> soak: drew {}", path.display());
@@ -523,6 +670,63 @@ fn run(korv: &Path, dir: &Path, options: &Options) -> Result<(), String> {
     } else {
         Err(format!("soak failed:\n  {}", problems.join("\n  ")))
     }
+}
+
+/// Judges (and draws, and writes) again the samples of an earlier run's
+/// `--json` report, without running anything: to redraw a long run, or to
+/// see what the gate says of it.
+fn replay(path: &Path, options: &Options) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let report: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let column = |name: &str| -> Vec<Option<f64>> {
+        report["samples"][name]
+            .as_array()
+            .map(|values| values.iter().map(Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let at = column("seconds");
+    let [rss, fds, threads, tasks, streams, connections, sent] = [
+        "rss_kib",
+        "fds",
+        "threads",
+        "tasks",
+        "streams",
+        "connections",
+        "frames_sent",
+    ]
+    .map(column);
+    let get = |column: &[Option<f64>], i: usize| column.get(i).copied().flatten();
+    let samples: Vec<Sample> = at
+        .iter()
+        .enumerate()
+        .map(|(i, at)| Sample {
+            at: at.unwrap_or(0.0),
+            rss_kib: get(&rss, i).unwrap_or(0.0) as u64,
+            fds: get(&fds, i).unwrap_or(0.0) as u64,
+            threads: get(&threads, i).unwrap_or(0.0) as u64,
+            tasks: get(&tasks, i).map(|v| v as u64),
+            streams: get(&streams, i).map(|v| v as u64),
+            connections: get(&connections, i).map(|v| v as u64),
+            sent: get(&sent, i).unwrap_or(0.0) as u64,
+        })
+        .collect();
+    let number = |name: &str| report[name].as_f64().unwrap_or(0.0);
+    let facts = Facts {
+        elapsed: number("seconds"),
+        streams: number("streams") as usize,
+        oversized: report["oversized"].as_bool().unwrap_or(true),
+        hostile: report["hostile"].as_bool().unwrap_or(true),
+        sent: number("frames_sent") as u64,
+        answered: number("answers") as u64,
+        warmup: number("warmup_seconds"),
+    };
+    println!(
+        "==> soak: replaying {} ({} samples)",
+        path.display(),
+        samples.len()
+    );
+    conclude(&samples, &facts, options, Vec::new())
 }
 
 /// `1234567` as `1,234,567`.
@@ -591,11 +795,12 @@ fn judge(samples: &[Sample], warmup: f64, elapsed: f64) -> Verdict {
         Ok(trend) => {
             verdict.rss = Some(trend);
             verdict.summary = format!(
-                "RSS {} -> {} KiB after the warm-up ({warmup:.0} s); fitted slope {:+.1} KiB/min ({:+.3}%/min, at most {MAX_RSS_PERCENT_PER_MINUTE}%/min passes){}",
+                "RSS {} -> {} KiB after the warm-up ({warmup:.0} s); slope {:+.1} KiB/min ({:+.3}%/min, at most {MAX_RSS_PERCENT_PER_MINUTE}%/min passes; least squares {:+.1} KiB/min){}",
                 verdict.rss_at_warmup,
                 verdict.rss_final,
                 trend.per_minute,
                 trend.percent_per_minute,
+                trend.least_squares_per_minute,
                 verdict
                     .growth
                     .map(|g| format!("; {g:+.2}% from the warm-up's end to the last {window:.0} s"))
@@ -625,6 +830,21 @@ fn judge(samples: &[Sample], warmup: f64, elapsed: f64) -> Verdict {
         Err(err) => verdict.problems.push(err),
     }
     let tasks = series(&|s| s.tasks);
+    if tasks.is_empty() {
+        // A build without the tasks metric (an older `--korv`): its
+        // threads stand in for its tasks.
+        println!("==> soak: no korv_tokio_tasks_alive metric: threads judged instead of tasks");
+        match gate::flat_floor(
+            "threads",
+            &series(&|s| Some(s.threads)),
+            TASK_CHUNK_SECONDS,
+            TASK_TOLERANCE,
+        ) {
+            Ok(trend) => verdict.tasks = Some(trend),
+            Err(err) => verdict.problems.push(err),
+        }
+        return verdict;
+    }
     if tasks.len() + 2 < after.len() {
         verdict.problems.push(format!(
             "the metrics endpoint answered {} of {} samples after the warm-up",
@@ -632,7 +852,7 @@ fn judge(samples: &[Sample], warmup: f64, elapsed: f64) -> Verdict {
             after.len()
         ));
     }
-    match gate::flat("tokio tasks", &tasks, TASK_TOLERANCE) {
+    match gate::flat_floor("tokio tasks", &tasks, TASK_CHUNK_SECONDS, TASK_TOLERANCE) {
         Ok(trend) => verdict.tasks = Some(trend),
         Err(err) => verdict.problems.push(err),
     }
@@ -903,7 +1123,14 @@ mod tests {
                 .collect()
         };
         // 16 MiB, ±300 KiB of noise.
-        let noise = |at: f64| 16384 + if at as u64 % 2 == 0 { 300 } else { 0 };
+        let noise = |at: f64| {
+            16384
+                + if (at as u64).is_multiple_of(2) {
+                    300
+                } else {
+                    0
+                }
+        };
         let ok = judge(&run(&noise, &|_| 12), 12.0, 60.0);
         assert!(ok.problems.is_empty(), "{:?}", ok.problems);
         // The creep the gate exists for: 16.8 MB at 15 s, 17.4 MB at 60 s.
@@ -931,6 +1158,34 @@ mod tests {
             "{:?}",
             short.problems
         );
+    }
+
+    #[test]
+    fn a_file_or_task_left_after_the_load_is_a_leak() {
+        let before = Rest {
+            fds: 12,
+            tasks: Some(9),
+        };
+        assert!(compare_at_rest(&before, &before).is_empty());
+        let fewer = Rest {
+            fds: 11,
+            tasks: Some(8),
+        };
+        assert!(compare_at_rest(&before, &fewer).is_empty());
+        let file = Rest { fds: 13, ..before };
+        assert_eq!(compare_at_rest(&before, &file).len(), 1);
+        let task = Rest {
+            tasks: Some(10),
+            ..before
+        };
+        let problems = compare_at_rest(&before, &task);
+        assert!(problems[0].contains("10 tokio tasks"), "{problems:?}");
+        // An older build without the tasks metric: files alone.
+        let old = Rest {
+            fds: 12,
+            tasks: None,
+        };
+        assert!(compare_at_rest(&old, &old).is_empty());
     }
 
     #[test]

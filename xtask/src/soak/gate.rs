@@ -1,11 +1,15 @@
 //! The soak's verdicts on its samples: the trend of a series after the
-//! warm-up (a least-squares line), and whether a series stayed flat.
+//! warm-up, and whether a series stayed flat.
 //!
-//! Resident memory is judged by its slope, not by two ends: a fitted line
-//! through every sample after the warm-up tells a steady creep (every sample
-//! above the last) from noise (samples above and below the line), where the
+//! Resident memory is judged by its slope, not by two ends: a line through
+//! every sample after the warm-up tells a steady creep (every sample above
+//! the last) from noise (samples above and below the line), where the
 //! difference between a few first and a few last samples mistakes a burst
-//! near either end for growth or hides a slow creep in noise.
+//! near either end for growth or hides a slow creep in noise. The line is
+//! Theil and Sen's (the median of the slopes between every two samples):
+//! resident memory has spikes (a burst of large frames, memory handed back
+//! a moment later), and up to a quarter of the samples can be spikes
+//! without moving the median, where a least-squares line follows each one.
 
 /// A straight line fitted through `(x, y)` points by least squares.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,12 +51,37 @@ pub(crate) fn fit(points: &[(f64, f64)]) -> Option<Line> {
     })
 }
 
+/// The Theil–Sen line through `points`: the median of the slopes between
+/// every two points of different `x`, and the median intercept for that
+/// slope; `None` when no two points differ in `x`.
+pub(crate) fn robust_fit(points: &[(f64, f64)]) -> Option<Line> {
+    let mut slopes = Vec::with_capacity(points.len() * points.len().saturating_sub(1) / 2);
+    for (i, (x1, y1)) in points.iter().enumerate() {
+        for (x2, y2) in &points[i + 1..] {
+            if x2 != x1 {
+                slopes.push((y2 - y1) / (x2 - x1));
+            }
+        }
+    }
+    if slopes.is_empty() {
+        return None;
+    }
+    let slope = median(&slopes);
+    let intercepts: Vec<f64> = points.iter().map(|(x, y)| y - slope * x).collect();
+    Some(Line {
+        slope,
+        intercept: median(&intercepts),
+    })
+}
+
 /// The trend of one series after the warm-up, from samples taken at
 /// seconds since the start.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Trend {
-    /// The fitted line, `y` against seconds.
+    /// The Theil–Sen line, `y` against seconds.
     pub(crate) line: Line,
+    /// The least-squares slope per minute, for the record.
+    pub(crate) least_squares_per_minute: f64,
     /// The fitted change per minute, in the series' unit.
     pub(crate) per_minute: f64,
     /// The same, in percent of the fitted level at the first sample.
@@ -76,7 +105,8 @@ pub(crate) fn trend(samples: &[(f64, f64)]) -> Result<Trend, String> {
             samples.len()
         ));
     }
-    let line = fit(samples).ok_or("every sample taken at the same instant: no trend")?;
+    let line = robust_fit(samples).ok_or("every sample taken at the same instant: no trend")?;
+    let least_squares_per_minute = fit(samples).map_or(0.0, |l| l.slope * 60.0);
     let first = samples
         .iter()
         .map(|(t, _)| *t)
@@ -89,6 +119,7 @@ pub(crate) fn trend(samples: &[(f64, f64)]) -> Result<Trend, String> {
     let per_minute = line.slope * 60.0;
     Ok(Trend {
         line,
+        least_squares_per_minute,
         per_minute,
         percent_per_minute: per_minute / level * 100.0,
         percent_over_span: line.slope * (last - first) / level * 100.0,
@@ -141,6 +172,62 @@ pub(crate) fn flat(name: &str, samples: &[(f64, f64)], tolerance: f64) -> Result
     Ok(trend)
 }
 
+/// Whether the floor of a count that comes and goes with the load (live
+/// tasks: one per handler in flight, on top of those of connections,
+/// streams and the server) stayed flat: the least-squares line through the
+/// lowest value of each `chunk` seconds rises by at most `tolerance` over
+/// the span. A leaked task never ends, so it lifts every later floor; the
+/// handlers in flight, hundreds at a peak, leave the floor alone.
+pub(crate) fn flat_floor(
+    name: &str,
+    samples: &[(f64, f64)],
+    chunk: f64,
+    tolerance: f64,
+) -> Result<Trend, String> {
+    let first = samples
+        .iter()
+        .map(|(t, _)| *t)
+        .fold(f64::INFINITY, f64::min);
+    let mut floors: Vec<(f64, f64)> = Vec::new();
+    for (t, v) in samples {
+        let at = first + ((t - first) / chunk).floor() * chunk;
+        match floors.last_mut() {
+            Some((start, low)) if *start == at => *low = low.min(*v),
+            _ => floors.push((at, *v)),
+        }
+    }
+    // The chunks' floors, placed at their middles; at least three chunks.
+    let floors: Vec<(f64, f64)> = floors.iter().map(|(t, v)| (t + chunk / 2.0, *v)).collect();
+    if floors.len() < 3 {
+        return Err(format!(
+            "{name}: {} chunks of {chunk:.0} s after the warm-up, at least 3 needed: no trend",
+            floors.len()
+        ));
+    }
+    let line = fit(&floors).ok_or_else(|| format!("{name}: no trend"))?;
+    let span = samples
+        .iter()
+        .map(|(t, _)| *t)
+        .fold(f64::NEG_INFINITY, f64::max)
+        - first;
+    let rise = line.slope * span;
+    if rise > tolerance {
+        return Err(format!(
+            "the floor of {name} rose by {rise:.1} over {span:.0} s after the warm-up ({:+.2}/min), more than {tolerance}",
+            line.slope * 60.0
+        ));
+    }
+    let level = line.at(first).abs().max(1.0);
+    Ok(Trend {
+        line,
+        least_squares_per_minute: line.slope * 60.0,
+        per_minute: line.slope * 60.0,
+        percent_per_minute: line.slope * 60.0 / level * 100.0,
+        percent_over_span: rise / level * 100.0,
+        span,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +247,33 @@ mod tests {
     }
 
     #[test]
+    fn spikes_move_the_robust_slope_little_and_the_least_squares_one_much() {
+        // Flat at 16 MiB with a +3 MiB spike every 5 s, the last ones late.
+        let spiky = |t: f64| {
+            16384.0
+                + if (t as u64).is_multiple_of(5) && t > 30.0 {
+                    3072.0
+                } else {
+                    0.0
+                }
+        };
+        let points = series(spiky, 12, 59);
+        let robust = robust_fit(&points).unwrap();
+        let least = fit(&points).unwrap();
+        assert!(robust.slope.abs() < 1e-9, "{robust:?}");
+        assert!(least.slope * 60.0 > 400.0, "{least:?}");
+        // A creep is still a creep.
+        let creep = series(|t| spiky(t) + 10.0 * t, 12, 59);
+        let robust = robust_fit(&creep).unwrap();
+        assert!((robust.slope - 10.0).abs() < 1e-9, "{robust:?}");
+        assert!(
+            (robust.at(20.0) - (16384.0 + 200.0)).abs() < 1e-6,
+            "{robust:?}"
+        );
+        assert_eq!(robust_fit(&[(1.0, 2.0), (1.0, 3.0)]), None);
+    }
+
+    #[test]
     fn no_line_through_one_point_or_one_instant() {
         assert_eq!(fit(&[]), None);
         assert_eq!(fit(&[(1.0, 5.0)]), None);
@@ -171,7 +285,14 @@ mod tests {
         // Alternating ±200 KiB around 16 MiB: the ends differ by 400 KiB
         // (2.4%), the fitted slope is next to nothing.
         let noisy = series(
-            |t| 16384.0 + if t as u64 % 2 == 0 { 200.0 } else { -200.0 },
+            |t| {
+                16384.0
+                    + if (t as u64).is_multiple_of(2) {
+                        200.0
+                    } else {
+                        -200.0
+                    }
+            },
             12,
             59,
         );
@@ -179,7 +300,15 @@ mod tests {
         assert!(flat.percent_per_minute.abs() < 0.2, "{flat:?}");
         // 600 KiB/min under the same noise.
         let creeping = series(
-            |t| 16384.0 + 10.0 * t + if t as u64 % 2 == 0 { 200.0 } else { -200.0 },
+            |t| {
+                16384.0
+                    + 10.0 * t
+                    + if (t as u64).is_multiple_of(2) {
+                        200.0
+                    } else {
+                        -200.0
+                    }
+            },
             12,
             59,
         );
@@ -225,6 +354,26 @@ mod tests {
         let err = flat("open files", &leaking, 2.0).unwrap_err();
         assert!(err.contains("open files rose by"), "{err}");
         assert!(flat("open files", &series(|_| 12.0, 12, 59), 2.0).is_ok());
+    }
+
+    #[test]
+    fn the_floor_of_a_busy_count_ignores_its_peaks_but_not_a_leak() {
+        // Handlers in flight: 0 to 230 on top of 12, a quiet moment every 9 s.
+        let busy = |t: f64| {
+            12.0 + if (t as u64).is_multiple_of(9) {
+                0.0
+            } else {
+                (t * 37.0) % 230.0
+            }
+        };
+        let samples = series(busy, 12, 59);
+        assert!(flat_floor("tasks", &samples, 10.0, 8.0).is_ok());
+        // One task leaked every 2 s: the floor climbs 24 over 48 s.
+        let leaking = series(|t| busy(t) + (t / 2.0).floor() - 6.0, 12, 59);
+        let err = flat_floor("tasks", &leaking, 10.0, 8.0).unwrap_err();
+        assert!(err.contains("the floor of tasks rose by"), "{err}");
+        // Too short to have three chunks.
+        assert!(flat_floor("tasks", &series(busy, 12, 25), 10.0, 8.0).is_err());
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub(crate) struct Point {
     pub(crate) tasks: Option<f64>,
 }
 
+/// A count's name, colour and points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 const WIDTH: f64 = 900.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
@@ -167,7 +170,7 @@ pub(crate) fn draw(title: &str, points: &[Point], warmup: f64, trend: Option<Tre
         memory.polyline(&mut out, &fitted, "#d62728");
         let _ = writeln!(
             out,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#d62728">fitted after the warm-up: {:+.1} KiB/min ({:+.3}%/min)</text>"##,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#d62728">Theil–Sen line after the warm-up: {:+.1} KiB/min ({:+.3}%/min)</text>"##,
             WIDTH - RIGHT - 6.0,
             TOP + MEMORY_HEIGHT - 8.0,
             trend.per_minute,
@@ -190,7 +193,7 @@ pub(crate) fn draw(title: &str, points: &[Point], warmup: f64, trend: Option<Tre
     counts.frame(&mut out, "open files, threads, tokio tasks", &|v| {
         format!("{v}")
     });
-    let series: [(&str, &str, Vec<(f64, f64)>); 3] = [
+    let series: [Series<'_>; 3] = [
         (
             "open files",
             "#2ca02c",
