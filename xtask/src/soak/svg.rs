@@ -215,10 +215,21 @@ pub(crate) fn draw(title: &str, points: &[Point], warmup: f64, trend: Option<Tre
     ];
     for (i, (name, colour, line)) in series.iter().enumerate() {
         counts.polyline(&mut out, line, colour);
+        // Lines of close counts overlap: the legend tells their range.
+        let low = line.iter().map(|(_, v)| *v).fold(f64::INFINITY, f64::min);
+        let high = line
+            .iter()
+            .map(|(_, v)| *v)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let range = match (low.is_finite(), low == high) {
+            (false, _) => "none".to_owned(),
+            (true, true) => format!("{low}"),
+            (true, false) => format!("{low}–{high}"),
+        };
         let _ = writeln!(
             out,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="{colour}">{name}</text>"##,
-            WIDTH - RIGHT - 6.0 - (2 - i) as f64 * 90.0,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="{colour}">{name}: {range}</text>"##,
+            WIDTH - RIGHT - 6.0 - (2 - i) as f64 * 150.0,
             top - 8.0
         );
     }
