@@ -172,60 +172,40 @@ pub(crate) fn flat(name: &str, samples: &[(f64, f64)], tolerance: f64) -> Result
     Ok(trend)
 }
 
+/// The lowest value of a count in the first and in the second half of its
+/// samples after the warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Floors {
+    pub(crate) first: u64,
+    pub(crate) second: u64,
+}
+
 /// Whether the floor of a count that comes and goes with the load (live
-/// tasks: one per handler in flight, on top of those of connections,
-/// streams and the server) stayed flat: the least-squares line through the
-/// lowest value of each `chunk` seconds rises by at most `tolerance` over
-/// the span. A leaked task never ends, so it lifts every later floor; the
-/// handlers in flight, hundreds at a peak, leave the floor alone.
-pub(crate) fn flat_floor(
-    name: &str,
-    samples: &[(f64, f64)],
-    chunk: f64,
-    tolerance: f64,
-) -> Result<Trend, String> {
-    let first = samples
-        .iter()
-        .map(|(t, _)| *t)
-        .fold(f64::INFINITY, f64::min);
-    let mut floors: Vec<(f64, f64)> = Vec::new();
-    for (t, v) in samples {
-        let at = first + ((t - first) / chunk).floor() * chunk;
-        match floors.last_mut() {
-            Some((start, low)) if *start == at => *low = low.min(*v),
-            _ => floors.push((at, *v)),
-        }
-    }
-    // The chunks' floors, placed at their middles; at least three chunks.
-    let floors: Vec<(f64, f64)> = floors.iter().map(|(t, v)| (t + chunk / 2.0, *v)).collect();
-    if floors.len() < 3 {
+/// tasks: one per handler waiting, on top of those of the server, its
+/// connections and streams) stayed flat: the lowest value of the second half
+/// of the samples is at most `tolerance` above that of the first. A leaked
+/// task never ends, so it lifts every later floor; the handlers in flight
+/// (hundreds at a peak, the median near a hundred) leave the lowest value of
+/// a half alone, where a fitted line follows their swings.
+pub(crate) fn flat_floor(name: &str, samples: &[u64], tolerance: u64) -> Result<Floors, String> {
+    if samples.len() < MIN_SAMPLES {
         return Err(format!(
-            "{name}: {} chunks of {chunk:.0} s after the warm-up, at least 3 needed: no trend",
-            floors.len()
+            "{name}: {} samples after the warm-up, at least {MIN_SAMPLES} needed: no floor",
+            samples.len()
         ));
     }
-    let line = fit(&floors).ok_or_else(|| format!("{name}: no trend"))?;
-    let span = samples
-        .iter()
-        .map(|(t, _)| *t)
-        .fold(f64::NEG_INFINITY, f64::max)
-        - first;
-    let rise = line.slope * span;
-    if rise > tolerance {
+    let (first, second) = samples.split_at(samples.len() / 2);
+    let floors = Floors {
+        first: first.iter().copied().min().unwrap_or(0),
+        second: second.iter().copied().min().unwrap_or(0),
+    };
+    if floors.second > floors.first + tolerance {
         return Err(format!(
-            "the floor of {name} rose by {rise:.1} over {span:.0} s after the warm-up ({:+.2}/min), more than {tolerance}",
-            line.slope * 60.0
+            "the floor of {name} rose from {} to {} between the halves of the run after the warm-up, more than {tolerance}",
+            floors.first, floors.second
         ));
     }
-    let level = line.at(first).abs().max(1.0);
-    Ok(Trend {
-        line,
-        least_squares_per_minute: line.slope * 60.0,
-        per_minute: line.slope * 60.0,
-        percent_per_minute: line.slope * 60.0 / level * 100.0,
-        percent_over_span: rise / level * 100.0,
-        span,
-    })
+    Ok(floors)
 }
 
 #[cfg(test)]
@@ -358,22 +338,27 @@ mod tests {
 
     #[test]
     fn the_floor_of_a_busy_count_ignores_its_peaks_but_not_a_leak() {
-        // Handlers in flight: 0 to 230 on top of 12, a quiet moment every 9 s.
-        let busy = |t: f64| {
-            12.0 + if (t as u64).is_multiple_of(9) {
-                0.0
+        // Handlers in flight: 0 to 230 on top of 8, a quiet moment every 9 s.
+        let busy = |t: u64| {
+            8 + if t.is_multiple_of(9) {
+                0
             } else {
-                (t * 37.0) % 230.0
+                (t * 37) % 230
             }
         };
-        let samples = series(busy, 12, 59);
-        assert!(flat_floor("tasks", &samples, 10.0, 8.0).is_ok());
-        // One task leaked every 2 s: the floor climbs 24 over 48 s.
-        let leaking = series(|t| busy(t) + (t / 2.0).floor() - 6.0, 12, 59);
-        let err = flat_floor("tasks", &leaking, 10.0, 8.0).unwrap_err();
-        assert!(err.contains("the floor of tasks rose by"), "{err}");
-        // Too short to have three chunks.
-        assert!(flat_floor("tasks", &series(busy, 12, 25), 10.0, 8.0).is_err());
+        let samples: Vec<u64> = (12..=59).map(busy).collect();
+        assert_eq!(
+            flat_floor("tasks", &samples, 8),
+            Ok(Floors {
+                first: 8,
+                second: 8
+            })
+        );
+        // One task leaked every 2 s: the second half's floor is 12 higher.
+        let leaking: Vec<u64> = (12..=59).map(|t| busy(t) + (t - 12) / 2).collect();
+        let err = flat_floor("tasks", &leaking, 8).unwrap_err();
+        assert!(err.contains("the floor of tasks rose from"), "{err}");
+        assert!(flat_floor("tasks", &samples[..5], 8).is_err());
     }
 
     #[test]
