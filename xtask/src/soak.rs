@@ -16,10 +16,11 @@
 //! and connections are sampled. After the warm-up (a fifth of the run, at
 //! least 5 s and at most 5 minutes) resident memory must not trend upwards
 //! (the Theil–Sen slope, in percent of the level per minute, at most
-//! [`MAX_RSS_PERCENT_PER_MINUTE`]; in a run of 10 minutes or more, also at
-//! most [`MAX_LONG_RUN_GROWTH_PERCENT`] growth from the warm-up's end to the
-//! last minute), and open files and tasks must stay flat. A run that ends
-//! before the warm-up does fails.
+//! [`MAX_RSS_PERCENT_PER_MINUTE`]; in a run of 10 minutes or more, the same
+//! line may also rise at most [`MAX_LONG_RUN_GROWTH_PERCENT`] from the
+//! warm-up's end to the run's end), and open files and tasks must stay flat,
+//! and be the same with nothing connected before and after the load. A run
+//! that ends before the warm-up does fails.
 //!
 //! `--no-oversized` leaves out the frames announcing more than the maximum
 //! (8 MiB each, skipped by the server), `--no-hostile` the malformed ones:
@@ -59,12 +60,14 @@ const OVERSIZED_EVERY: u64 = 50_000;
 const MAX_FRAME: usize = 8 << 20;
 /// The steepest resident-memory trend after the warm-up that passes, in
 /// percent of the level per minute (Theil–Sen slope). The creep this gate
-/// exists for measured +8 to +12%/min over a 60 s run's last 48 s; `korv
+/// exists for measured +6 to +12%/min over a 60 s run's last 48 s; `korv
 /// serve` with two malloc arenas and bounded blocking threads +0.1 to
 /// +0.7%/min, on a 2-core machine with 4 other jobs building.
 const MAX_RSS_PERCENT_PER_MINUTE: f64 = 3.0;
 /// In a run of at least [`LONG_RUN`], the largest growth that passes
-/// between the warm-up's end and the last minute, in percent.
+/// between the warm-up's end and the run's end, in percent: the rise of the
+/// Theil–Sen line over that span. (The medians of single minutes swing by
+/// 2 to 3% with the bursts of a noisy machine, a flat line's included.)
 const MAX_LONG_RUN_GROWTH_PERCENT: f64 = 1.0;
 /// Runs at least this long are also judged by their growth.
 const LONG_RUN: Duration = Duration::from_secs(600);
@@ -623,7 +626,8 @@ fn conclude(
         "rss_slope_kib_per_minute": verdict.rss.map(|t| t.per_minute),
         "rss_slope_percent_per_minute": verdict.rss.map(|t| t.percent_per_minute),
         "rss_least_squares_slope_kib_per_minute": verdict.rss.map(|t| t.least_squares_per_minute),
-        "rss_growth_percent_after_warmup": verdict.growth,
+        "rss_growth_percent_after_warmup": verdict.rss.map(|t| t.percent_over_span),
+        "rss_growth_percent_window_medians": verdict.growth,
         "max_rss_percent_per_minute": MAX_RSS_PERCENT_PER_MINUTE,
         "fds_slope_per_minute": verdict.fds.map(|t| t.per_minute),
         "tasks_floor_first_half": verdict.tasks.map(|f| f.first),
@@ -765,7 +769,8 @@ struct Verdict {
     rss_at_warmup: u64,
     rss_final: u64,
     rss_peak: u64,
-    /// Growth from the warm-up's end to the last minute, in percent.
+    /// Growth from the warm-up's end to the last minute, in percent, as the
+    /// medians of a minute (or of the warm-up, when shorter) each.
     growth: Option<f64>,
     summary: String,
     problems: Vec<String>,
@@ -796,15 +801,18 @@ fn judge(samples: &[Sample], warmup: f64, elapsed: f64) -> Verdict {
         Ok(trend) => {
             verdict.rss = Some(trend);
             verdict.summary = format!(
-                "RSS {} -> {} KiB after the warm-up ({warmup:.0} s); slope {:+.1} KiB/min ({:+.3}%/min, at most {MAX_RSS_PERCENT_PER_MINUTE}%/min passes; least squares {:+.1} KiB/min){}",
+                "RSS {} -> {} KiB after the warm-up ({warmup:.0} s); slope {:+.1} KiB/min ({:+.3}%/min, at most {MAX_RSS_PERCENT_PER_MINUTE}%/min passes; least squares {:+.1} KiB/min); the line rises {:+.2}% from the warm-up's end to the end{}",
                 verdict.rss_at_warmup,
                 verdict.rss_final,
                 trend.per_minute,
                 trend.percent_per_minute,
                 trend.least_squares_per_minute,
+                trend.percent_over_span,
                 verdict
                     .growth
-                    .map(|g| format!("; {g:+.2}% from the warm-up's end to the last {window:.0} s"))
+                    .map(|g| format!(
+                        "; medians of {window:.0} s at the warm-up's end and at the end: {g:+.2}%"
+                    ))
                     .unwrap_or_default(),
             );
             if trend.percent_per_minute > MAX_RSS_PERCENT_PER_MINUTE {
@@ -819,11 +827,12 @@ fn judge(samples: &[Sample], warmup: f64, elapsed: f64) -> Verdict {
         )),
     }
     if elapsed >= LONG_RUN.as_secs_f64()
-        && let Some(growth) = verdict.growth
-        && growth > MAX_LONG_RUN_GROWTH_PERCENT
+        && let Some(trend) = verdict.rss
+        && trend.percent_over_span > MAX_LONG_RUN_GROWTH_PERCENT
     {
         verdict.problems.push(format!(
-            "resident memory grew {growth:.2}% from the warm-up's end to the last minute, more than {MAX_LONG_RUN_GROWTH_PERCENT}%"
+            "resident memory grew {:.2}% from the warm-up's end to the end (the line's rise), more than {MAX_LONG_RUN_GROWTH_PERCENT}%",
+            trend.percent_over_span
         ));
     }
     match gate::flat("open files", &series(&|s| Some(s.fds)), FD_TOLERANCE) {
@@ -1155,6 +1164,41 @@ mod tests {
             "{:?}",
             short.problems
         );
+    }
+
+    #[test]
+    fn a_long_run_fails_on_the_lines_rise_not_on_a_noisy_last_minute() {
+        let run = |rss: &dyn Fn(f64) -> u64| -> Vec<Sample> {
+            (1..=1800)
+                .map(|t| Sample {
+                    at: f64::from(t),
+                    rss_kib: rss(f64::from(t)),
+                    fds: 14,
+                    threads: 19,
+                    tasks: Some(8 + (t % 7) as u64),
+                    streams: Some(2),
+                    connections: Some(2),
+                    sent: 0,
+                })
+                .collect()
+        };
+        // Flat at 17 MiB, with a last minute 2.5% higher than the rest.
+        let flat = |t: f64| if t > 1740.0 { 17_840 } else { 17_408 };
+        let ok = judge(&run(&flat), 300.0, 1800.0);
+        assert!(ok.problems.is_empty(), "{:?}", ok.problems);
+        assert!(ok.growth.unwrap() > 2.0, "{:?}", ok.growth);
+        // 0.1%/min: under the slope bound, but 2.5% over 25 minutes.
+        let creep = |t: f64| 17_408 + (t * 17.408 / 60.0) as u64;
+        let failed = judge(&run(&creep), 300.0, 1800.0);
+        assert!(
+            failed
+                .problems
+                .iter()
+                .any(|p| p.contains("the line's rise")),
+            "{:?}",
+            failed.problems
+        );
+        assert!(!failed.problems.iter().any(|p| p.contains("climbs")));
     }
 
     #[test]
