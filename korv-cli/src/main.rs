@@ -36,8 +36,16 @@ use korv_proto::Verb;
 
 use crate::cli::{Cli, Command};
 
+/// Blocking threads at most: the document store's reads and writes (redb
+/// takes one writer at a time; reads are short), and stdin under
+/// `serve --stdio`.
+const MAX_BLOCKING_THREADS: usize = 16;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        malloc_arenas::limit();
+    }
     // -v adds the client's account of connecting: each jump host reached,
     // the identity or agent key that authenticated.
     let filter = match cli.verbose {
@@ -55,6 +63,12 @@ fn main() -> ExitCode {
     // A load generator gets its own thread count: one closed loop per thread
     // measures the server, not the generator's cross-thread wake-ups.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // The document store's work runs on blocking threads. Tokio starts one
+    // more whenever none is idle, up to 512, and lets one go only after it
+    // has idled 10 s: under steady load the count is the highest burst so
+    // far, and it only ever rises, each thread with its stack and its
+    // allocator caches. A bound makes that high-water mark one reached early.
+    builder.max_blocking_threads(MAX_BLOCKING_THREADS);
     if let Command::Bench(args) = &cli.command {
         builder.worker_threads(args.worker_threads());
     }
@@ -87,4 +101,51 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completions(args) => completions::completions(Cli::command(), &args),
         Command::Man(args) => completions::man(Cli::command(), &args),
     }
+}
+
+/// glibc's malloc, left to itself, gives each new thread an arena of its
+/// own, up to 8 per core: 16 on two cores, as many as `korv serve` has
+/// threads. Buffers allocated on one thread and freed on another (SSH
+/// packets, answers) leave every arena with holes of its own, and each
+/// arena's high-water mark rises on its own: resident memory creeps up for
+/// hours while the memory in use stays flat. Two arenas keep it flat (see
+/// "Memory over hours" in BENCHMARKS.md).
+///
+/// glibc reads `MALLOC_ARENA_MAX` only as a process starts, so `korv serve`
+/// starts itself again with it, once, unless it is set already (an
+/// operator's own choice wins). The restart is an `exec`: same process id,
+/// same open files, nothing left behind.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod malloc_arenas {
+    use std::os::unix::process::CommandExt;
+
+    /// The environment variable glibc reads, and the arenas `korv serve` uses.
+    const VARIABLE: &str = "MALLOC_ARENA_MAX";
+    const ARENAS: &str = "2";
+
+    /// Replaces this process with itself under `MALLOC_ARENA_MAX=2`, unless
+    /// the variable is set; returns only when it is set, or when the exec
+    /// fails (the server then runs with glibc's default).
+    pub(crate) fn limit() {
+        if std::env::var_os(VARIABLE).is_some() {
+            return;
+        }
+        let mut args = std::env::args_os();
+        let arg0 = args.next().unwrap_or_default();
+        // /proc/self/exe: this very binary, even if its file was replaced.
+        let err = std::process::Command::new("/proc/self/exe")
+            .arg0(arg0)
+            .args(args)
+            .env(VARIABLE, ARENAS)
+            .exec();
+        eprintln!(
+            "korv: warning: cannot restart with {VARIABLE}={ARENAS} ({err}); memory may creep"
+        );
+    }
+}
+
+/// Other platforms' allocators are left as they are.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod malloc_arenas {
+    pub(crate) fn limit() {}
 }

@@ -214,6 +214,17 @@ impl Collector for AtScrape {
             None,
             unauthenticated.metric_type(),
         )?)?;
+        // The runtime the scrape is answered on is the server's.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            let tasks = ConstGauge::new(i64::try_from(alive).unwrap_or(i64::MAX));
+            tasks.encode(encoder.encode_descriptor(
+                "tokio_tasks_alive",
+                "Tasks alive in the server's tokio runtime (connections, streams, handlers, timers)",
+                None,
+                tasks.metric_type(),
+            )?)?;
+        }
         let shutting_down = ConstGauge::new(i64::from(self.shutdown.is_cancelled()));
         shutting_down.encode(encoder.encode_descriptor(
             "shutting_down",
@@ -386,6 +397,12 @@ mod tests {
             "{answer}"
         );
         assert!(answer.ends_with("# EOF\n"), "{answer}");
+        // This test's runtime has at least the serving task alive.
+        let tasks = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("korv_tokio_tasks_alive "))
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(tasks.is_some_and(|n| n >= 1), "{answer}");
         let answer = get("GET /other HTTP/1.1\r\n\r\n").await;
         assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
         let answer = get("POST /metrics HTTP/1.1\r\n\r\n").await;
