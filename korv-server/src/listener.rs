@@ -18,15 +18,12 @@
 //! [`ClientInfo::peer`]: crate::ClientInfo::peer
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use russh::keys::{Certificate, PrivateKey};
 use russh::server::{Config, Handle};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -254,10 +251,6 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     // `run_stream` sends the server's version line and returns once it has
     // read the client's: a client that has not sent it by the version
     // deadline is closed.
-    // russh reads each SSH packet in two reads (its first block, then the
-    // rest): buffered, a burst of packets costs one system call, not two
-    // per packet.
-    let socket = Buffered::new(socket);
     let started = tokio::select! {
         started = russh::server::run_stream(config, socket, connection) => started,
         () = tokio::time::sleep_until(version_deadline) => {
@@ -327,88 +320,6 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
                 }
             }
         }
-    }
-}
-
-/// Bytes read from a connection's socket at a time, at most. Larger reads
-/// (the rest of a large packet) go straight into russh's buffer.
-const READ_BUFFER: usize = 16 * 1024;
-
-/// A socket whose small reads are served from one larger read. The buffer
-/// exists only while bytes arrive: once the socket has nothing more to read
-/// and the buffer is empty it is freed, so that an idle connection holds no
-/// buffer.
-struct Buffered {
-    socket: TcpStream,
-    buffer: Vec<u8>,
-    /// Bytes of `buffer` already handed out.
-    taken: usize,
-}
-
-impl Buffered {
-    fn new(socket: TcpStream) -> Self {
-        Buffered {
-            socket,
-            buffer: Vec::new(),
-            taken: 0,
-        }
-    }
-}
-
-impl AsyncRead for Buffered {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(waiting) = this.buffer.get(this.taken..)
-                && !waiting.is_empty()
-            {
-                let n = waiting.len().min(out.remaining());
-                out.put_slice(waiting.get(..n).unwrap_or_default());
-                this.taken += n;
-                return Poll::Ready(Ok(()));
-            }
-            this.buffer.clear();
-            this.taken = 0;
-            if out.remaining() >= READ_BUFFER {
-                return Pin::new(&mut this.socket).poll_read(cx, out);
-            }
-            if this.socket.poll_read_ready(cx).is_pending() {
-                // Nothing to read: idle until the socket wakes us.
-                this.buffer = Vec::new();
-                return Poll::Pending;
-            }
-            this.buffer.reserve(READ_BUFFER);
-            match this.socket.try_read_buf(&mut this.buffer) {
-                // End of stream: nothing put in `out` says so.
-                Ok(0) => return Poll::Ready(Ok(())),
-                Ok(_) => {}
-                // Readiness was stale: wait for the next.
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(err) => return Poll::Ready(Err(err)),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Buffered {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().socket).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().socket).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
     }
 }
 
