@@ -959,6 +959,21 @@ async fn slow_clients_are_closed_at_the_deadline_and_beyond_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_sent_before_the_korv_subsystem_is_dropped_not_read_as_a_frame() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits::default());
+    let handle = raw_login(server.addr, "alice", &server.keys.alice).await;
+    let mut session = handle.channel_open_session().await.unwrap();
+    // Three bytes of a length prefix: read as the start of the stream, they
+    // would swallow the next request's header and leave it unanswered.
+    session.data(&[0u8, 0, 1][..]).await.unwrap();
+    session.request_subsystem(true, "korv").await.unwrap();
+    assert_eq!(reply(&mut session).await, Reply::Success, "korv");
+    let client = korv_over(session);
+    assert_eq!(client.get("/hello").await.unwrap().code, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_max_streams_per_connection_channels_are_refused_for_resource_shortage() {
     let _serial = SERIAL.lock().await;
     let server = Server::start(Limits {

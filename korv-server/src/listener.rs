@@ -251,10 +251,6 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     // `run_stream` sends the server's version line and returns once it has
     // read the client's: a client that has not sent it by the version
     // deadline is closed.
-    // russh reads each SSH packet in two reads (its first block, then the
-    // rest): buffered, a burst of packets costs one system call, not two
-    // per packet.
-    let socket = tokio::io::BufReader::with_capacity(READ_BUFFER, socket);
     let started = tokio::select! {
         started = russh::server::run_stream(config, socket, connection) => started,
         () = tokio::time::sleep_until(version_deadline) => {
@@ -334,10 +330,6 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
         }
     }
 }
-
-/// Bytes read from a connection's socket at a time, at most. Larger reads
-/// (the rest of a large packet) go straight into russh's buffer.
-const READ_BUFFER: usize = 16 * 1024;
 
 /// How long a connection told to disconnect on shutdown gets to write its
 /// last packets and see the client close.
