@@ -174,7 +174,12 @@ impl Store {
     }
 
     /// `outcome`, once the change it reports is handed to the watchers.
-    fn published(&self, outcome: (Outcome, Option<std::sync::MutexGuard<'_, ()>>), kind: Kind, key: &str) -> Outcome {
+    fn published(
+        &self,
+        outcome: (Outcome, Option<std::sync::MutexGuard<'_, ()>>),
+        kind: Kind,
+        key: &str,
+    ) -> Outcome {
         let (outcome, _commit_order) = outcome;
         if let Outcome::Done(doc) = &outcome {
             self.publish(kind, key, doc);

@@ -103,5 +103,5 @@ pub use client::KorvClient;
 pub use config::{ChannelKind, ClientConfig, HostKeyPolicy};
 pub use endpoint::ResolvedHost;
 pub use error::{CloseReason, Error, IdentityError};
-pub use watch::Watch;
 pub use korv_proto::{Headers, ProtoError, Response, StatusCode, Verb};
+pub use watch::Watch;

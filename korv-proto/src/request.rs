@@ -403,7 +403,8 @@ impl Request {
     /// Validates the content of a korv 0.2.1 message: the same rules as
     /// [`Request::from_payload`], except that `id` may be any JSON number
     /// (korv 0.2.1's clients send their clock, a float), kept as its exact
-    /// text so that the answer's `request_id` is the same number.
+    /// text so that the answer's `request_id` is the same number, and that
+    /// `WATCH` and `UNWATCH` are refused (the format has no watches).
     ///
     /// ```
     /// use korv_proto::Request;
@@ -642,6 +643,9 @@ impl RawFields {
                 ));
             }
         };
+        if let (IdRule::AnyNumber, true) = (ids, verb.is_watch()) {
+            return reject(format!("{verb} is not available in korv 0.2.1's format"));
+        }
         let body = self.body.filter(|raw| raw.get() != "null");
         if verb.requires_body() && body.is_none() {
             return reject(format!("{verb} requires a non-null `body`"));

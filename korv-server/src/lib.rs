@@ -119,7 +119,7 @@ pub use korv_proto::{Headers, RequestId, Response, StatusCode, Verb};
 pub use request::{BodyError, ClientInfo, Params, Request};
 pub use response::{Error, IntoResponse};
 pub use routing::RouteError;
-pub use watch::{Events, IntoEvents, WatchHandler};
 pub use server::{
     BoundServer, DEFAULT_PORT, KorvServer, ShutdownHandle, StreamService, shutdown_signal,
 };
+pub use watch::{Events, IntoEvents, WatchHandler};

@@ -534,16 +534,6 @@ fn dispatch<S>(
     };
     let id = request.id.clone();
     let verb = Some(request.verb);
-    if legacy && request.verb.is_watch() {
-        return Dispatch::Now(
-            Response::error(
-                id,
-                StatusCode::BAD_REQUEST,
-                format!("{} is not available in korv 0.2.1's format", request.verb),
-            ),
-            verb,
-        );
-    }
     // UNWATCH is the framework's: never routed.
     let unwatch = match request.verb {
         korv_proto::Verb::Unwatch => match unwatch_target(&request) {

@@ -177,9 +177,7 @@ pub(crate) enum Ending {
 impl Ending {
     fn response(self, id: RequestId) -> Response {
         match self {
-            Ending::Cancelled => {
-                Response::error(id, StatusCode::GONE, "cancelled by the client")
-            }
+            Ending::Cancelled => Response::error(id, StatusCode::GONE, "cancelled by the client"),
             Ending::ShuttingDown => Response::error(
                 id,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -450,7 +448,9 @@ impl Run {
             let mut done = None;
             match next {
                 Ok(Some(event)) => batch.push(event),
-                Ok(None) => done = Some(Response::new(self.id.clone(), StatusCode::OK, Value::Null)),
+                Ok(None) => {
+                    done = Some(Response::new(self.id.clone(), StatusCode::OK, Value::Null))
+                }
                 Err(panic) => done = Some(self.panicked(panic)),
             }
             // Whatever else is ready now leaves with it.
