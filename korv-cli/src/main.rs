@@ -17,6 +17,7 @@
 //! and `output`.
 
 mod bench;
+mod bench_watch;
 mod body;
 mod cli;
 mod completions;
