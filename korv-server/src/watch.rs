@@ -54,6 +54,7 @@ use korv_proto::{KorvCodec, RequestId, Response, StatusCode};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::codec::Encoder;
+use tracing::Instrument;
 
 use crate::handler::BoxFuture;
 use crate::panic::CatchPanic;
@@ -325,7 +326,11 @@ impl Watches {
             max_queue: self.max_queue,
         };
         let id = start.id;
-        let task = tokio::spawn(TRACEBACKS.scope(self.tracebacks, run.run(start.setup, end_rx)));
+        let task = tokio::spawn(
+            TRACEBACKS
+                .scope(self.tracebacks, run.run(start.setup, end_rx))
+                .in_current_span(),
+        );
         self.running.push(Box::pin(async move {
             match task.await {
                 Ok(code) => Ended { id, code },
