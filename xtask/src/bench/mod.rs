@@ -134,6 +134,31 @@ fn run(
     if let Some(mbps) = bulk {
         println!("{mbps:.1} MB/s");
     }
+    // Watches, beside the table: events/s against the c=64 GET /hello rate
+    // of this same run (the target is at least half of it).
+    print!("[watch] korv 64 watchers, 16 writers ");
+    let _ = std::io::stdout().flush();
+    let watch = servers.korv_watch()?;
+    let hello_c64 = results
+        .iter()
+        .find(|r| {
+            r.system == System::Korv
+                && r.workload == plan::Workload::Hello
+                && r.connections == 1
+                && r.concurrency == 64
+        })
+        .map(|r| r.requests_per_second);
+    println!(
+        "{:.0} events/s  p50 {} µs  p99 {} µs  ({} lost){}",
+        watch.requests_per_second,
+        watch.latency_us.p50,
+        watch.latency_us.p99,
+        watch.errors,
+        hello_c64.map_or(String::new(), |rate| format!(
+            "  {:.2}x the c=64 GET /hello rate",
+            watch.requests_per_second / rate.max(1.0)
+        )),
+    );
     let memory = servers.memory()?;
     drop(servers);
 

@@ -204,6 +204,18 @@ impl Servers {
         run_load(&mut command, load.system)
     }
 
+    /// Watches: `korv bench --watchers 64` (one connection, 64 watches on a
+    /// prefix, 16 writers storing documents under it); events/s and the
+    /// latency from a STORE's sending to each event's delivery.
+    pub(crate) fn korv_watch(&self) -> Result<LoadReport, String> {
+        let mut command = self.korv_bench("/watched/");
+        command.args(["--watchers", "64", "--concurrency", "16", "--json"]);
+        command
+            .arg("--duration")
+            .arg(format!("{}ms", self.timing.duration.as_millis()));
+        run_load(&mut command, System::Korv)
+    }
+
     /// `korv bench PATH` against `korv serve` with our key.
     fn korv_bench(&self, path: &str) -> Command {
         let mut c = Command::new(&self.korv);
