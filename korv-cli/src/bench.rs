@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use korv_cli::load::{Labels, Tally, error_message, parse_duration, parse_warmup};
+use korv_cli::load::{CpuWindow, Labels, Tally, error_message, parse_duration, parse_warmup};
 use korv_client::KorvClient;
 use korv_proto::Verb;
 use serde_json::Value;
@@ -57,6 +57,10 @@ pub(crate) struct BenchArgs {
     /// STORE's sending to each event's delivery.
     #[arg(long, value_name = "N")]
     pub(crate) watchers: Option<usize>,
+    /// Also report the CPU time this process and the server process PID
+    /// (on this machine) spend in the measured window.
+    #[arg(long, value_name = "PID")]
+    pub(crate) server_pid: Option<u32>,
     #[command(flatten)]
     pub(crate) connect: ConnectArgs,
 }
@@ -119,6 +123,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let warm_until = Instant::now() + args.warmup;
     let started = warm_until;
     let deadline = warm_until + args.duration;
+    // CPU time is read when the measured window opens and once every worker
+    // is done, so that connecting and warming up are left out.
+    let cpu_window = args.server_pid.map(|pid| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(warm_until.into()).await;
+            CpuWindow::start(Some(pid))
+        })
+    });
     let mut workers = Vec::new();
     for client in &clients {
         for _ in 0..args.concurrency {
@@ -187,6 +199,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         tally.merge(&worker.await?);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = match cpu_window {
+        Some(window) => window.await?.finish(),
+        None => None,
+    };
     ticker.abort();
     bar.finish_and_clear();
     let labels = Labels {
@@ -195,7 +211,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         connections: args.connections,
         concurrency: args.concurrency,
     };
-    let report = tally.report(&labels, elapsed);
+    let mut report = tally.report(&labels, elapsed);
+    report.cpu = cpu;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -143,6 +143,7 @@ impl Tally {
             },
             codes: self.codes.clone(),
             error_counts: self.errors.clone(),
+            cpu: None,
         }
     }
 }
@@ -189,6 +190,80 @@ pub struct Report {
     pub codes: BTreeMap<u16, u64>,
     /// Errors by message.
     pub error_counts: BTreeMap<String, u64>,
+    /// CPU time spent during the measured window, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuUse>,
+}
+
+/// CPU time (user plus system) spent during a measured window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CpuUse {
+    /// The load generator's own process.
+    pub client_seconds: f64,
+    /// The server process named with `--server-pid`, when it could be read.
+    pub server_seconds: Option<f64>,
+}
+
+/// Clock ticks per second in `/proc/PID/stat` (`USER_HZ`, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// The CPU time (user plus system, all threads) process `pid` has used so
+/// far, in seconds, from `/proc/PID/stat`; this process's with `None`.
+/// `None` when it cannot be read (no `/proc`, the process is gone).
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    parse_stat_cpu(&std::fs::read_to_string(path).ok()?)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, in seconds.
+/// The command name (field 2) may hold spaces and parentheses, so fields
+/// are counted from the last `)`.
+fn parse_stat_cpu(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / TICKS_PER_SECOND)
+}
+
+/// CPU time of this process and of a server, read at the start of a
+/// measured window; [`CpuWindow::finish`] reads them again at its end.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuWindow {
+    server_pid: Option<u32>,
+    client: Option<f64>,
+    server: Option<f64>,
+}
+
+impl CpuWindow {
+    /// Reads this process's CPU time and `server_pid`'s, now.
+    pub fn start(server_pid: Option<u32>) -> CpuWindow {
+        CpuWindow {
+            server_pid,
+            client: cpu_seconds(None),
+            server: server_pid.and_then(|pid| cpu_seconds(Some(pid))),
+        }
+    }
+
+    /// The CPU time each process spent since [`CpuWindow::start`]; `None`
+    /// when this process's own could not be read.
+    pub fn finish(&self) -> Option<CpuUse> {
+        let client = cpu_seconds(None)? - self.client?;
+        let server = match (
+            self.server,
+            self.server_pid.and_then(|p| cpu_seconds(Some(p))),
+        ) {
+            (Some(before), Some(after)) => Some(after - before),
+            _ => None,
+        };
+        Some(CpuUse {
+            client_seconds: client,
+            server_seconds: server,
+        })
+    }
 }
 
 /// Latency percentiles, in microseconds.
@@ -300,6 +375,22 @@ mod tests {
             connections: 2,
             concurrency: 3,
         }
+    }
+
+    #[test]
+    fn cpu_time_is_utime_plus_stime_counted_from_the_last_parenthesis() {
+        // A command name with a space and a `)`; utime 250 and stime 50 ticks.
+        let stat = "4242 (korv ) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 3 0 1 2 3";
+        assert_eq!(parse_stat_cpu(stat), Some(3.0));
+        assert_eq!(parse_stat_cpu("4242 (korv) S 1"), None);
+        let own = cpu_seconds(None).expect("this process's /proc/self/stat");
+        assert!(own >= 0.0);
+        assert!(
+            CpuWindow::start(Some(u32::MAX))
+                .finish()
+                .is_some_and(|cpu| cpu.server_seconds.is_none()),
+            "a server that does not exist has no CPU figure"
+        );
     }
 
     #[test]

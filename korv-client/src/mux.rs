@@ -227,7 +227,9 @@ impl Mux {
 
     /// One request, encoded in the stream's format.
     fn encode(&self, request: &Request) -> Result<BytesMut, Error> {
-        let mut frame = BytesMut::new();
+        // Room for a small request: encoding then grows it in one step, not
+        // in many, for most requests.
+        let mut frame = BytesMut::with_capacity(256);
         match self.wire {
             Wire::Version1 => KorvCodec::builder()
                 .max_frame(self.max_frame)

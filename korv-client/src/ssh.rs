@@ -337,6 +337,10 @@ pub(crate) async fn connect(
                             source,
                         })?;
                     let _ = socket.set_nodelay(true);
+                    // russh reads each SSH packet in two reads (its first
+                    // block, then the rest): buffered, a burst of packets
+                    // costs one system call, not two per packet.
+                    let socket = tokio::io::BufReader::with_capacity(16 * 1024, socket);
                     session(socket, endpoint).await
                 })
                 .await

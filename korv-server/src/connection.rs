@@ -4,7 +4,9 @@
 //! that carry Korv streams (`direct-tcpip`, and session channels asking for
 //! the `korv` subsystem), and a refusal for everything else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,13 +25,21 @@ use crate::admission::Slot;
 use crate::authorized::Refusal;
 use crate::certificate::{Trust, check_user_certificate};
 use crate::config::Limits;
-use crate::direct::{LEGACY_FIRST_BYTE, Prefixed, WholeWrites, first_data};
+use crate::direct::{Feed, FeedSender, LEGACY_FIRST_BYTE, SessionOutbound, WholeOutbound};
 use crate::request::ClientInfo;
 use crate::state::Shared;
-use crate::stream::{Format, run_stream};
+use crate::stream::{Format, serve};
 
 /// The subsystem name of Korv protocol version 1.
 const SUBSYSTEM: &str = "korv";
+
+/// A channel admitted for a Korv stream, as the stream needs it.
+enum StreamChannel {
+    /// `direct-tcpip`: its writing half serves korv 0.2.1's format.
+    DirectTcpip(Channel<Msg>),
+    /// A session channel with the `korv` subsystem.
+    Subsystem(ChannelId),
+}
 
 /// The two kinds of channel that carry a Korv stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,37 +54,43 @@ enum ChannelKind {
 /// `0x1f` for korv 0.2.1's, anything else for version 1.
 async fn serve_direct_tcpip<S>(
     shared: Arc<Shared<S>>,
-    mut channel: Channel<Msg>,
+    channel: Channel<Msg>,
+    mut feed: Feed,
+    handle: Handle,
     client: Arc<ClientInfo>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()>
 where
     S: Clone + Send + Sync + 'static,
 {
+    let id = channel.id();
+    // The channel's data comes through `feed`: its own queue is closed, so
+    // that russh never waits for a reader of it.
+    let (_, writer) = channel.split();
     // The client's maximum packet size, as it announced it: nothing has been
     // written yet, so the writable size is that maximum (or the client's
     // initial window, when that is smaller).
-    let max_packet = channel.writable_packet_size().await;
+    let max_packet = writer.writable_packet_size().await;
     let first = tokio::select! {
-        first = first_data(&mut channel) => first,
+        first = feed.first() => first,
         () = shutdown.cancelled() => None,
     };
     let Some(first) = first else {
         // The channel ended (or the server shuts down) before any data:
         // nothing to answer. It closes as a version-1 stream does, EOF first.
-        let _ = channel.eof().await;
+        let _ = handle.eof(id).await;
         return Ok(());
     };
-    if first.first() == Some(&LEGACY_FIRST_BYTE) {
+    if first == LEGACY_FIRST_BYTE {
         debug!(max_packet, "stream in korv 0.2.1's format");
-        let stream = WholeWrites::new(channel, first, max_packet);
+        let outbound = WholeOutbound::new(writer, max_packet);
         let format = Format::Legacy {
             max_message: max_packet,
         };
-        run_stream(shared, stream, client, shutdown, format).await
+        serve(shared, feed, outbound, client, shutdown, format).await
     } else {
-        let stream = Prefixed::new(first, channel.into_stream());
-        run_stream(shared, stream, client, shutdown, Format::Version1).await
+        let outbound = SessionOutbound::new(handle, id);
+        serve(shared, feed, outbound, client, shutdown, Format::Version1).await
     }
 }
 
@@ -127,9 +143,9 @@ pub(crate) fn russh_config(
         // The largest russh accepts: fewer packets (and fewer MACs) per
         // large body than the default 32 KiB.
         maximum_packet_size: 65535,
-        // Packets russh queues per channel before the connection waits for
-        // the stream to read: with 64 KiB packets, at most 8 MiB (one
-        // window) held per channel.
+        // Messages russh queues per channel, and from the streams' writers
+        // to the session. Korv streams read their data from the handler
+        // (`Feed`, as deep), not from russh's channel queues.
         channel_buffer_size: 128,
         preferred,
         ..Config::default()
@@ -155,8 +171,11 @@ pub(crate) struct Connection<S> {
     client: Option<Arc<ClientInfo>>,
     /// Channels admitted: running streams plus pending session channels.
     streams: Arc<AtomicUsize>,
-    /// Session channels waiting for their subsystem request.
-    pending: HashMap<ChannelId, Channel<Msg>>,
+    /// Session channels waiting for their subsystem request. Data sent
+    /// before it has no stream to go to, and is dropped.
+    pending: HashSet<ChannelId>,
+    /// Where each open channel's data goes, until its EOF or close.
+    feeds: HashMap<ChannelId, FeedSender>,
     /// Its unauthenticated place, freed when it authenticates.
     slot: Option<Arc<Slot>>,
     status: ConnectionStatus,
@@ -179,7 +198,8 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
             peer,
             client: None,
             streams: Arc::new(AtomicUsize::new(0)),
-            pending: HashMap::new(),
+            pending: HashSet::new(),
+            feeds: HashMap::new(),
             slot: Some(slot),
             status: ConnectionStatus::default(),
             tracker,
@@ -263,7 +283,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
 
     /// Serves a Korv stream on an admitted channel; a subsystem channel
     /// reports exit status 0 when it ends, which `ssh -s` exits with.
-    fn spawn_stream(&self, channel: Channel<Msg>, handle: Handle, kind: ChannelKind) {
+    fn spawn_stream(&self, channel: StreamChannel, feed: Feed, handle: Handle) {
         let Some(client) = self.client.clone() else {
             return;
         };
@@ -272,17 +292,21 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
         let running = Arc::clone(&self.status.running);
         running.fetch_add(1, Ordering::AcqRel);
         let gone = self.status.gone.clone();
-        let id = channel.id();
+        let (id, kind) = match &channel {
+            StreamChannel::DirectTcpip(channel) => (channel.id(), ChannelKind::DirectTcpip),
+            StreamChannel::Subsystem(id) => (*id, ChannelKind::Subsystem),
+        };
         let task = async move {
             let shutdown = shared.shutdown.clone();
+            let session = handle.clone();
             let serve = async move {
-                match kind {
-                    ChannelKind::Subsystem => {
-                        let stream = channel.into_stream();
-                        run_stream(shared, stream, client, shutdown, Format::Version1).await
+                match channel {
+                    StreamChannel::Subsystem(id) => {
+                        let outbound = SessionOutbound::new(session, id);
+                        serve(shared, feed, outbound, client, shutdown, Format::Version1).await
                     }
-                    ChannelKind::DirectTcpip => {
-                        serve_direct_tcpip(shared, channel, client, shutdown).await
+                    StreamChannel::DirectTcpip(channel) => {
+                        serve_direct_tcpip(shared, channel, feed, session, client, shutdown).await
                     }
                 }
             };
@@ -484,7 +508,7 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
     ) -> Result<(), Self::Error> {
         match self.admit_stream() {
             Ok(()) => {
-                self.pending.insert(channel.id(), channel);
+                self.pending.insert(channel.id());
                 reply.accept().await;
             }
             Err(reason) => reply.reject(reason).await,
@@ -504,8 +528,10 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
     ) -> Result<(), Self::Error> {
         match self.admit_stream() {
             Ok(()) => {
+                let (sender, feed) = Feed::new();
+                self.feeds.insert(channel.id(), sender);
                 reply.accept().await;
-                self.spawn_stream(channel, session.handle(), ChannelKind::DirectTcpip);
+                self.spawn_stream(StreamChannel::DirectTcpip(channel), feed, session.handle());
             }
             Err(reason) => reply.reject(reason).await,
         }
@@ -517,8 +543,36 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.pending.remove(&channel).is_some() {
+        self.feeds.remove(&channel);
+        if self.pending.remove(&channel) {
             self.streams.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The stream reads to the end of what it was sent, then ends.
+        self.feeds.remove(&channel);
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Waits while the stream's queue is full: the connection reads no
+        // more until the stream has read some (russh's channel queues hold
+        // back the same way). A stream that has ended reads nothing more.
+        if let Some(feed) = self.feeds.get(&channel)
+            && feed.send(Bytes::copy_from_slice(data)).await.is_err()
+        {
+            self.feeds.remove(&channel);
         }
         Ok(())
     }
@@ -529,17 +583,13 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        match (name == SUBSYSTEM, self.pending.remove(&channel)) {
-            (true, Some(korv)) => {
-                session.channel_success(channel)?;
-                self.spawn_stream(korv, session.handle(), ChannelKind::Subsystem);
-            }
-            (_, pending) => {
-                if let Some(pending) = pending {
-                    self.pending.insert(channel, pending);
-                }
-                session.channel_failure(channel)?;
-            }
+        if name == SUBSYSTEM && self.pending.remove(&channel) {
+            let (sender, feed) = Feed::new();
+            self.feeds.insert(channel, sender);
+            session.channel_success(channel)?;
+            self.spawn_stream(StreamChannel::Subsystem(channel), feed, session.handle());
+        } else {
+            session.channel_failure(channel)?;
         }
         Ok(())
     }

@@ -251,6 +251,10 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     // `run_stream` sends the server's version line and returns once it has
     // read the client's: a client that has not sent it by the version
     // deadline is closed.
+    // russh reads each SSH packet in two reads (its first block, then the
+    // rest): buffered, a burst of packets costs one system call, not two
+    // per packet.
+    let socket = tokio::io::BufReader::with_capacity(READ_BUFFER, socket);
     let started = tokio::select! {
         started = russh::server::run_stream(config, socket, connection) => started,
         () = tokio::time::sleep_until(version_deadline) => {
@@ -322,6 +326,10 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
         }
     }
 }
+
+/// Bytes read from a connection's socket at a time, at most. Larger reads
+/// (the rest of a large packet) go straight into russh's buffer.
+const READ_BUFFER: usize = 16 * 1024;
 
 /// `timeout` after `start`; a timeout too long to represent is a century.
 fn deadline(start: Instant, timeout: Duration) -> Instant {

@@ -1,7 +1,10 @@
 //! The per-stream loop: read frames, run handlers concurrently, write answers.
 //!
-//! One function serves every transport (SSH channels, stdin/stdout, in-memory
-//! pipes in tests): it is generic over `AsyncRead + AsyncWrite`.
+//! One loop serves every transport: it reads any `AsyncRead` and writes
+//! through an [`Outbound`]. Byte streams (stdin/stdout, in-memory pipes in
+//! tests) go through [`run_stream`], which splits them; an SSH channel is
+//! read from what russh hands the connection's handler and written straight
+//! into russh's session, one channel-data message per batch of answers.
 //!
 //! - Every frame gets exactly one response: malformed ones at once (400, 413),
 //!   unroutable ones at once (404, 405), the rest from their handler task.
@@ -31,12 +34,13 @@
 //! and a member too large or corrupt ends the stream after its answer, as
 //! nothing says where the next member starts.
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use korv_proto::{
@@ -79,7 +83,36 @@ pub(crate) enum Format {
     },
 }
 
-/// Serves one stream until the client's EOF (or shutdown), then closes it.
+/// Where a stream's answers go: one write per batch of answers (per answer
+/// in korv 0.2.1's format), then the end of the stream.
+pub(crate) trait Outbound: Send {
+    /// Writes `bytes` whole, in order after everything written before.
+    fn write(&mut self, bytes: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+    /// Pushes what was written towards the client.
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ends the stream's writing side (EOF), after everything written.
+    fn finish(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// The writing half of a byte stream as an [`Outbound`].
+pub(crate) struct IoOutbound<W>(pub(crate) W);
+
+impl<W: AsyncWrite + Send + Unpin> Outbound for IoOutbound<W> {
+    async fn write(&mut self, bytes: Bytes) -> io::Result<()> {
+        self.0.write_all(&bytes).await
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().await
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        self.0.shutdown().await
+    }
+}
+
+/// Serves one stream over a byte stream until the client's EOF (or
+/// shutdown), then closes it.
 pub(crate) async fn run_stream<S, IO>(
     shared: Arc<Shared<S>>,
     io: IO,
@@ -91,8 +124,26 @@ where
     S: Clone + Send + Sync + 'static,
     IO: AsyncRead + AsyncWrite + Send,
 {
-    let _open = shared.metrics.as_ref().map(|m| m.stream_opened());
     let (reader, writer) = tokio::io::split(io);
+    serve(shared, reader, IoOutbound(writer), client, shutdown, format).await
+}
+
+/// Serves one stream, read from `reader` and answered through `outbound`,
+/// until the client's EOF (or shutdown), then closes it.
+pub(crate) async fn serve<S, R, O>(
+    shared: Arc<Shared<S>>,
+    reader: R,
+    outbound: O,
+    client: Arc<ClientInfo>,
+    shutdown: CancellationToken,
+    format: Format,
+) -> io::Result<()>
+where
+    S: Clone + Send + Sync + 'static,
+    R: AsyncRead + Send,
+    O: Outbound,
+{
+    let _open = shared.metrics.as_ref().map(|m| m.stream_opened());
     // Writing runs beside reading, never in its way: over SSH a stream that
     // stops reading while a write waits can stall the whole connection
     // (russh delivers channel data through a bounded queue).
@@ -105,7 +156,7 @@ where
         read_loop(
             &shared, reader, &client, &shutdown, to_writer, &unwritten, format
         ),
-        write_loop(writer, from_reader, &unwritten, whole),
+        write_loop(outbound, from_reader, &unwritten, whole),
     )
     .map(|_| ())
 }
@@ -155,15 +206,14 @@ const GATHER_BELOW: usize = 16 * 1024;
 const MAX_UNWRITTEN_FRAMES: usize = 8;
 
 /// Writes encoded responses as they come, coalescing whatever is queued into
-/// one write and one flush; at the end, shuts the writing side down (EOF).
+/// one write and one flush; at the end, finishes the writing side (EOF).
 /// With `whole`, each part (one answer) is a write of its own instead.
-async fn write_loop<W: AsyncWrite>(
-    writer: W,
+async fn write_loop<O: Outbound>(
+    mut outbound: O,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Batch>,
     unwritten: &AtomicUsize,
     whole: bool,
 ) -> io::Result<()> {
-    tokio::pin!(writer);
     let mut gathered = BytesMut::new();
     while let Some(mut batch) = queue.recv().await {
         while let Ok(more) = queue.try_recv() {
@@ -173,33 +223,33 @@ async fn write_loop<W: AsyncWrite>(
         }
         if whole {
             for part in batch.parts {
-                writer.write_all(&part).await?;
+                outbound.write(part.freeze()).await?;
             }
-            writer.flush().await?;
+            outbound.flush().await?;
             unwritten.fetch_sub(batch.bytes, Ordering::AcqRel);
             release(batch.watches);
             continue;
         }
         for part in batch.parts {
             if part.len() < GATHER_BELOW {
+                // The first part is taken as it is; later ones are copied
+                // after it (or joined, when they follow it in memory).
                 gathered.unsplit(part);
                 continue;
             }
             if !gathered.is_empty() {
-                writer.write_all(&gathered).await?;
-                gathered.clear();
+                outbound.write(gathered.split().freeze()).await?;
             }
-            writer.write_all(&part).await?;
+            outbound.write(part.freeze()).await?;
         }
         if !gathered.is_empty() {
-            writer.write_all(&gathered).await?;
-            gathered.clear();
+            outbound.write(gathered.split().freeze()).await?;
         }
-        writer.flush().await?;
+        outbound.flush().await?;
         unwritten.fetch_sub(batch.bytes, Ordering::AcqRel);
         release(batch.watches);
     }
-    writer.shutdown().await
+    outbound.finish().await
 }
 
 async fn read_loop<S, R>(
@@ -314,7 +364,10 @@ where
                 }
                 Some(Err(err)) => return Err(into_io(err)),
                 Some(Ok(frame)) => {
-                    let started = Instant::now();
+                    // The clock is read only for whom reads the time taken.
+                    let started = (shared.metrics.is_some()
+                        || tracing::enabled!(tracing::Level::DEBUG))
+                    .then(Instant::now);
                     if shutting_down {
                         let quiet_until = tokio::time::Instant::now() + SHUTDOWN_LINGER;
                         linger.as_mut().reset(quiet_until.min(grace_ends));
@@ -324,17 +377,24 @@ where
                     }
                     match dispatch(shared, client, frame, shutting_down) {
                         Dispatch::Now(response, verb) => {
-                            log_answer(&response, None, started);
-                            if let Some(metrics) = &shared.metrics {
-                                metrics.answered(verb, response.code.as_u16(), started.elapsed());
+                            if let Some(started) = started {
+                                log_answer(&response, started);
+                                if let Some(metrics) = &shared.metrics {
+                                    metrics.answered(verb, response.code.as_u16(), started.elapsed());
+                                }
                             }
+                            out.reserve(ANSWER_CAPACITY);
                             encode(&mut codec, &response, &mut out);
                             if whole {
                                 parts.push(out.split());
                             }
                         }
                         Dispatch::Run(run) => {
-                            in_flight.push(run_handler(shared, client, run, abort.clone(), &codec));
+                            match run_handler(shared, client, run, &abort, &codec, &mut out) {
+                                None if whole => parts.push(out.split()),
+                                None => {}
+                                Some(later) => in_flight.push(later),
+                            }
                         }
                         Dispatch::Watch(run) => {
                             let response = match watches.admit(&run.id) {
@@ -348,7 +408,9 @@ where
                                 Err(refusal) => Some(refusal),
                             };
                             if let Some(response) = response {
-                                log_answer(&response, None, started);
+                                if let Some(started) = started {
+                                    log_answer(&response, started);
+                                }
                                 encode(&mut codec, &response, &mut out);
                             }
                         }
@@ -361,9 +423,11 @@ where
                                     format!("no watch with id {target} is active on this stream"),
                                 ),
                             };
-                            log_answer(&response, None, started);
-                            if let Some(metrics) = &shared.metrics {
-                                metrics.answered(Some(korv_proto::Verb::Unwatch), response.code.as_u16(), started.elapsed());
+                            if let Some(started) = started {
+                                log_answer(&response, started);
+                                if let Some(metrics) = &shared.metrics {
+                                    metrics.answered(Some(korv_proto::Verb::Unwatch), response.code.as_u16(), started.elapsed());
+                                }
                             }
                             encode(&mut codec, &response, &mut out);
                         }
@@ -622,23 +686,26 @@ fn unwatch_target(request: &WireRequest) -> Result<RequestId, String> {
         })
 }
 
-/// Runs a handler with its timeout, panic capture and abort; resolves to its
-/// answer, with the request's id, encoded.
+/// Runs a handler with its timeout, panic capture and abort. Its answer,
+/// with the request's id, is encoded into `out` when the handler finishes
+/// at once (`None`); otherwise the future returned resolves to it.
 ///
 /// Small requests are polled once right here: most handlers finish on their
 /// first poll (no I/O to wait for), and those answer without a task, a
-/// wake-up and a trip through the scheduler. A handler that has to wait, and
-/// every large request, runs in its own task, so that its JSON work (parsing
-/// a large body, encoding a large answer) runs beside this stream's reading.
-/// The task polls the handler again and so re-registers its wakers: the
-/// no-op waker of the first poll is never relied on.
+/// timer, a wake-up and a trip through the scheduler. A handler that has to
+/// wait, and every large request, runs in its own task under its timeout,
+/// so that its JSON work (parsing a large body, encoding a large answer)
+/// runs beside this stream's reading. The task polls the handler again and
+/// so re-registers its wakers: the no-op waker of the first poll is never
+/// relied on.
 fn run_handler<S>(
     shared: &Arc<Shared<S>>,
     client: &Arc<ClientInfo>,
     run: Run<S>,
-    abort: CancellationToken,
+    abort: &CancellationToken,
     codec: &Codec,
-) -> impl std::future::Future<Output = BytesMut> + use<S>
+    out: &mut BytesMut,
+) -> Option<impl std::future::Future<Output = BytesMut> + use<S>>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -651,32 +718,41 @@ where
     let verb = request.verb;
     // Only a debug log needs the resource after the request moves on.
     let resource = tracing::enabled!(tracing::Level::DEBUG).then(|| request.resource.clone());
+    let metrics = shared.metrics.clone();
+    let answer = Answer {
+        running: metrics.as_ref().map(|m| m.request_started()),
+        // Read the clock only for whom reads the time taken.
+        started: (metrics.is_some() || resource.is_some()).then(Instant::now),
+        id,
+        verb,
+        resource,
+        metrics,
+        codec: codec.clone(),
+    };
     let request = Request::new(request, params, Arc::clone(client));
-    let future = handler(request, shared.state.clone());
+    let mut future = CatchPanic::new(handler(request, shared.state.clone()));
+    let tracebacks = shared.tracebacks;
+    if inline {
+        let first = TRACEBACKS.sync_scope(tracebacks, || {
+            (&mut future).now_or_never().map(outcome_response)
+        });
+        if let Some(response) = first {
+            answer.encode(response, out);
+            return None;
+        }
+    }
     let timeout = shared.limits.request_timeout;
-    let started = Instant::now();
-    let mut task_codec = codec.clone();
-    let task_id = id.clone();
-    let metrics: Option<Arc<Metrics>> = shared.metrics.clone();
-    let running = metrics.as_ref().map(|m| m.request_started());
-    let mut task = Box::pin(TRACEBACKS.scope(shared.tracebacks, async move {
-        let _running = running;
-        let mut response = tokio::select! {
+    let abort = abort.clone();
+    let task = TRACEBACKS.scope(tracebacks, async move {
+        let response = tokio::select! {
             biased;
             () = abort.cancelled() => Response::error(
                 None,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server shut down before the request finished",
             ),
-            outcome = tokio::time::timeout(timeout, CatchPanic::new(future)) => match outcome {
-                Ok(Ok(response)) => response,
-                Ok(Err(panic)) => {
-                    tracing::error!(message = %panic.message, location = %panic.location, "handler panicked");
-                    internal_error(
-                        format!("handler panicked: {}", panic.message),
-                        vec![format!("panic: {}", panic.message), format!("at {}", panic.location)],
-                    )
-                }
+            outcome = tokio::time::timeout(timeout, future) => match outcome {
+                Ok(outcome) => outcome_response(outcome),
                 Err(_) => Response::error(
                     None,
                     StatusCode::GATEWAY_TIMEOUT,
@@ -684,49 +760,86 @@ where
                 ),
             },
         };
-        response.request_id = Some(task_id);
-        log_answer(&response, resource.as_deref().map(|r| (verb, r)), started);
-        if let Some(metrics) = &metrics {
-            metrics.answered(Some(verb), response.code.as_u16(), started.elapsed());
-        }
-        let mut out = BytesMut::new();
-        encode(&mut task_codec, &response, &mut out);
+        let mut out = BytesMut::with_capacity(ANSWER_CAPACITY);
+        answer.encode(response, &mut out);
         out
-    }));
-    let outcome = match inline {
-        true => match (&mut task).now_or_never() {
-            Some(encoded) => Ok(encoded),
-            None => Err(tokio::spawn(task.in_current_span())),
-        },
-        false => Err(tokio::spawn(task.in_current_span())),
-    };
+    });
+    let task = tokio::spawn(task.in_current_span());
     let mut codec = codec.clone();
-    async move {
-        match outcome {
-            Ok(encoded) => encoded,
-            Err(task) => task.await.unwrap_or_else(|err| {
-                let response = Response::error(
-                    Some(id),
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the request's task ended: {err}"),
-                );
-                let mut out = BytesMut::new();
-                encode(&mut codec, &response, &mut out);
-                out
-            }),
+    Some(async move {
+        task.await.unwrap_or_else(|err| {
+            let response = Response::error(
+                None,
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the request's task ended: {err}"),
+            );
+            let mut out = BytesMut::with_capacity(ANSWER_CAPACITY);
+            encode(&mut codec, &response, &mut out);
+            out
+        })
+    })
+}
+
+/// Room made for an encoded answer before encoding it: most answers fit, so
+/// that encoding does not grow its buffer step by step.
+const ANSWER_CAPACITY: usize = 512;
+
+/// A handler's response, or its panic as a `500`.
+fn outcome_response(outcome: Result<Response, crate::panic::Panic>) -> Response {
+    match outcome {
+        Ok(response) => response,
+        Err(panic) => {
+            tracing::error!(message = %panic.message, location = %panic.location, "handler panicked");
+            internal_error(
+                format!("handler panicked: {}", panic.message),
+                vec![
+                    format!("panic: {}", panic.message),
+                    format!("at {}", panic.location),
+                ],
+            )
         }
     }
 }
 
-fn log_answer(response: &Response, request: Option<(korv_proto::Verb, &str)>, started: Instant) {
-    let micros = started.elapsed().as_micros() as u64;
-    match request {
-        Some((verb, resource)) => {
-            debug!(%verb, resource, code = response.code.as_u16(), micros, "request")
+/// What answering a request needs once its handler has responded.
+struct Answer {
+    /// Counts the request in flight until it is answered.
+    running: Option<crate::metrics::Open>,
+    started: Option<Instant>,
+    id: RequestId,
+    verb: korv_proto::Verb,
+    resource: Option<String>,
+    metrics: Option<Arc<Metrics>>,
+    codec: Codec,
+}
+
+impl Answer {
+    /// `response` with the request's id, logged, counted and encoded
+    /// after what `out` holds.
+    fn encode(mut self, mut response: Response, out: &mut BytesMut) {
+        response.request_id = Some(self.id);
+        if let Some(started) = self.started {
+            let elapsed = started.elapsed();
+            if let Some(resource) = &self.resource {
+                debug!(verb = %self.verb, resource = resource.as_str(), code = response.code.as_u16(), micros = elapsed.as_micros() as u64, "request");
+            }
+            if let Some(metrics) = &self.metrics {
+                metrics.answered(Some(self.verb), response.code.as_u16(), elapsed);
+            }
         }
-        None => debug!(
+        drop(self.running.take());
+        out.reserve(ANSWER_CAPACITY);
+        encode(&mut self.codec, &response, out);
+    }
+}
+
+/// Logs an answer the framework gave without a handler.
+fn log_answer(response: &Response, started: Instant) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let micros = started.elapsed().as_micros() as u64;
+        debug!(
             code = response.code.as_u16(),
             micros, "request answered by the framework"
-        ),
+        );
     }
 }

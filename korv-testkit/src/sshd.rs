@@ -50,6 +50,21 @@ impl Sshd {
         authorized_keys: &Path,
         extra: &[&str],
     ) -> io::Result<Sshd> {
+        Sshd::start_with_env(dir, host_key, authorized_keys, extra, &[])
+    }
+
+    /// As [`Sshd::start`], with `env` added to `sshd`'s environment (such
+    /// as an `LD_PRELOAD`).
+    ///
+    /// # Errors
+    /// As [`Sshd::start`].
+    pub fn start_with_env(
+        dir: &Path,
+        host_key: &Path,
+        authorized_keys: &Path,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> io::Result<Sshd> {
         let port = try_free_port()?;
         let mut config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\n\
@@ -74,6 +89,7 @@ impl Sshd {
                 .arg("-e")
                 .arg("-f")
                 .arg(&config_path)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped()),

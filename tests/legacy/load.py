@@ -1,22 +1,45 @@
 """korv 0.2.1's own KorvClient as a closed-loop load generator.
 
     python load.py --port PORT --key CLIENT_KEY --known-hosts FILE \\
-        [--host 127.0.0.1] [--resource /hello] [--concurrency 64] [--seconds 10]
+        [--host 127.0.0.1] [--resource /hello] [--concurrency 64] [--seconds 10] \\
+        [--warmup 0] [--server-pid PID]
 
 Keeps CONCURRENCY requests in flight on one connection (each answer's
-callback sends the next request) for SECONDS, against any server korv 0.2.1's
-client can call: `korv serve`, a library server, or korv 0.2.1's own server
-(`sample_server.py`). Prints one JSON line: requests answered, seconds,
-requests per second, answers by code.
+callback sends the next request) for WARMUP + SECONDS, against any server
+korv 0.2.1's client can call: `korv serve`, a library server, or korv 0.2.1's
+own server (`sample_server.py`). Answers that arrive during the warm-up are
+not counted. Prints one JSON line with the keys of `korv bench --json` that
+apply: requests answered in the window, seconds, requests per second, latency
+percentiles (korv 0.2.1's request id is the time it was sent, and the answer
+echoes it), answers by code, the negotiated cipher, and the CPU time of this
+process and of the server process SERVER_PID over the window.
 """
 
 import argparse
 import json
+import os
 import threading
 import time
 from collections import Counter
 
 from korv import KorvClient
+
+
+def cpu_seconds(pid):
+    """utime + stime of process PID from /proc/PID/stat, in seconds; None
+    when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def percentile(sorted_values, fraction):
+    if not sorted_values:
+        return 0
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * fraction))]
 
 
 def main():
@@ -28,45 +51,81 @@ def main():
     parser.add_argument("--resource", default="/hello")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=0.0)
+    parser.add_argument("--server-pid", type=int)
     args = parser.parse_args()
 
     client = KorvClient(host=args.host, port=args.port, client_keys=[args.key],
                         known_hosts=args.known_hosts)
     codes = Counter()
+    latencies = []
     lock = threading.Lock()
     finished = threading.Event()
     in_flight = [0]
-    deadline = [None]
+    # The window: answers count from `recording` on; none is sent after `end`.
+    started = time.monotonic()
+    recording = started + args.warmup
+    end = recording + args.seconds
+    cpu = {}
+
+    def sample(key):
+        cpu[key] = (time.process_time(),
+                    cpu_seconds(args.server_pid) if args.server_pid else None)
 
     def callback(response):
+        now = time.monotonic()
+        latency = time.time() - response["request_id"]
         with lock:
-            codes[response["code"]] += 1
-            if time.monotonic() < deadline[0]:
+            if now >= recording:
+                if "start" not in cpu:
+                    sample("start")
+                codes[response["code"]] += 1
+                latencies.append(latency)
+            if now < end:
                 send()
                 return
             in_flight[0] -= 1
             if in_flight[0] == 0:
+                sample("end")
                 finished.set()
 
     def send():
         client.get(args.resource, callback=callback)
 
-    started = time.monotonic()
-    deadline[0] = started + args.seconds
     with lock:
         in_flight[0] = args.concurrency
         for _ in range(args.concurrency):
             send()
-    finished.wait(args.seconds + 60)
-    elapsed = time.monotonic() - started
+    finished.wait(args.warmup + args.seconds + 60)
+    if "end" not in cpu:
+        sample("end")
+    elapsed = max(time.monotonic() - recording, 1e-9)
     answered = sum(codes.values())
-    print(json.dumps({
-        "requests": answered,
+    latencies.sort()
+    report = {
+        "answered": answered,
+        "errors": 0 if finished.is_set() else in_flight[0],
         "seconds": round(elapsed, 3),
         "requests_per_second": round(answered / elapsed, 1),
         "concurrency": args.concurrency,
+        "latency_us": {
+            "p50": round(percentile(latencies, 0.5) * 1e6),
+            "p99": round(percentile(latencies, 0.99) * 1e6),
+        },
         "codes": {str(code): n for code, n in sorted(codes.items())},
-    }), flush=True)
+    }
+    connection = client._session._chan.get_extra_info("connection")
+    if connection is not None:
+        report["cipher"] = connection.get_extra_info("send_cipher")
+    if "start" in cpu:
+        (client0, server0), (client1, server1) = cpu["start"], cpu["end"]
+        report["cpu"] = {
+            "client_seconds": client1 - client0,
+            "server_seconds": None if server0 is None or server1 is None else server1 - server0,
+        }
+    # "requests" stays the count answered, as before the window existed.
+    report["requests"] = answered
+    print(json.dumps(report), flush=True)
     loop = client._loop
     loop.call_soon_threadsafe(client._session._chan.close)
     loop.call_soon_threadsafe(loop.stop)

@@ -17,7 +17,7 @@ const REQUIREMENTS: [&str; 3] = ["korv==0.2.1", "asyncssh", "pytest"];
 
 /// The venv's python, making the venv and installing the requirements
 /// when they are not there yet.
-fn venv() -> Result<PathBuf, String> {
+pub(crate) fn venv() -> Result<PathBuf, String> {
     let dir = target_dir().join("venv-legacy");
     let python = dir.join("bin").join("python");
     let stamp = dir.join("korv-legacy-requirements.txt");

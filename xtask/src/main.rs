@@ -59,8 +59,9 @@ fn print_help() {
          test    cargo fmt --check, cargo clippy -D warnings (the workspace and fuzz/), cargo test --workspace, python\n  \
          python  the Python package: a venv in the target folder, the wheel, pytest\n  \
          soak    [--minutes N] korv serve under a full-speed mix of valid and malformed frames\n  \
-         bench   [--quick] [--check] Korv against HTTPS, OpenSSH and plain TCP; writes BENCHMARKS.md;\n          \
-         --check fails on a missed target or a failed load\n  \
+         bench   [--quick] [--check] [--no-python] Korv against HTTPS, OpenSSH, plain TCP and korv 0.2.1,\n          \
+         and Korv for Python; writes BENCHMARKS.md; --check fails on a missed target, a failed\n          \
+         load or a row that could not run\n  \
          fleet   [--release] three korv serve behind HAProxy with the PROXY protocol, every scenario\n  \
          fuzz    run each fuzz target for N seconds (default 60): fuzz [--seconds N]\n  \
          legacy  [PYTEST ARGS] only the korv 0.2.1 interoperability tests (pytest, in a venv)\n  \

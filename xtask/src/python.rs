@@ -27,8 +27,11 @@ fn venv_python(venv: &Path) -> PathBuf {
     }
 }
 
-/// Makes the venv, builds and installs the package, and runs pytest.
-pub(crate) fn test() -> Result<(), String> {
+/// `target/venv-py`'s python with the `korv` wheel built from the current
+/// sources and installed: a release build for `cargo xtask bench`
+/// (`release`), the default (debug) build for the tests. Each call installs
+/// the build it asks for over the other.
+pub(crate) fn venv_with_wheel(release: bool) -> Result<PathBuf, String> {
     let target = target_dir();
     let venv = target.join("venv-py");
     let python = venv_python(&venv);
@@ -56,8 +59,12 @@ pub(crate) fn test() -> Result<(), String> {
             .map_err(|err| format!("cannot empty {}: {err}", wheels.display()))?;
     }
     let mut build = Command::new(&python);
+    build.args(["-m", "maturin", "build", "--quiet"]);
+    if release {
+        build.arg("--release");
+    }
     build
-        .args(["-m", "maturin", "build", "--quiet", "--manifest-path"])
+        .arg("--manifest-path")
         .arg(root().join("korv-py").join("Cargo.toml"))
         .arg("--interpreter")
         .arg(&python)
@@ -83,6 +90,13 @@ pub(crate) fn test() -> Result<(), String> {
         ])
         .arg(&wheel);
     step("python install", install)?;
+    Ok(python)
+}
+
+/// Makes the venv, builds and installs the package, and runs pytest.
+pub(crate) fn test() -> Result<(), String> {
+    let target = target_dir();
+    let python = venv_with_wheel(false)?;
 
     let mut korv = cargo();
     korv.args(["build", "--package", "korv-cli", "--bin", "korv"])

@@ -14,7 +14,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use korv_cli::load::{Labels, Report, Tally};
+use korv_cli::load::{CpuUse, CpuWindow, Labels, Report, Tally};
 
 /// What one answered request brought back.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +67,9 @@ pub(crate) struct Window {
     pub(crate) warmup: Duration,
     /// The measured window.
     pub(crate) duration: Duration,
+    /// A server process whose CPU time (with this process's) is read at the
+    /// start and the end of the measured window, for the report.
+    pub(crate) server_pid: Option<u32>,
 }
 
 /// A finished run.
@@ -74,6 +77,7 @@ pub(crate) struct Window {
 pub(crate) struct Outcome {
     tally: Tally,
     seconds: f64,
+    cpu: Option<CpuUse>,
 }
 
 /// Makes one unrecorded request on every worker, all at once, so that every
@@ -118,6 +122,12 @@ pub(crate) async fn measure<C: Caller>(
     let start = Instant::now();
     let recording = start + window.warmup;
     let end = recording + window.duration;
+    let cpu_window = window.server_pid.map(|pid| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(recording.into()).await;
+            CpuWindow::start(Some(pid))
+        })
+    });
     let workers: Vec<_> = callers
         .into_iter()
         .map(|caller| tokio::spawn(work(caller, recording, end, request_bytes)))
@@ -127,7 +137,15 @@ pub(crate) async fn measure<C: Caller>(
         tally.merge(&worker.await?);
     }
     let seconds = recording.elapsed().as_secs_f64().max(1e-9);
-    Ok(Outcome { tally, seconds })
+    let cpu = match cpu_window {
+        Some(window) => window.await?.finish(),
+        None => None,
+    };
+    Ok(Outcome {
+        tally,
+        seconds,
+        cpu,
+    })
 }
 
 /// One worker's closed loop. Ends at `end`, or at a fatal error.
@@ -178,7 +196,9 @@ impl Outcome {
 
     /// The report, as `korv bench --json` makes it.
     pub(crate) fn report(&self, labels: &Labels) -> Report {
-        self.tally.report(labels, self.seconds)
+        let mut report = self.tally.report(labels, self.seconds);
+        report.cpu = self.cpu;
+        report
     }
 
     /// A few lines for people, led by the kind of peer.
@@ -236,6 +256,7 @@ mod tests {
         let window = Window {
             warmup: Duration::from_millis(20),
             duration: Duration::from_millis(50),
+            server_pid: None,
         };
         let outcome = measure(callers, window, 5).await.unwrap();
         let report = serde_json::to_value(outcome.report(&labels())).unwrap();
@@ -258,6 +279,7 @@ mod tests {
         let window = Window {
             warmup: Duration::ZERO,
             duration: Duration::from_secs(5),
+            server_pid: None,
         };
         let started = Instant::now();
         let outcome = measure(callers, window, 0).await.unwrap();
@@ -279,6 +301,7 @@ mod tests {
         let window = Window {
             warmup: Duration::ZERO,
             duration: Duration::from_millis(10),
+            server_pid: None,
         };
         assert!(measure(callers, window, 0).await.is_err());
     }

@@ -128,6 +128,10 @@ struct LoadArgs {
     /// Print one line of JSON (the keys of `korv bench --json`).
     #[arg(long)]
     json: bool,
+    /// Also report the CPU time this process and the server process PID
+    /// (on this machine) spend in the measured window.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
     /// For stdio: the command and its arguments, e.g. `ssh -W 127.0.0.1:PORT host`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -171,6 +175,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     let window = Window {
         warmup: args.warmup,
         duration: args.duration,
+        server_pid: args.server_pid,
     };
     let mut labels = Labels {
         resource: args.path.clone(),

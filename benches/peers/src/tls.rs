@@ -16,8 +16,15 @@ pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// The ALPN protocol id of HTTP/2.
 pub(crate) const ALPN_H2: &[u8] = b"h2";
 
+/// The ring provider with one cipher suite, `TLS13_AES_128_GCM_SHA256`,
+/// on both sides: AES-128-GCM is the cipher every system of the benchmark
+/// runs where it can (the SSH rows use `aes128-gcm@openssh.com`), so that no
+/// row is faster or slower for its cipher alone. rustls' default order
+/// would pick AES-256-GCM.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256];
+    Arc::new(provider)
 }
 
 /// A TLS 1.3-only server configuration with a fresh self-signed ECDSA P-256

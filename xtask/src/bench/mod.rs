@@ -20,19 +20,25 @@ use std::time::Instant;
 
 use crate::workspace::{cargo, root, step, target_dir};
 
-use plan::{System, Timing};
-use processes::Servers;
+use plan::Timing;
+use processes::{Servers, Tools};
 use report::{Report, Row};
 
-/// Parses the arguments (`--quick`, `--check`), builds the release
-/// binaries, runs the plan and writes the report; with `--check`, fails when
-/// a target is missed or a load failed.
+/// The options `cargo xtask bench` takes.
+const OPTIONS: [&str; 3] = ["--quick", "--check", "--no-python"];
+
+/// Parses the arguments (`--quick`, `--check`, `--no-python`), builds the
+/// release binaries, the nodelay shim and (unless `--no-python`) the Python
+/// environments, runs the plan and writes the report; with `--check`, fails
+/// when a target is missed, a load failed or rows were skipped.
 pub(crate) fn bench(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
     let check = args.iter().any(|a| a == "--check");
-    if let Some(other) = args.iter().find(|a| *a != "--quick" && *a != "--check") {
+    let no_python = args.iter().any(|a| a == "--no-python");
+    if let Some(other) = args.iter().find(|a| !OPTIONS.contains(&a.as_str())) {
         return Err(format!(
-            "unknown bench option {other:?}; use --quick, --check, both or nothing"
+            "unknown bench option {other:?}; use any of {}",
+            OPTIONS.join(", ")
         ));
     }
     let timing = if quick { Timing::QUICK } else { Timing::FULL };
@@ -46,17 +52,50 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
         "korv-peers",
     ]);
     step("build (release)", build)?;
-    // The time limits (10 minutes, 2 with --quick) count from here.
-    let started = Instant::now();
     let target = target_dir();
     let out_dir = target.join("bench");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    println!("\n==> nodelay shim: cc benches/nodelay/nodelay.c");
+    let shim = processes::build_shim(&root().join("benches/nodelay/nodelay.c"), &out_dir);
+    let (korv_py, korv021) = if no_python {
+        println!("\n==> --no-python: the Python rows are skipped");
+        (None, None)
+    } else {
+        // korv-py built in release into target/venv-py, korv 0.2.1 from
+        // PyPI into target/venv-legacy; either may fail on a machine
+        // without Python or network, and its rows are then skipped.
+        let skip = |what: &str, err: String| {
+            println!("    {what}: {err}; the Python rows are skipped");
+        };
+        match (
+            crate::python::venv_with_wheel(true),
+            crate::legacy_venv::venv(),
+        ) {
+            (Ok(py), Ok(legacy)) => (Some(py), Some(legacy)),
+            (Err(err), _) => {
+                skip("korv-py's venv", err);
+                (None, None)
+            }
+            (_, Err(err)) => {
+                skip("korv 0.2.1's venv", err);
+                (None, None)
+            }
+        }
+    };
+    let tools = Tools {
+        shim,
+        korv_py,
+        korv021,
+    };
+    // The time limits (about 10 minutes, 3 with --quick) count from here.
+    let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("korv-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let result = run(
         &target.join("release"),
         &dir,
+        &tools,
         timing,
         quick,
         &out_dir,
@@ -76,6 +115,7 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
 fn run(
     bin: &Path,
     dir: &Path,
+    tools: &Tools,
     timing: Timing,
     quick: bool,
     out_dir: &Path,
@@ -85,16 +125,22 @@ fn run(
         "\n==> setting up keys, bodies and servers in {}",
         dir.display()
     );
-    let servers = Servers::start(bin, dir, timing)?;
+    let servers = Servers::start(bin, dir, timing, tools)?;
     let mut results = Vec::new();
-    let loads = plan::plan();
+    let all = plan::plan();
+    let (sshd, ssh, python) = servers.can_run();
+    let loads = plan::runnable(&all, sshd, ssh, python);
+    let mut skipped: Vec<String> = Vec::new();
+    for load in all.iter().filter(|l| !loads.contains(l)) {
+        let key = load.system.key().to_owned();
+        if !skipped.contains(&key) {
+            skipped.push(key);
+        }
+    }
     let total = loads.len();
     for (n, load) in loads.iter().enumerate() {
-        if load.system == System::SshW && !servers.has_sshd() {
-            continue;
-        }
         print!(
-            "[{:>2}/{total}] {:<7} {:<11} {}x{:<4} ",
+            "[{:>2}/{total}] {:<19} {:<10} {}x{:<4} ",
             n + 1,
             load.system.key(),
             load.workload.label(),
@@ -102,63 +148,33 @@ fn run(
             load.concurrency
         );
         let _ = std::io::stdout().flush();
-        let figures = servers.load(load)?;
+        let measured = servers.load(load)?;
+        let row = Row::new(load, &measured);
         println!(
-            "{:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>7.1} MB/s{}",
-            figures.requests_per_second,
-            figures.latency_us.p50,
-            figures.latency_us.p99,
-            figures.mb_per_second,
-            match figures.errors {
-                0 => String::new(),
-                errors => format!("  ({errors} errors)"),
+            "{:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>7.1} MB/s  cpu/req {} | {} µs  {}{}",
+            row.requests_per_second,
+            row.p50_us,
+            row.p99_us,
+            row.mb_per_second,
+            row.client_cpu_us.map_or("—".into(), |v| format!("{v:.1}")),
+            row.server_cpu_us.map_or("—".into(), |v| format!("{v:.1}")),
+            row.cipher.as_deref().unwrap_or(""),
+            if row.errors > 0.0 {
+                format!("  ({} errors)", row.errors)
+            } else {
+                String::new()
             }
         );
-        results.push(Row {
-            system: load.system,
-            workload: load.workload,
-            connections: load.connections,
-            concurrency: load.concurrency,
-            requests_per_second: figures.requests_per_second,
-            p50_us: figures.latency_us.p50 as f64,
-            p99_us: figures.latency_us.p99 as f64,
-            mb_per_second: figures.mb_per_second,
-            errors: figures.errors as f64,
-        });
+        results.push(row);
     }
     if servers.has_sshd() {
         print!("[bulk] OpenSSH aes128-gcm, one way ");
         let _ = std::io::stdout().flush();
     }
     let bulk = servers.openssh_bulk()?;
-    if let Some(mbps) = bulk {
-        println!("{mbps:.1} MB/s");
+    if let Some((mbps, cipher)) = &bulk {
+        println!("{mbps:.1} MB/s {}", cipher.as_deref().unwrap_or(""));
     }
-    // Watches, beside the table: events/s against the c=64 GET /hello rate
-    // of this same run (the target is at least half of it).
-    print!("[watch] korv 64 watchers, 16 writers ");
-    let _ = std::io::stdout().flush();
-    let watch = servers.korv_watch()?;
-    let hello_c64 = results
-        .iter()
-        .find(|r| {
-            r.system == System::Korv
-                && r.workload == plan::Workload::Hello
-                && r.connections == 1
-                && r.concurrency == 64
-        })
-        .map(|r| r.requests_per_second);
-    println!(
-        "{:.0} events/s  p50 {} µs  p99 {} µs  ({} lost){}",
-        watch.requests_per_second,
-        watch.latency_us.p50,
-        watch.latency_us.p99,
-        watch.errors,
-        hello_c64.map_or(String::new(), |rate| format!(
-            "  {:.2}x the c=64 GET /hello rate",
-            watch.requests_per_second / rate.max(1.0)
-        )),
-    );
     let memory = servers.memory()?;
     drop(servers);
 
@@ -175,7 +191,9 @@ fn run(
         seconds_per_run: timing.duration.as_secs_f64(),
         warmup_seconds: timing.warmup.as_secs_f64(),
         results,
-        openssh_bulk_mb_per_second: bulk,
+        openssh_bulk_mb_per_second: bulk.as_ref().map(|(mbps, _)| *mbps),
+        openssh_bulk_cipher: bulk.and_then(|(_, cipher)| cipher),
+        skipped,
         memory,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
