@@ -51,6 +51,12 @@ pub(crate) struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Measure watches instead: N watches on RESOURCE (a prefix ending in
+    /// `/`, served by `korv serve`) over one connection while --concurrency
+    /// writers STORE documents under it; events/s and the latency from a
+    /// STORE's sending to each event's delivery.
+    #[arg(long, value_name = "N")]
+    pub(crate) watchers: Option<usize>,
     /// Also report the CPU time this process and the server process PID
     /// (on this machine) spend in the measured window.
     #[arg(long, value_name = "PID")]
@@ -81,6 +87,9 @@ fn parse_verb(text: &str) -> Result<Verb, String> {
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.connections == 0 || args.concurrency == 0 {
         return Err(UsageError("--connections and --concurrency must be at least 1".into()).into());
+    }
+    if let Some(watchers) = args.watchers.filter(|&n| n > 0) {
+        return crate::bench_watch::run(args, watchers).await;
     }
     let target = args.connect.target(&args.resource)?;
     let body = args.body.as_deref().map(read_body).transpose()?;

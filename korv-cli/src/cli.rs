@@ -7,6 +7,7 @@ use crate::bench::BenchArgs;
 use crate::completions::{CompletionsArgs, ManArgs};
 use crate::request::RequestArgs;
 use crate::serve::ServeArgs;
+use crate::watch::WatchArgs;
 
 /// Call Korv APIs over SSH, serve one, or measure one.
 #[derive(Debug, Parser)]
@@ -30,6 +31,8 @@ pub(crate) enum Command {
     Update(RequestArgs),
     /// DELETE a resource.
     Delete(RequestArgs),
+    /// WATCH a resource: print each event as one line of JSON until Ctrl-C.
+    Watch(WatchArgs),
     /// Run the ready server: demo routes plus a persistent document store.
     Serve(ServeArgs),
     /// Run a server and a client in this process and show a whole session.
@@ -72,6 +75,22 @@ mod tests {
         assert_eq!(args.body.as_deref(), Some("@x.json"));
         assert_eq!(args.connect.identities.len(), 2);
         assert!(args.connect.accept_new && args.connect.subsystem);
+    }
+
+    #[test]
+    fn watch_takes_a_resource_an_optional_body_and_a_count() {
+        let cli = Cli::try_parse_from(["korv", "watch", "/notes/", "--count", "3"]).unwrap();
+        let Command::Watch(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!((args.resource.as_str(), args.count), ("/notes/", Some(3)));
+        assert_eq!(args.body, None);
+        let cli = Cli::try_parse_from(["korv", "watch", "/jobs/1", "{\"since\":2}"]).unwrap();
+        let Command::Watch(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.body.as_deref(), Some("{\"since\":2}"));
+        assert!(Cli::try_parse_from(["korv", "watch", "/n", "--count", "x"]).is_err());
     }
 
     #[test]

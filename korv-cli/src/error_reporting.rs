@@ -3,7 +3,8 @@
 //! | code    | when                                                           |
 //! |---------|----------------------------------------------------------------|
 //! | 0       | a 2xx answer; a command that did what it was asked             |
-//! | 3, 4, 5 | a 3xx, 4xx or 5xx answer (as httpie's `--check-status`)        |
+//! | 3, 4, 5 | a 3xx, 4xx or 5xx answer (as httpie's `--check-status`), a     |
+//! |         | watch refused with one, or ended by a 5xx                      |
 //! | 1       | no answer: connection, host key, authentication, I/O; failures |
 //! |         | counted by `korv bench` or `korv demo`                         |
 //! | 2       | a usage error (clap exits with 2 itself for its own)           |
@@ -61,6 +62,13 @@ pub(crate) fn report(err: &anyhow::Error) -> ExitCode {
 fn exit_code(err: &anyhow::Error) -> u8 {
     if find::<UsageError>(err).is_some() {
         2
+    } else if let Some(ClientError::WatchRefused(response)) = find::<ClientError>(err) {
+        match response.code.as_u16() {
+            300..=399 => 3,
+            400..=499 => 4,
+            500..=599 => 5,
+            _ => 1,
+        }
     } else {
         1
     }
@@ -101,6 +109,9 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         ClientError::Timeout(_) | ClientError::ConnectTimeout { .. } => {
             Some("allow more time with --timeout SECS")
         }
+        ClientError::WatchRefused(response) if response.code.as_u16() == 400 => Some(
+            "a server without watches (before protocol 1.1) answers WATCH with 400; check that the server is recent enough",
+        ),
         _ => None,
     }
 }
@@ -124,6 +135,23 @@ mod tests {
         );
         assert_eq!(for_failures(0), ExitCode::SUCCESS);
         assert_eq!(for_failures(3), ExitCode::from(1));
+    }
+
+    #[test]
+    fn a_refused_watch_exits_with_its_status_class_and_a_400_hints_at_old_servers() {
+        let refused = |code: u16| {
+            let response = korv_client::Response::error(
+                korv_proto::RequestId::from(1),
+                korv_client::StatusCode::from_u16(code).unwrap(),
+                "no",
+            );
+            anyhow::Error::new(ClientError::WatchRefused(Box::new(response)))
+        };
+        assert_eq!(exit_code(&refused(400)), 4);
+        assert!(hint(&refused(400)).unwrap().contains("without watches"));
+        assert_eq!(exit_code(&refused(404)), 4);
+        assert_eq!(hint(&refused(404)), None);
+        assert_eq!(exit_code(&refused(503)), 5);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! korv demo                                  # a server and a client in one process
 //! korv serve                                 # the ready server on 0.0.0.0:8022
 //! korv get /hello                            # like curl or httpie, over SSH
+//! korv watch /notes/                         # each change, one JSON line each
 //! korv store korv://alice@host:8022/notes/1 '{"text":"hi"}'
 //! korv bench /hello --concurrency 64 --requests 100000
 //! ```
@@ -11,11 +12,12 @@
 //! `main` parses the command line, runs the subcommand, and hands its
 //! outcome to `error_reporting`, which alone chooses exit codes and hints.
 //! Each subcommand is a module with its arguments: `request` (get, store,
-//! update, delete), `serve`, `demo`, `bench`, `completions` (and `man`);
+//! update, delete), `watch`, `serve`, `demo`, `bench`, `completions` (and `man`);
 //! they share `connect` (the connection options), `body`, `keys`, `store`
 //! and `output`.
 
 mod bench;
+mod bench_watch;
 mod body;
 mod cli;
 mod completions;
@@ -27,6 +29,7 @@ mod output;
 mod request;
 mod serve;
 mod store;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -95,6 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Store(args) => request::run(Verb::Store, args, cli.verbose).await,
         Command::Update(args) => request::run(Verb::Update, args, cli.verbose).await,
         Command::Delete(args) => request::run(Verb::Delete, args, cli.verbose).await,
+        Command::Watch(args) => watch::run(args, cli.verbose).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Demo => demo::run().await,
         Command::Bench(args) => bench::run(args).await,

@@ -319,6 +319,19 @@ pub(crate) fn app(store: Store, name: &str) -> KorvServer<Store> {
             get(move |req: Request| whoami(req, std::sync::Arc::clone(&name))),
         )
         .fallback(document)
+        .watch_fallback(watch_documents)
+}
+
+/// `WATCH /notes/` (every document under the prefix) or `WATCH /notes/1`
+/// (one document): each change once committed, in commit order.
+async fn watch_documents(
+    req: Request,
+    store: Store,
+) -> Result<impl futures_util::Stream<Item = Value> + use<>, Error> {
+    let mut changes = store.watch(req.resource());
+    Ok(futures_util::stream::poll_fn(move |cx| {
+        changes.poll_recv(cx)
+    }))
 }
 
 async fn echo(req: Request) -> Value {
@@ -496,6 +509,11 @@ fn document_blocking(
             Outcome::Done(doc) => (200, parse(&doc)?),
             _ => not_found(),
         },
+        // Never routed here: watches go to `watch_documents`.
+        Verb::Watch | Verb::Unwatch => (
+            405,
+            json!({"message": format!("{verb} is not served by the document handler")}),
+        ),
     })
 }
 

@@ -92,4 +92,62 @@ impl KorvClient {
         self.runtime
             .block_on(self.inner.request(verb, resource, body, headers))
     }
+
+    /// `WATCH resource`: once the server confirms it, the watch's events as
+    /// an iterator; see [`crate::KorvClient::watch`].
+    ///
+    /// ```no_run
+    /// use korv_client::{ClientConfig, blocking::KorvClient};
+    /// let client = KorvClient::connect(ClientConfig::new("localhost"))?;
+    /// for event in client.watch("/notes/", None::<&()>)?.take(10) {
+    ///     println!("{}", event?);
+    /// }
+    /// # Ok::<(), korv_client::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`crate::KorvClient::watch`].
+    pub fn watch<B: Serialize + ?Sized>(
+        &self,
+        resource: &str,
+        body: Option<&B>,
+    ) -> Result<Watch<'_>, Error> {
+        let inner = self.runtime.block_on(self.inner.watch(resource, body))?;
+        Ok(Watch {
+            runtime: &self.runtime,
+            inner,
+        })
+    }
+}
+
+/// The events of one watch, as an iterator: see [`crate::Watch`]. It ends
+/// at the watch's final frame ([`Watch::end`]); dropping it before then
+/// cancels the watch.
+pub struct Watch<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    inner: crate::watch::Watch,
+}
+
+impl Watch<'_> {
+    /// The watch's final frame, once the iterator has ended with it.
+    pub fn end(&self) -> Option<&Response> {
+        self.inner.end()
+    }
+
+    /// Sends `UNWATCH` and waits for the final frame.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the connection closes first.
+    pub fn cancel(self) -> Result<Response, Error> {
+        self.runtime.block_on(self.inner.cancel())
+    }
+}
+
+impl Iterator for Watch<'_> {
+    type Item = Result<serde_json::Value, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use futures_util::StreamExt;
+        self.runtime.block_on(self.inner.next())
+    }
 }

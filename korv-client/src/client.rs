@@ -13,6 +13,7 @@ use crate::config::ClientConfig;
 use crate::error::Error;
 use crate::mux::{Mux, Wire};
 use crate::ssh;
+use crate::watch::Watch;
 use crate::whole::WholeWrites;
 
 /// An async Korv client. Cheap to clone; clones share the connection.
@@ -142,6 +143,32 @@ impl KorvClient {
         }
         request.headers = headers;
         self.send(request).await
+    }
+
+    /// `WATCH resource` (protocol 1.1), with an optional body (the watch
+    /// handler's parameters): once the server confirms the watch, its
+    /// events as a [`Watch`] stream. Watches and requests share the
+    /// connection; dropping the [`Watch`] cancels it (`UNWATCH`).
+    ///
+    /// # Errors
+    /// [`Error::WatchRefused`] when the server answers with an ordinary
+    /// response instead (a `404`, a `429` above the stream's limit of
+    /// watches, a `400` from a server without watches, ...); otherwise as
+    /// [`request`](Self::request), the timeout applying to the confirmation.
+    pub async fn watch<B: Serialize + ?Sized>(
+        &self,
+        resource: &str,
+        body: Option<&B>,
+    ) -> Result<Watch, Error> {
+        let mut request = Request::new(0, Verb::Watch, resource);
+        if let Some(body) = body {
+            request = request.with_body(body).map_err(Error::Body)?;
+        }
+        let mut mux = self.inner.mux.read().await.clone();
+        if mux.is_closed() && self.inner.config.reconnect {
+            mux = self.reconnect().await?;
+        }
+        Watch::start(mux, request, self.inner.config.request_timeout).await
     }
 
     async fn send(&self, request: Request) -> Result<Response, Error> {

@@ -193,6 +193,11 @@ pub enum Error {
     /// No answer within the request timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The server answered a `WATCH` with an ordinary response instead of
+    /// confirming the watch: a `400` from a server without watches, a `404`,
+    /// a `429` above the stream's limit of watches, the handler's refusal.
+    #[error("the server refused the watch: {} {}", .0.code, .0.message().unwrap_or(""))]
+    WatchRefused(Box<korv_proto::Response>),
     /// The connection is closed; requests in flight when it closed fail with
     /// this error.
     #[error("connection closed")]

@@ -24,6 +24,12 @@
 //! # }
 //! ```
 //!
+//! # Watches
+//!
+//! [`KorvClient::watch`] subscribes to a resource's events (`WATCH`,
+//! protocol 1.1) and returns them as a [`Watch`] stream, on the same stream
+//! as the client's requests; dropping it cancels the watch.
+//!
 //! # SSH configuration and jump hosts
 //!
 //! With [`ClientConfig::user_ssh_config`] (or [`ClientConfig::ssh_config`]
@@ -90,6 +96,7 @@ mod mux;
 mod route;
 mod ssh;
 pub mod ssh_config;
+mod watch;
 mod whole;
 
 pub use client::KorvClient;
@@ -97,3 +104,4 @@ pub use config::{ChannelKind, ClientConfig, HostKeyPolicy};
 pub use endpoint::ResolvedHost;
 pub use error::{CloseReason, Error, IdentityError};
 pub use korv_proto::{Headers, ProtoError, Response, StatusCode, Verb};
+pub use watch::Watch;

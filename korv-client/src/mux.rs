@@ -1,6 +1,11 @@
 //! One multiplexed Korv stream: ids from a counter, a map of requests in
 //! flight, one reader task and one writer task.
 //!
+//! A watch (`WATCH`, protocol 1.1) is in the map like a request, but with a
+//! queue instead of a one-shot waiter: every frame with its id goes there,
+//! and it leaves the map at its final frame (`more: false`, or an ordinary
+//! response that refuses it).
+//!
 //! The stream speaks version 1's frames or korv 0.2.1's gzip members
 //! ([`Wire`]). In korv 0.2.1's format each request is written by itself, in
 //! one write (its server reads each SSH channel-data message as one whole
@@ -24,7 +29,15 @@ use tokio_util::codec::{Encoder, FramedRead};
 
 use crate::error::{CloseReason, Error};
 
-type Waiters = HashMap<u64, oneshot::Sender<Response>>;
+/// Who waits for the frames of one id.
+enum Waiter {
+    /// A request: its one answer.
+    Once(oneshot::Sender<Response>),
+    /// A watch: every frame up to its final one.
+    Watch(mpsc::UnboundedSender<Response>),
+}
+
+type Waiters = HashMap<u64, Waiter>;
 
 /// Shared between callers and the reader task.
 struct State {
@@ -131,21 +144,7 @@ impl Mux {
     ) -> Result<Response, Error> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         request.id = id.into();
-        // Room for a small request: encoding then grows it in one step, not
-        // in many, for most requests.
-        let mut frame = BytesMut::with_capacity(256);
-        match self.wire {
-            Wire::Version1 => KorvCodec::builder()
-                .max_frame(self.max_frame)
-                .build()
-                .encode(&request, &mut frame),
-            Wire::Legacy { max_message } => LegacyCodec::builder()
-                .max_frame(self.max_frame)
-                .max_message(max_message)
-                .build()
-                .encode(&request, &mut frame),
-        }
-        .map_err(Error::Protocol)?;
+        let frame = self.encode(&request)?;
         let (tx, rx) = oneshot::channel();
         {
             let mut waiters = self
@@ -154,7 +153,7 @@ impl Mux {
                 .lock()
                 .map_err(|_| Error::Closed(CloseReason::Stopped))?;
             match waiters.as_mut() {
-                Some(waiters) => waiters.insert(id, tx),
+                Some(waiters) => waiters.insert(id, Waiter::Once(tx)),
                 None => return Err(self.state.closed_error()),
             };
         }
@@ -171,6 +170,92 @@ impl Mux {
                 .await
                 .map_err(|_| Error::Timeout(limit))?,
             None => answer.await,
+        }
+    }
+}
+
+impl Mux {
+    /// Sends `request`, a `WATCH` (its id is replaced): the id, and the
+    /// queue that receives every frame of the watch up to its final one.
+    /// The queue's sender is dropped, without a final frame, when the
+    /// stream closes.
+    pub(crate) fn watch(
+        &self,
+        mut request: Request,
+    ) -> Result<(u64, mpsc::UnboundedReceiver<Response>), Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        request.id = id.into();
+        let frame = self.encode(&request)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut waiters = self
+                .state
+                .waiters
+                .lock()
+                .map_err(|_| Error::Closed(CloseReason::Stopped))?;
+            match waiters.as_mut() {
+                Some(waiters) => waiters.insert(id, Waiter::Watch(tx)),
+                None => return Err(self.state.closed_error()),
+            };
+        }
+        if self.writer.send(frame).is_err() {
+            self.forget(id);
+            return Err(self.state.closed_error());
+        }
+        Ok((id, rx))
+    }
+
+    /// Sends `UNWATCH` for the watch `target` on `resource` without waiting:
+    /// its answer, and the watch's frames from now on, are dropped unless
+    /// `keep_frames` (the watch's queue then receives its final frame).
+    pub(crate) fn unwatch(&self, target: u64, resource: &str, keep_frames: bool) {
+        if !keep_frames {
+            self.forget(target);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let encoded = Request::new(id, korv_proto::Verb::Unwatch, resource)
+            .with_body(&serde_json::json!({ "request_id": target }))
+            .map_err(Error::Body)
+            .and_then(|request| self.encode(&request));
+        match encoded {
+            Ok(frame) => {
+                let _ = self.writer.send(frame);
+            }
+            Err(err) => tracing::warn!(%err, "could not send UNWATCH"),
+        }
+    }
+
+    /// One request, encoded in the stream's format.
+    fn encode(&self, request: &Request) -> Result<BytesMut, Error> {
+        // Room for a small request: encoding then grows it in one step, not
+        // in many, for most requests.
+        let mut frame = BytesMut::with_capacity(256);
+        match self.wire {
+            Wire::Version1 => KorvCodec::builder()
+                .max_frame(self.max_frame)
+                .build()
+                .encode(request, &mut frame),
+            Wire::Legacy { max_message } => LegacyCodec::builder()
+                .max_frame(self.max_frame)
+                .max_message(max_message)
+                .build()
+                .encode(request, &mut frame),
+        }
+        .map_err(Error::Protocol)?;
+        Ok(frame)
+    }
+
+    /// The error for a watch that finds the stream closed.
+    pub(crate) fn closed_error(&self) -> Error {
+        self.state.closed_error()
+    }
+
+    /// Stops delivering frames of `id`.
+    fn forget(&self, id: u64) {
+        if let Ok(mut waiters) = self.state.waiters.lock()
+            && let Some(waiters) = waiters.as_mut()
+        {
+            waiters.remove(&id);
         }
     }
 }
@@ -210,19 +295,29 @@ async fn read_loop<R: AsyncRead>(reader: R, max_frame: usize, wire: Wire, state:
     state.close(why);
 }
 
-/// Hands `response` to the caller waiting for `id`, if one is.
+/// Hands `response` to the caller waiting for `id`, if one is: a request's
+/// caller, or a watch's queue (which keeps its place until the final frame).
 fn deliver(state: &State, id: u64, response: Response) -> bool {
-    let waiter = state
-        .waiters
-        .lock()
-        .ok()
-        .and_then(|mut w| w.as_mut().and_then(|w| w.remove(&id)));
-    match waiter {
-        Some(waiter) => {
-            let _ = waiter.send(response);
-            true
-        }
+    let Ok(mut waiters) = state.waiters.lock() else {
+        return false;
+    };
+    let Some(waiters) = waiters.as_mut() else {
+        return false;
+    };
+    match waiters.get(&id) {
         None => false,
+        Some(Waiter::Watch(queue)) => {
+            let last = response.is_final();
+            let sent = queue.send(response).is_ok();
+            if last || !sent {
+                waiters.remove(&id);
+            }
+            sent
+        }
+        Some(Waiter::Once(_)) => match waiters.remove(&id) {
+            Some(Waiter::Once(waiter)) => waiter.send(response).is_ok(),
+            _ => false,
+        },
     }
 }
 

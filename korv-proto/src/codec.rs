@@ -262,7 +262,11 @@ impl Encoder<&Response> for KorvCodec {
     fn encode(&mut self, response: &Response, dst: &mut BytesMut) -> Result<(), ProtoError> {
         match self.encode_json(response, dst) {
             Err(ProtoError::FrameTooLarge { .. }) => {
-                let replacement = Response::too_large(response.request_id.clone());
+                // A watch's event keeps its place in the watch: same
+                // `seq`, same `more`.
+                let mut replacement = Response::too_large(response.request_id.clone());
+                replacement.seq = response.seq;
+                replacement.more = response.more;
                 match self.encode_json(&replacement, dst) {
                     // Only an id nearly as large as the maximum frame gets here:
                     // the answer cannot carry it, so it goes without one.

@@ -192,7 +192,8 @@ impl<'de> Deserialize<'de> for RequestId {
     }
 }
 
-/// The four verbs.
+/// The verbs: the four of version 1, answered once each, and the two of
+/// version 1.1 that open and cancel a watch (a stream of events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Verb {
     /// `GET`: retrieve.
@@ -203,11 +204,29 @@ pub enum Verb {
     Update,
     /// `DELETE`: remove.
     Delete,
+    /// `WATCH` (version 1.1): subscribe to the resource's events. Answered by
+    /// a confirmation frame, one frame per event and a final frame, all with
+    /// the request's id.
+    Watch,
+    /// `UNWATCH` (version 1.1): cancel the watch whose id the body names,
+    /// `{"request_id": …}`. Needs a non-null body; never routed.
+    Unwatch,
 }
 
 impl Verb {
-    /// All verbs, in the protocol's order (the order of a 405's `allow`).
+    /// The four request verbs, each answered by one response, in the
+    /// protocol's order: the verbs a handler for "any verb" serves.
     pub const ALL: [Verb; 4] = [Verb::Get, Verb::Store, Verb::Update, Verb::Delete];
+
+    /// The verbs a route can serve, in the order of a `405`'s `allow`:
+    /// the four request verbs, then `WATCH`.
+    pub const ROUTABLE: [Verb; 5] = [
+        Verb::Get,
+        Verb::Store,
+        Verb::Update,
+        Verb::Delete,
+        Verb::Watch,
+    ];
 
     /// The verb as it is written on the wire.
     pub const fn as_str(self) -> &'static str {
@@ -216,12 +235,19 @@ impl Verb {
             Verb::Store => "STORE",
             Verb::Update => "UPDATE",
             Verb::Delete => "DELETE",
+            Verb::Watch => "WATCH",
+            Verb::Unwatch => "UNWATCH",
         }
     }
 
     /// Whether a request with this verb must carry a non-null body.
     pub const fn requires_body(self) -> bool {
-        matches!(self, Verb::Store | Verb::Update)
+        matches!(self, Verb::Store | Verb::Update | Verb::Unwatch)
+    }
+
+    /// Whether this is a version 1.1 verb of watches (`WATCH`, `UNWATCH`).
+    pub const fn is_watch(self) -> bool {
+        matches!(self, Verb::Watch | Verb::Unwatch)
     }
 }
 
@@ -231,9 +257,10 @@ impl fmt::Display for Verb {
     }
 }
 
-/// The text was not one of `GET`, `STORE`, `UPDATE`, `DELETE` (upper case).
+/// The text was not one of `GET`, `STORE`, `UPDATE`, `DELETE`, `WATCH`,
+/// `UNWATCH` (upper case).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown verb {0:?}: expected GET, STORE, UPDATE or DELETE")]
+#[error("unknown verb {0:?}: expected GET, STORE, UPDATE, DELETE, WATCH or UNWATCH")]
 pub struct UnknownVerb(pub String);
 
 impl FromStr for Verb {
@@ -245,6 +272,8 @@ impl FromStr for Verb {
             "STORE" => Ok(Verb::Store),
             "UPDATE" => Ok(Verb::Update),
             "DELETE" => Ok(Verb::Delete),
+            "WATCH" => Ok(Verb::Watch),
+            "UNWATCH" => Ok(Verb::Unwatch),
             other => Err(UnknownVerb(other.to_owned())),
         }
     }
@@ -356,10 +385,10 @@ impl Request {
     /// This is every `400` case of the protocol in one place: the payload
     /// must be UTF-8 JSON (no byte-order mark) encoding one object without
     /// duplicate member names; `id` an integer or a string; `verb` one of the
-    /// four; `resource` a string starting with `/` of at most 4096 bytes;
-    /// `headers`, when present, an object of strings; STORE and UPDATE carry a
-    /// non-null `body`. The rejection carries the request's `id` whenever it
-    /// could be read.
+    /// six; `resource` a string starting with `/` of at most 4096 bytes;
+    /// `headers`, when present, an object of strings; STORE, UPDATE and
+    /// UNWATCH carry a non-null `body`. The rejection carries the request's
+    /// `id` whenever it could be read.
     ///
     /// ```
     /// use korv_proto::{Request, RequestId};
@@ -374,7 +403,8 @@ impl Request {
     /// Validates the content of a korv 0.2.1 message: the same rules as
     /// [`Request::from_payload`], except that `id` may be any JSON number
     /// (korv 0.2.1's clients send their clock, a float), kept as its exact
-    /// text so that the answer's `request_id` is the same number.
+    /// text so that the answer's `request_id` is the same number, and that
+    /// `WATCH` and `UNWATCH` are refused (the format has no watches).
     ///
     /// ```
     /// use korv_proto::Request;
@@ -560,7 +590,7 @@ impl RawFields {
             },
             Some(other) => {
                 return reject(format!(
-                    "`verb` must be a string (GET, STORE, UPDATE or DELETE), found {}",
+                    "`verb` must be a string (GET, STORE, UPDATE, DELETE, WATCH or UNWATCH), found {}",
                     describe_value(&other)
                 ));
             }
@@ -613,6 +643,9 @@ impl RawFields {
                 ));
             }
         };
+        if let (IdRule::AnyNumber, true) = (ids, verb.is_watch()) {
+            return reject(format!("{verb} is not available in korv 0.2.1's format"));
+        }
         let body = self.body.filter(|raw| raw.get() != "null");
         if verb.requires_body() && body.is_none() {
             return reject(format!("{verb} requires a non-null `body`"));

@@ -6,9 +6,11 @@ use serde_json::{Value, json};
 use crate::{Headers, RequestId, StatusCode};
 
 /// A response: the request's id, a status code, a JSON body (`null` when
-/// there is none) and optional headers.
+/// there is none) and optional headers; a frame of a watch (version 1.1)
+/// also carries its `seq` and `more`.
 ///
-/// Field order on the wire is `request_id`, `code`, `body`, `headers`.
+/// Field order on the wire is `request_id`, `code`, `body`, `headers`, `seq`,
+/// `more`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     /// The id of the request this answers; `None` (JSON `null`) when the
@@ -22,6 +24,14 @@ pub struct Response {
     /// Headers; not sent when empty.
     #[serde(default, skip_serializing_if = "Headers::is_empty")]
     pub headers: Headers,
+    /// A watch's frame number: 0 for the confirmation, then 1, 2, … without
+    /// gap. `None` (not sent) on an ordinary response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// On a watch's frame, whether more frames of the watch follow: `false`
+    /// only on its final frame. `None` (not sent) on an ordinary response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more: Option<bool>,
 }
 
 /// A payload received by a client is not a valid response.
@@ -40,7 +50,33 @@ impl Response {
             code,
             body,
             headers: Headers::new(),
+            seq: None,
+            more: None,
         }
+    }
+
+    /// The same response as frame `seq` of a watch, with `more` telling
+    /// whether the watch goes on after it.
+    ///
+    /// ```
+    /// use korv_proto::{RequestId, Response, StatusCode};
+    /// let confirmation = Response::new(RequestId::from(7), StatusCode::OK, serde_json::Value::Null)
+    ///     .in_watch(0, true);
+    /// assert_eq!(
+    ///     serde_json::to_string(&confirmation).unwrap(),
+    ///     r#"{"request_id":7,"code":200,"body":null,"seq":0,"more":true}"#
+    /// );
+    /// ```
+    pub fn in_watch(mut self, seq: u64, more: bool) -> Self {
+        self.seq = Some(seq);
+        self.more = Some(more);
+        self
+    }
+
+    /// Whether this is the last frame for its request: an ordinary response,
+    /// or a watch's final frame (`more: false`).
+    pub fn is_final(&self) -> bool {
+        self.more != Some(true)
     }
 
     /// An error response whose body is `{"message": message}`, as the protocol
@@ -108,7 +144,8 @@ impl Response {
     /// # Errors
     /// The payload is not UTF-8 JSON encoding a response object: `request_id`
     /// null, an integer or a string; `code` an integer from 100 to 599;
-    /// `headers` absent or an object of strings.
+    /// `headers` absent or an object of strings; `seq`, when present, a
+    /// non-negative integer and `more` a boolean.
     pub fn from_payload(payload: &[u8]) -> Result<Response, ResponseError> {
         serde_json::from_slice(payload).map_err(|err| ResponseError {
             message: err.to_string(),

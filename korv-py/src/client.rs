@@ -308,6 +308,48 @@ impl Client {
         Ok(RequestHandle(task.abort_handle()))
     }
 
+    /// Sends `WATCH resource` and blocks until the server confirms it: the
+    /// watch, whose `next` gives its events. A refusal raises
+    /// `korv.WatchRefusedError` with the server's response.
+    #[pyo3(signature = (resource, body = None))]
+    fn watch(
+        &self,
+        py: Python<'_>,
+        resource: String,
+        body: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<crate::watch::Watch> {
+        let call = self.prepare(py, "WATCH", resource, body, None)?;
+        let started = runtime::block_on(py, async move {
+            call.client.watch(&call.resource, call.body.as_ref()).await
+        })?;
+        match started {
+            Ok(watch) => Ok(crate::watch::Watch::new(watch)),
+            Err(err) => Err(errors::client_error(py, err)),
+        }
+    }
+
+    /// Sends `WATCH resource`; the confirmed watch (or the error) resolves
+    /// `future` of `event_loop`.
+    #[pyo3(signature = (resource, body, event_loop, future))]
+    fn watch_async(
+        &self,
+        py: Python<'_>,
+        resource: String,
+        body: Option<&Bound<'_, PyAny>>,
+        event_loop: Py<PyAny>,
+        future: Py<PyAny>,
+    ) -> PyResult<RequestHandle> {
+        let call = self.prepare(py, "WATCH", resource, body, None)?;
+        let task = runtime::runtime()?.spawn(async move {
+            let started = call.client.watch(&call.resource, call.body.as_ref()).await;
+            settle(event_loop, future, move |py| match started {
+                Ok(watch) => Ok(Py::new(py, crate::watch::Watch::new(watch))?.into_any()),
+                Err(err) => Err(errors::client_error(py, err)),
+            });
+        });
+        Ok(RequestHandle(task.abort_handle()))
+    }
+
     /// Waits until every callback of a request made with a callback has
     /// returned, at most `timeout` seconds (`None`: forever); returns whether
     /// none is left. Ctrl-C interrupts it.
@@ -366,6 +408,12 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 /// Cancels a request made with `request_async` (or a `connect_async`).
 #[pyclass(module = "korv._korv", name = "RequestHandle", frozen)]
 pub(crate) struct RequestHandle(AbortHandle);
+
+impl RequestHandle {
+    pub(crate) fn new(task: AbortHandle) -> Self {
+        RequestHandle(task)
+    }
+}
 
 #[pymethods]
 impl RequestHandle {
@@ -426,7 +474,10 @@ impl Drop for PendingGuard {
 
 /// The response as the dict the original client returned, plus `headers`:
 /// `{'request_id': …, 'code': 200, 'body': …, 'headers': {…}}`.
-fn response_dict<'py>(py: Python<'py>, response: &Response) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn response_dict<'py>(
+    py: Python<'py>,
+    response: &Response,
+) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     let request_id = match &response.request_id {
         Some(id) => crate::server::request_id(py, id)?,
@@ -450,7 +501,7 @@ fn bridge() -> &'static PyPool {
 
 /// Resolves `future` on `event_loop` with what `outcome` gives, from the
 /// bridge thread.
-fn settle<F>(event_loop: Py<PyAny>, future: Py<PyAny>, outcome: F)
+pub(crate) fn settle<F>(event_loop: Py<PyAny>, future: Py<PyAny>, outcome: F)
 where
     F: FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send + 'static,
 {

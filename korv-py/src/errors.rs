@@ -135,6 +135,9 @@ pub(crate) fn client_error(py: Python<'_>, err: korv_client::Error) -> PyErr {
         Error::Closed(reason) => korv_error(py, "ConnectionClosedError", message, |kw| {
             kw.set_item("reason", chain(&reason))
         }),
+        Error::WatchRefused(response) => korv_error(py, "WatchRefusedError", message, |kw| {
+            kw.set_item("response", crate::client::response_dict(py, &response)?)
+        }),
         _ => korv_error(py, "KorvError", message, |_| Ok(())),
     }
 }

@@ -35,6 +35,7 @@ mod errors;
 mod pool;
 mod runtime;
 mod server;
+mod watch;
 
 use pyo3::prelude::*;
 
@@ -46,6 +47,7 @@ fn _korv(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<client::Config>()?;
     module.add_class::<client::Client>()?;
     module.add_class::<client::RequestHandle>()?;
+    module.add_class::<watch::Watch>()?;
     module.add_function(wrap_pyfunction!(client::resolve_future, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -624,6 +624,8 @@ fn verb_name(py: Python<'_>, verb: Verb) -> &Bound<'_, pyo3::types::PyString> {
         Verb::Store => intern!(py, "STORE"),
         Verb::Update => intern!(py, "UPDATE"),
         Verb::Delete => intern!(py, "DELETE"),
+        Verb::Watch => intern!(py, "WATCH"),
+        Verb::Unwatch => intern!(py, "UNWATCH"),
     }
 }
 
@@ -760,6 +762,8 @@ fn response_from(result: &Bound<'_, PyAny>) -> PyResult<Response> {
         code,
         body,
         headers,
+        seq: None,
+        more: None,
     })
 }
 

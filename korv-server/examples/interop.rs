@@ -58,6 +58,8 @@ async fn note(req: Request, notes: Notes) -> (u16, Value) {
             .get(&id)
             .map_or_else(missing, |note| (200, note.clone())),
         Verb::Delete => notes.remove(&id).map_or_else(missing, |note| (200, note)),
+        // Request handlers never get the verbs of watches.
+        Verb::Watch | Verb::Unwatch => (405, json!({"message": "not a request verb"})),
     }
 }
 

@@ -24,6 +24,15 @@ pub struct Limits {
     /// Answers not yet written are bounded apart: at 8 × `max_frame` bytes
     /// waiting for a client that does not read them, the stream is closed.
     pub max_in_flight_per_stream: usize,
+    /// Watches (`WATCH`, protocol 1.1) one stream may hold at once. Default
+    /// 64. Beyond it a `WATCH` is answered `429`. Watches do not count
+    /// against `max_in_flight_per_stream` nor the request timeout.
+    pub max_watches_per_stream: usize,
+    /// Frames of one watch handed to the stream's writer and not yet
+    /// written, at most. Default 1024 (and 1 MiB beyond the first frame).
+    /// A watch whose client does not read fast enough to keep within it
+    /// ends with `503` after the frames already queued.
+    pub watch_queue: usize,
     /// Streams (channels) one SSH connection may hold open. Default 16. Beyond
     /// it channel opens are refused with "resource shortage".
     pub max_streams_per_connection: usize,
@@ -92,6 +101,8 @@ impl Default for Limits {
         Limits {
             max_frame: korv_proto::DEFAULT_MAX_FRAME,
             max_in_flight_per_stream: 128,
+            max_watches_per_stream: 64,
+            watch_queue: 1024,
             max_streams_per_connection: 16,
             max_connections: 1024,
             max_unauthenticated: 64,

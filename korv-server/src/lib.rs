@@ -58,6 +58,9 @@
 //! - `authorize`: rules checked after routing, refused with `403`:
 //!   [`Authorization`].
 //! - `handler`: the [`Handler`] trait and its type-erased form.
+//! - `watch`: watches (`WATCH`, protocol 1.1): [`WatchHandler`],
+//!   [`Events`], [`IntoEvents`], and each watch's task, bounded queue and
+//!   final frame.
 //! - [`routing`]: [`MethodRouter`](routing::MethodRouter) and its
 //!   constructors ([`get`](routing::get), [`any`](routing::any), ...).
 //! - `router`: the routing table: patterns, matching, `404`/`405`.
@@ -103,6 +106,7 @@ pub mod routing;
 mod server;
 mod state;
 mod stream;
+mod watch;
 
 pub use admission::{AdmissionMonitor, AdmissionStats};
 pub use authorize::Authorization;
@@ -118,3 +122,4 @@ pub use routing::RouteError;
 pub use server::{
     BoundServer, DEFAULT_PORT, KorvServer, ShutdownHandle, StreamService, shutdown_signal,
 };
+pub use watch::{Events, IntoEvents, WatchHandler};

@@ -19,6 +19,7 @@ use crate::authorize::Rule;
 use crate::handler::BoxedHandler;
 use crate::request::Params;
 use crate::routing::{MethodRouter, RouteError};
+use crate::watch::BoxedWatchHandler;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -150,6 +151,8 @@ impl Pattern {
 struct Route<S> {
     pattern: Pattern,
     handlers: [Option<BoxedHandler<S>>; Verb::ALL.len()],
+    /// The handler of `WATCH`.
+    watch: Option<BoxedWatchHandler<S>>,
     /// Authorization rules of this route, checked after routing.
     rules: Arc<[Rule]>,
 }
@@ -159,6 +162,8 @@ pub(crate) enum Routed<S> {
     /// The handler, the captures, and the rules that must allow the request:
     /// the route's own, then the server's.
     Found(BoxedHandler<S>, Params, Vec<Rule>),
+    /// The same for a `WATCH`: its watch handler.
+    Watch(BoxedWatchHandler<S>, Params, Vec<Rule>),
     /// A route matches but not for this verb: the verbs that do.
     NotAllowed(Vec<Verb>),
     NotFound,
@@ -169,6 +174,8 @@ pub(crate) struct Router<S> {
     /// Most specific first, so the first match with the verb is the best one.
     routes: Vec<Route<S>>,
     fallback: Option<BoxedHandler<S>>,
+    /// The watch handler for a `WATCH` that no route matches.
+    watch_fallback: Option<BoxedWatchHandler<S>>,
     /// The pattern registered last, which `restrict_last` applies to.
     last: Option<Pattern>,
     /// Rules for every request that routing finds a handler for.
@@ -180,19 +187,22 @@ impl<S> Default for Router<S> {
         Router {
             routes: Vec::new(),
             fallback: None,
+            watch_fallback: None,
             last: None,
             rules: Vec::new(),
         }
     }
 }
 
-/// A verb's place in [`Verb::ALL`], the order of a `405`'s `allow`.
-fn verb_index(verb: Verb) -> usize {
+/// A request verb's place in [`Verb::ALL`], the order of a `405`'s
+/// `allow`; `None` for the verbs of watches.
+fn verb_index(verb: Verb) -> Option<usize> {
     match verb {
-        Verb::Get => 0,
-        Verb::Store => 1,
-        Verb::Update => 2,
-        Verb::Delete => 3,
+        Verb::Get => Some(0),
+        Verb::Store => Some(1),
+        Verb::Update => Some(2),
+        Verb::Delete => Some(3),
+        Verb::Watch | Verb::Unwatch => None,
     }
 }
 
@@ -206,16 +216,37 @@ impl<S> Router<S> {
     ) -> Result<(), RouteError> {
         let pattern = Pattern::parse(pattern)?;
         for (i, (verb, _)) in methods.endpoints.iter().enumerate() {
+            let Some(index) = verb_index(*verb) else {
+                return Err(RouteError::WatchVerb {
+                    verb: *verb,
+                    pattern: pattern.text.clone(),
+                });
+            };
             let given_twice = methods.endpoints[..i].iter().any(|(v, _)| v == verb);
             // Captures are compared by position: `/u/{id}` and `/u/{name}` are one route.
             let existing = self
                 .routes
                 .iter()
-                .find(|r| r.pattern.same_shape(&pattern) && r.handlers[verb_index(*verb)].is_some())
+                .find(|r| r.pattern.same_shape(&pattern) && r.handlers[index].is_some())
                 .map(|r| &r.pattern.text);
             if let Some(existing) = existing.or(given_twice.then_some(&pattern.text)) {
                 return Err(RouteError::Conflict {
                     verb: *verb,
+                    pattern: pattern.text.clone(),
+                    existing: existing.clone(),
+                });
+            }
+        }
+        if !methods.watches.is_empty() {
+            let existing = self
+                .routes
+                .iter()
+                .find(|r| r.pattern.same_shape(&pattern) && r.watch.is_some())
+                .map(|r| &r.pattern.text);
+            let given_twice = (methods.watches.len() > 1).then_some(&pattern.text);
+            if let Some(existing) = existing.or(given_twice) {
+                return Err(RouteError::Conflict {
+                    verb: Verb::Watch,
                     pattern: pattern.text.clone(),
                     existing: existing.clone(),
                 });
@@ -228,13 +259,19 @@ impl<S> Router<S> {
                 self.routes.push(Route {
                     pattern,
                     handlers: Default::default(),
+                    watch: None,
                     rules: Arc::from([]),
                 });
                 self.routes.len() - 1
             }
         };
         for (verb, handler) in methods.endpoints {
-            self.routes[index].handlers[verb_index(verb)] = Some(handler);
+            if let Some(slot) = verb_index(verb) {
+                self.routes[index].handlers[slot] = Some(handler);
+            }
+        }
+        if let Some(watch) = methods.watches.into_iter().next() {
+            self.routes[index].watch = Some(watch);
         }
         self.routes
             .sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
@@ -243,6 +280,10 @@ impl<S> Router<S> {
 
     pub(crate) fn set_fallback(&mut self, handler: BoxedHandler<S>) {
         self.fallback = Some(handler);
+    }
+
+    pub(crate) fn set_watch_fallback(&mut self, handler: BoxedWatchHandler<S>) {
+        self.watch_fallback = Some(handler);
     }
 
     /// Adds `rule` to the route registered last (every verb of its
@@ -267,33 +308,59 @@ impl<S> Router<S> {
     }
 
     pub(crate) fn route(&self, verb: Verb, resource: &str) -> Routed<S> {
-        let mut allowed = [false; Verb::ALL.len()];
+        // GET, STORE, UPDATE, DELETE, then WATCH: the order of `allow`.
+        let mut allowed = [false; Verb::ROUTABLE.len()];
         let mut any = false;
         for route in &self.routes {
             let Some(params) = route.pattern.matches(resource) else {
                 continue;
             };
             any = true;
-            if let Some(handler) = &route.handlers[verb_index(verb)] {
-                return Routed::Found(Arc::clone(handler), params, self.rules_for(&route.rules));
+            match verb_index(verb) {
+                Some(index) => {
+                    if let Some(handler) = &route.handlers[index] {
+                        return Routed::Found(
+                            Arc::clone(handler),
+                            params,
+                            self.rules_for(&route.rules),
+                        );
+                    }
+                }
+                None => {
+                    if let (Verb::Watch, Some(handler)) = (verb, &route.watch) {
+                        return Routed::Watch(
+                            Arc::clone(handler),
+                            params,
+                            self.rules_for(&route.rules),
+                        );
+                    }
+                }
             }
-            for (slot, present) in allowed.iter_mut().zip(&route.handlers) {
-                *slot |= present.is_some();
+            let present = route
+                .handlers
+                .iter()
+                .map(Option::is_some)
+                .chain([route.watch.is_some()]);
+            for (slot, present) in allowed.iter_mut().zip(present) {
+                *slot |= present;
             }
         }
         if any {
-            let verbs = Verb::ALL
+            let verbs = Verb::ROUTABLE
                 .into_iter()
                 .zip(allowed)
                 .filter_map(|(v, ok)| ok.then_some(v))
                 .collect();
             return Routed::NotAllowed(verbs);
         }
-        match &self.fallback {
-            Some(handler) => {
+        match (&self.fallback, &self.watch_fallback, verb) {
+            (_, Some(handler), Verb::Watch) => {
+                Routed::Watch(Arc::clone(handler), Params::default(), self.rules_for(&[]))
+            }
+            (Some(handler), _, verb) if verb_index(verb).is_some() => {
                 Routed::Found(Arc::clone(handler), Params::default(), self.rules_for(&[]))
             }
-            None => Routed::NotFound,
+            _ => Routed::NotFound,
         }
     }
 }

@@ -27,6 +27,10 @@
 //!     .route("/echo", any(echo));
 //! ```
 //!
+//! A route may also serve watches (`WATCH`, protocol 1.1) with a
+//! [`WatchHandler`], whose events stream back until the watch ends:
+//! `route("/jobs/{id}/progress", get(status).watch(progress))`.
+//!
 //! A verb given twice for one pattern, in one method router or across
 //! routes, is a conflict reported when the route is registered.
 
@@ -36,20 +40,32 @@ use std::sync::Arc;
 use korv_proto::Verb;
 
 use crate::handler::{BoxedHandler, Handler, boxed};
+use crate::watch::{BoxedWatchHandler, WatchHandler, boxed_watch};
 
 /// The handlers of one route, one per verb, to register with
 /// [`KorvServer::route`](crate::KorvServer::route). Made by [`get`],
-/// [`store`], [`update`], [`delete`], [`any`] or [`on`], and extended with
-/// the methods of the same names.
+/// [`store`], [`update`], [`delete`], [`watch`], [`any`] or [`on`], and
+/// extended with the methods of the same names.
 #[must_use = "a method router serves nothing until it is registered with `route`"]
 pub struct MethodRouter<S = ()> {
     /// In the order given; a verb may appear twice until registration
     /// refuses it.
     pub(crate) endpoints: Vec<(Verb, BoxedHandler<S>)>,
+    /// The watch handlers given, in order (more than one is a conflict).
+    pub(crate) watches: Vec<BoxedWatchHandler<S>>,
 }
 
 impl<S> MethodRouter<S> {
-    /// Also serves `verb` with `handler`.
+    fn empty() -> Self {
+        MethodRouter {
+            endpoints: Vec::new(),
+            watches: Vec::new(),
+        }
+    }
+
+    /// Also serves `verb` with `handler`. `WATCH` and `UNWATCH` are not
+    /// served by request handlers (see [`MethodRouter::watch`]): registering
+    /// them is refused with [`RouteError::WatchVerb`].
     pub fn on<T, H: Handler<T, S>>(mut self, verb: Verb, handler: H) -> Self {
         self.endpoints.push((verb, boxed(handler)));
         self
@@ -74,22 +90,32 @@ impl<S> MethodRouter<S> {
     pub fn delete<T, H: Handler<T, S>>(self, handler: H) -> Self {
         self.on(Verb::Delete, handler)
     }
+
+    /// Also serves `WATCH` with `handler`, whose events are sent as the
+    /// watch's frames until it ends.
+    pub fn watch<T, H: WatchHandler<T, S>>(mut self, handler: H) -> Self {
+        self.watches.push(boxed_watch(handler));
+        self
+    }
 }
 
 impl<S> fmt::Debug for MethodRouter<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let watches = self.watches.iter().map(|_| &Verb::Watch);
         f.debug_list()
-            .entries(self.endpoints.iter().map(|(verb, _)| verb))
+            .entries(self.endpoints.iter().map(|(verb, _)| verb).chain(watches))
             .finish()
     }
 }
 
 /// Serves `verb` with `handler`.
 pub fn on<T, S, H: Handler<T, S>>(verb: Verb, handler: H) -> MethodRouter<S> {
-    MethodRouter {
-        endpoints: Vec::new(),
-    }
-    .on(verb, handler)
+    MethodRouter::empty().on(verb, handler)
+}
+
+/// Serves `WATCH` with `handler` (see [`MethodRouter::watch`]).
+pub fn watch<T, S, H: WatchHandler<T, S>>(handler: H) -> MethodRouter<S> {
+    MethodRouter::empty().watch(handler)
 }
 
 /// Serves `GET` with `handler`.
@@ -112,8 +138,9 @@ pub fn delete<T, S, H: Handler<T, S>>(handler: H) -> MethodRouter<S> {
     on(Verb::Delete, handler)
 }
 
-/// Serves every verb with `handler` ([`Request::verb`](crate::Request::verb)
-/// tells them apart).
+/// Serves the four request verbs with `handler`
+/// ([`Request::verb`](crate::Request::verb) tells them apart); `WATCH` needs
+/// a watch handler of its own.
 pub fn any<T, S, H: Handler<T, S>>(handler: H) -> MethodRouter<S> {
     let handler = boxed(handler);
     MethodRouter {
@@ -121,6 +148,7 @@ pub fn any<T, S, H: Handler<T, S>>(handler: H) -> MethodRouter<S> {
             .into_iter()
             .map(|verb| (verb, Arc::clone(&handler)))
             .collect(),
+        watches: Vec::new(),
     }
 }
 
@@ -145,5 +173,15 @@ pub enum RouteError {
         pattern: String,
         /// The equivalent pattern registered earlier.
         existing: String,
+    },
+    /// `WATCH` or `UNWATCH` given to a request handler: a route serves
+    /// `WATCH` with a watch handler ([`MethodRouter::watch`]), and `UNWATCH`
+    /// is the framework's.
+    #[error("{verb} {pattern:?} needs a watch handler (`.watch(handler)`), not a request handler")]
+    WatchVerb {
+        /// The verb.
+        verb: Verb,
+        /// The pattern being registered.
+        pattern: String,
     },
 }

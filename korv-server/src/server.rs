@@ -262,9 +262,17 @@ impl<S: Clone + Send + Sync + 'static> KorvServer<S> {
     }
 
     /// The handler for requests that no route matches (instead of a `404`). It
-    /// gets every verb.
+    /// gets every request verb (`WATCH` goes to [`KorvServer::watch_fallback`]).
     pub fn fallback<T, H: Handler<T, S>>(mut self, handler: H) -> Self {
         self.router.set_fallback(boxed(handler));
+        self
+    }
+
+    /// The watch handler for a `WATCH` that no route matches (instead of a
+    /// `404`).
+    pub fn watch_fallback<T, H: crate::watch::WatchHandler<T, S>>(mut self, handler: H) -> Self {
+        self.router
+            .set_watch_fallback(crate::watch::boxed_watch(handler));
         self
     }
 

@@ -20,6 +20,12 @@
 //!   [`SHUTDOWN_LINGER`]: requests already on their way when shutdown began
 //!   get a `503`, not a closed stream.
 //!
+//! Watches (`WATCH`, protocol 1.1) run beside the requests, each on its own
+//! task (see the `watch` module): their frames join the writer's queue in
+//! order with the answers, an `UNWATCH`'s `200` before the watch's final
+//! frame. At the client's EOF every watch ends (410) before the stream
+//! closes; on shutdown every watch ends (503).
+//!
 //! A stream speaks one [`Format`], chosen before it starts: version 1's
 //! frames, or korv 0.2.1's gzip members. The format is the codec's choice
 //! alone; validation, routing, handlers, limits and shutdown are the same.
@@ -55,6 +61,7 @@ use crate::request::{ClientInfo, Params, Request};
 use crate::response::{TRACEBACKS, internal_error};
 use crate::router::Routed;
 use crate::state::Shared;
+use crate::watch::{Ending, Outlet, WatchFrames, WatchQueue, WatchStart, Watches};
 
 /// On shutdown, how long a stream with nothing in flight waits for more
 /// requests (answered `503`) before it closes; never past the grace period.
@@ -157,7 +164,34 @@ where
 /// Encoded answers handed to the writer, and their size.
 struct Batch {
     parts: Vec<BytesMut>,
+    /// The bytes of `parts` that count against the stream's bound of
+    /// unwritten answers (a watch's frames have their own bound).
     bytes: usize,
+    /// The watch queues to release once `parts` are written: frames and
+    /// bytes of each.
+    watches: Vec<(Arc<WatchQueue>, usize, usize)>,
+}
+
+/// Watches hand their frames straight to the writer.
+struct WriterOutlet(tokio::sync::mpsc::UnboundedSender<Batch>);
+
+impl Outlet for WriterOutlet {
+    fn send(&self, frames: WatchFrames) -> bool {
+        let bytes = frames.bytes.len();
+        let batch = Batch {
+            parts: vec![frames.bytes],
+            bytes: 0,
+            watches: vec![(frames.queue, frames.frames, bytes)],
+        };
+        self.0.send(batch).is_ok()
+    }
+}
+
+/// Releases what the writer has written of the watches' queues.
+fn release(watches: Vec<(Arc<WatchQueue>, usize, usize)>) {
+    for (queue, frames, bytes) in watches {
+        queue.written(frames, bytes);
+    }
 }
 
 /// Answers at least this large are written as they are; smaller ones are
@@ -185,6 +219,7 @@ async fn write_loop<O: Outbound>(
         while let Ok(more) = queue.try_recv() {
             batch.parts.extend(more.parts);
             batch.bytes += more.bytes;
+            batch.watches.extend(more.watches);
         }
         if whole {
             for part in batch.parts {
@@ -192,6 +227,7 @@ async fn write_loop<O: Outbound>(
             }
             outbound.flush().await?;
             unwritten.fetch_sub(batch.bytes, Ordering::AcqRel);
+            release(batch.watches);
             continue;
         }
         for part in batch.parts {
@@ -211,6 +247,7 @@ async fn write_loop<O: Outbound>(
         }
         outbound.flush().await?;
         unwritten.fetch_sub(batch.bytes, Ordering::AcqRel);
+        release(batch.watches);
     }
     outbound.finish().await
 }
@@ -249,6 +286,13 @@ where
     tokio::pin!(linger);
     let mut grace_ends = tokio::time::Instant::now();
     let max_in_flight = shared.limits.max_in_flight_per_stream.max(1);
+    let mut watches = Watches::new(
+        shared.limits.max_watches_per_stream,
+        shared.limits.watch_queue,
+        shared.limits.max_frame,
+        shared.tracebacks,
+    );
+    let outlet: Arc<dyn Outlet> = Arc::new(WriterOutlet(to_writer.clone()));
     let max_unwritten = shared
         .limits
         .max_frame
@@ -279,6 +323,7 @@ where
             let batch = Batch {
                 bytes,
                 parts: std::mem::take(&mut parts),
+                watches: Vec::new(),
             };
             if to_writer.send(batch).is_err() {
                 return Err(io::Error::new(
@@ -287,7 +332,9 @@ where
                 ));
             }
         }
-        if in_flight.is_empty() && !reading {
+        // Watches ended since: their final frames follow the answers above.
+        watches.end_pending();
+        if in_flight.is_empty() && !reading && watches.is_empty() {
             return Ok(());
         }
         tokio::select! {
@@ -298,15 +345,23 @@ where
                 grace_ends = now + shared.limits.shutdown_grace;
                 grace.as_mut().reset(grace_ends);
                 linger.as_mut().reset((now + SHUTDOWN_LINGER).min(grace_ends));
+                watches.end_all(Ending::ShuttingDown);
             }
-            () = &mut linger, if shutting_down && in_flight.is_empty() => return Ok(()),
+            () = &mut linger, if shutting_down && in_flight.is_empty() && watches.is_empty() => return Ok(()),
             () = &mut grace, if shutting_down && !abort.is_cancelled() => abort.cancel(),
             () = to_writer.closed() => {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the stream's writer stopped"));
             }
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => parts.push(answer),
+            ended = watches.next_ended(), if !watches.is_empty() => {
+                debug!(id = %ended.id, code = ended.code.map(|c| c.as_u16()), "watch ended");
+            }
             frame = frames.next(), if reading && in_flight.len() < max_in_flight => match frame {
-                None => reading = false,
+                None => {
+                    reading = false;
+                    // At the client's EOF every watch ends: 410.
+                    watches.end_all(Ending::Cancelled);
+                }
                 Some(Err(err)) => return Err(into_io(err)),
                 Some(Ok(frame)) => {
                     // The clock is read only for whom reads the time taken.
@@ -340,6 +395,41 @@ where
                                 None => {}
                                 Some(later) => in_flight.push(later),
                             }
+                        }
+                        Dispatch::Watch(run) => {
+                            let response = match watches.admit(&run.id) {
+                                Ok(()) => {
+                                    let (handler, params) = run.handler;
+                                    let request = Request::new(run.request, params, Arc::clone(client));
+                                    let setup = handler(request, shared.state.clone());
+                                    watches.start(WatchStart { id: run.id, setup }, Arc::clone(&outlet));
+                                    None
+                                }
+                                Err(refusal) => Some(refusal),
+                            };
+                            if let Some(response) = response {
+                                if let Some(started) = started {
+                                    log_answer(&response, started);
+                                }
+                                encode(&mut codec, &response, &mut out);
+                            }
+                        }
+                        Dispatch::Unwatch { id, target } => {
+                            let response = match watches.cancel(&target) {
+                                true => Response::new(id, StatusCode::OK, serde_json::Value::Null),
+                                false => Response::error(
+                                    id,
+                                    StatusCode::NOT_FOUND,
+                                    format!("no watch with id {target} is active on this stream"),
+                                ),
+                            };
+                            if let Some(started) = started {
+                                log_answer(&response, started);
+                                if let Some(metrics) = &shared.metrics {
+                                    metrics.answered(Some(korv_proto::Verb::Unwatch), response.code.as_u16(), started.elapsed());
+                                }
+                            }
+                            encode(&mut codec, &response, &mut out);
                         }
                     }
                 }
@@ -435,6 +525,21 @@ enum Dispatch<S> {
     /// frame that is not a request).
     Now(Response, Option<korv_proto::Verb>),
     Run(Run<S>),
+    /// A `WATCH` routed to its watch handler, to start unless the stream
+    /// is at its limit of watches.
+    Watch(WatchRun<S>),
+    /// An `UNWATCH` of the watch `target`.
+    Unwatch {
+        id: RequestId,
+        target: RequestId,
+    },
+}
+
+/// A `WATCH` to hand to its watch handler.
+struct WatchRun<S> {
+    id: RequestId,
+    request: WireRequest,
+    handler: (crate::watch::BoxedWatchHandler<S>, Params),
 }
 
 /// A request to hand to its handler.
@@ -493,6 +598,16 @@ fn dispatch<S>(
     };
     let id = request.id.clone();
     let verb = Some(request.verb);
+    // UNWATCH is the framework's: never routed.
+    let unwatch = match request.verb {
+        korv_proto::Verb::Unwatch => match unwatch_target(&request) {
+            Ok(target) => Some(target),
+            Err(message) => {
+                return Dispatch::Now(Response::error(id, StatusCode::BAD_REQUEST, message), verb);
+            }
+        },
+        _ => None,
+    };
     if shutting_down {
         return Dispatch::Now(
             Response::error(
@@ -503,7 +618,23 @@ fn dispatch<S>(
             verb,
         );
     }
+    if let Some(target) = unwatch {
+        return Dispatch::Unwatch { id, target };
+    }
     match shared.router.route(request.verb, &request.resource) {
+        Routed::Watch(handler, params, rules) => {
+            match authorize::check_all(&rules, client, request.verb, &request.resource) {
+                Ok(()) => Dispatch::Watch(WatchRun {
+                    id,
+                    request,
+                    handler: (handler, params),
+                }),
+                Err(message) => {
+                    tracing::info!(user = %client.user, verb = %request.verb, resource = %request.resource, %message, "refused: 403");
+                    Dispatch::Now(Response::error(id, StatusCode::FORBIDDEN, message), verb)
+                }
+            }
+        }
         Routed::Found(handler, params, rules) => {
             match authorize::check_all(&rules, client, request.verb, &request.resource) {
                 Ok(()) => Dispatch::Run(Run {
@@ -538,6 +669,21 @@ fn dispatch<S>(
             verb,
         ),
     }
+}
+
+/// The watch an `UNWATCH` names: its body is `{"request_id": <id>}`.
+fn unwatch_target(request: &WireRequest) -> Result<RequestId, String> {
+    let body: Option<serde_json::Value> = request
+        .body
+        .as_deref()
+        .and_then(|raw| serde_json::from_str(raw.get()).ok());
+    body.as_ref()
+        .and_then(|body| body.get("request_id"))
+        .and_then(RequestId::from_json)
+        .ok_or_else(|| {
+            "UNWATCH needs the body {\"request_id\": <the watch's id>}, with an integer or string id"
+                .to_owned()
+        })
 }
 
 /// Runs a handler with its timeout, panic capture and abort. Its answer,

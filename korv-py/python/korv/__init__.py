@@ -19,10 +19,16 @@ Call them::
     k = KorvClient(client_keys=['id_ed25519'])
     k.get('/hello')  # {'request_id': 1, 'code': 200, 'body': {'msg': 'Hello World!'}, 'headers': {}}
 
-:mod:`korv.aio` has the asyncio client. Every error is a :class:`KorvError`.
+Watch a resource's events (protocol 1.1; ``korv serve`` reports each change
+to the documents under a path)::
+
+    for event in k.watch('/notes/'):
+        print(event)
+
+:mod:`korv.aio` has the asyncio client (``async for event in k.watch(...)``). Every error is a :class:`KorvError`.
 """
 
-from ._client import KorvClient, Response
+from ._client import KorvClient, Response, Watch
 from ._errors import (
     AuthenticationError,
     ConnectError,
@@ -39,6 +45,7 @@ from ._errors import (
     ProtocolError,
     RequestTimeoutError,
     ServerError,
+    WatchRefusedError,
 )
 from ._korv import __version__
 from ._server import Callback, KorvServer, Request
@@ -48,6 +55,7 @@ __all__ = [
     "KorvClient",
     "Request",
     "Response",
+    "Watch",
     "Callback",
     "KorvError",
     "ConnectError",
@@ -63,6 +71,7 @@ __all__ = [
     "ProtocolError",
     "RequestTimeoutError",
     "ConnectionClosedError",
+    "WatchRefusedError",
     "ServerError",
     "__version__",
 ]

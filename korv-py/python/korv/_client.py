@@ -6,11 +6,11 @@ import atexit
 import logging
 import os
 import weakref
-from typing import Any, Callable, Dict, Optional, Sequence, TypedDict, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, TypedDict, Union
 
 from . import _korv
 
-__all__ = ["KorvClient", "Response"]
+__all__ = ["KorvClient", "Response", "Watch"]
 
 _log = logging.getLogger("korv")
 
@@ -226,6 +226,22 @@ class KorvClient:
         )
         return None
 
+    def watch(self, resource: str, body: Any = None) -> "Watch":
+        """``WATCH resource`` (protocol 1.1): once the server confirms it, its
+        events, as an iterator::
+
+            for event in client.watch('/notes/'):
+                print(event['event'], event['resource'])
+
+        ``body`` is the watch's parameters. The iterator ends at the watch's
+        final frame (:attr:`Watch.end` has it: code 200 when the server's
+        handler finished it, 503 when the server shut down or this client
+        did not read fast enough). :meth:`Watch.cancel` (or leaving a
+        ``with`` block, or :meth:`Watch.close`) cancels it. A refused watch
+        raises :class:`korv.WatchRefusedError`."""
+        _check_resource(resource)
+        return Watch(self._native.watch(resource, body))
+
     @property
     def pending(self) -> int:
         """Requests made with a callback whose callback has not returned yet."""
@@ -287,3 +303,50 @@ def _close_open_clients() -> None:
             client.close(timeout=60.0)
         except Exception:  # noqa: BLE001 - exiting anyway
             _log.exception("closing a korv client at exit")
+
+
+class Watch:
+    """The events of one watch, from :meth:`KorvClient.watch`: an iterator
+    of each event's body, in order, until the watch ends."""
+
+    def __init__(self, native: "_korv.Watch") -> None:
+        self._native = native
+        self._end: Optional[Response] = None
+        self._done = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        more, item = self._native.next()
+        if more:
+            return item
+        self._done = True
+        self._end = item
+        raise StopIteration
+
+    @property
+    def end(self) -> Optional[Response]:
+        """The watch's final frame, once the iterator has ended with it."""
+        return self._end
+
+    def cancel(self) -> Optional[Response]:
+        """Cancels the watch (``UNWATCH``) and waits for its final frame,
+        which it returns (code 410, unless the watch had ended)."""
+        if not self._done:
+            self._done = True
+            self._end = self._native.cancel()  # type: ignore[assignment]
+        return self._end
+
+    def close(self) -> None:
+        """Cancels the watch without waiting."""
+        self._done = True
+        self._native.close()
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

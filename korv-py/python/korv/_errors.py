@@ -7,7 +7,7 @@ Each carries the details of its cause as attributes (``host``,
 from __future__ import annotations
 
 import builtins
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 __all__ = [
     "KorvError",
@@ -24,6 +24,7 @@ __all__ = [
     "ProtocolError",
     "RequestTimeoutError",
     "ConnectionClosedError",
+    "WatchRefusedError",
     "ServerError",
 ]
 
@@ -140,6 +141,15 @@ class ConnectionClosedError(KorvError, ConnectionError):
 
     reason: str
     """Why it closed."""
+
+
+class WatchRefusedError(KorvError):
+    """The server answered a ``WATCH`` with an ordinary response instead of
+    confirming it: a 404, a 405 (the route has no watches), a 429 (too many
+    watches on the connection), or a 400 from a server without watches."""
+
+    response: Dict[str, Any]
+    """The server's response dict (``code``, ``body``...)."""
 
 
 class ServerError(KorvError):

@@ -130,6 +130,16 @@ class Client:
         future: "asyncio.Future[_ResponseDict]",
     ) -> RequestHandle:
         """Sends a request; the answer resolves ``future``."""
+    def watch(self, resource: str, body: Any = None) -> "Watch":
+        """Sends ``WATCH`` and blocks until the server confirms it."""
+    def watch_async(
+        self,
+        resource: str,
+        body: Any,
+        event_loop: asyncio.AbstractEventLoop,
+        future: "asyncio.Future[Watch]",
+    ) -> RequestHandle:
+        """Sends ``WATCH``; the confirmed watch resolves ``future``."""
     def wait_idle(self, timeout: Optional[float] = None) -> bool:
         """Waits until no callback is due."""
     @property
@@ -138,6 +148,24 @@ class Client:
     def closed(self) -> bool: ...
     def close(self) -> None:
         """Closes the connection."""
+
+class Watch:
+    """One watch; dropping it cancels it."""
+
+    def next(self) -> Tuple[bool, Any]:
+        """``(True, event)``, or ``(False, final response dict)`` at the end."""
+    def next_async(
+        self, event_loop: asyncio.AbstractEventLoop, future: "asyncio.Future[Tuple[bool, Any]]"
+    ) -> RequestHandle:
+        """Resolves ``future`` with what :meth:`next` returns."""
+    def cancel(self) -> Optional[_ResponseDict]:
+        """Sends ``UNWATCH`` and blocks until the final frame."""
+    def cancel_async(
+        self, event_loop: asyncio.AbstractEventLoop, future: "asyncio.Future[Optional[_ResponseDict]]"
+    ) -> RequestHandle:
+        """Resolves ``future`` with what :meth:`cancel` returns."""
+    def close(self) -> None:
+        """Stops the watch without waiting."""
 
 def resolve_future(future: "asyncio.Future[Any]", result: Any, error: Optional[BaseException]) -> None:
     """Resolves ``future`` unless it is done; runs on its loop."""

@@ -16,7 +16,7 @@ from . import _korv
 from ._client import PathLike, Response, _check_resource, _config
 from ._errors import ConnectionClosedError
 
-__all__ = ["KorvClient", "connect"]
+__all__ = ["KorvClient", "Watch", "connect"]
 
 
 class KorvClient:
@@ -140,6 +140,20 @@ class KorvClient:
             handle.cancel()
             raise
 
+    def watch(self, resource: str, body: Any = None) -> "Watch":
+        """``WATCH resource`` (protocol 1.1): its events as an async iterator::
+
+            async for event in client.watch('/notes/'):
+                print(event)
+
+        The watch starts on the first ``async for`` step (or ``await
+        client.watch(...)``, which waits for the server's confirmation). It
+        ends at the watch's final frame (:attr:`Watch.end`); ``await
+        watch.cancel()`` cancels it. A refused watch raises
+        :class:`korv.WatchRefusedError`."""
+        _check_resource(resource)
+        return Watch(self, resource, body)
+
     async def close(self) -> None:
         """Closes the connection; requests in flight fail with
         :class:`korv.ConnectionClosedError`, as do later ones."""
@@ -151,6 +165,85 @@ class KorvClient:
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
+
+
+class Watch:
+    """The events of one watch, from :meth:`KorvClient.watch`: an async
+    iterator of each event's body, in order, until the watch ends."""
+
+    def __init__(self, client: KorvClient, resource: str, body: Any) -> None:
+        self._client = client
+        self._resource = resource
+        self._body = body
+        self._native: Optional[_korv.Watch] = None
+        self._end: Optional[Response] = None
+        self._done = False
+
+    async def start(self) -> "Watch":
+        """Sends the ``WATCH`` and waits for its confirmation, unless done."""
+        if self._native is None:
+            native = self._client._native
+            if native is None:
+                await self._client.connect()
+                native = self._client._native
+                assert native is not None
+            self._native = await _settle(
+                lambda loop, future: native.watch_async(self._resource, self._body, loop, future)
+            )
+        return self
+
+    def __await__(self) -> Generator[Any, None, "Watch"]:
+        return self.start().__await__()
+
+    def __aiter__(self) -> "Watch":
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        await self.start()
+        native = self._native
+        assert native is not None
+        more, item = await _settle(lambda loop, future: native.next_async(loop, future))
+        if more:
+            return item
+        self._done = True
+        self._end = item
+        raise StopAsyncIteration
+
+    @property
+    def end(self) -> Optional[Response]:
+        """The watch's final frame, once the iteration has ended with it."""
+        return self._end
+
+    async def cancel(self) -> Optional[Response]:
+        """Cancels the watch (``UNWATCH``) and waits for its final frame,
+        which it returns (code 410, unless the watch had ended)."""
+        native = self._native
+        if native is not None and not self._done:
+            self._done = True
+            self._end = await _settle(lambda loop, future: native.cancel_async(loop, future))
+        self._done = True
+        return self._end
+
+    async def __aenter__(self) -> "Watch":
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.cancel()
+
+
+async def _settle(start: Any) -> Any:
+    """Starts a native call that resolves a future of the running loop, and
+    awaits it; cancelling stops the call."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    handle = start(loop, future)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        handle.cancel()
+        raise
 
 
 async def connect(
