@@ -112,6 +112,11 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
 
 /// Starts the servers, runs every load of the plan and the side
 /// measurements, and writes `latest.json`, `BENCHMARKS.md` and the chart.
+/// Watches on one connection, and requests storing documents at a time,
+/// in the watch run.
+const WATCHERS: usize = 64;
+const WATCH_WRITERS: usize = 16;
+
 fn run(
     bin: &Path,
     dir: &Path,
@@ -175,6 +180,13 @@ fn run(
     if let Some((mbps, cipher)) = &bulk {
         println!("{mbps:.1} MB/s {}", cipher.as_deref().unwrap_or(""));
     }
+    print!("[watch] korv {WATCHERS} watchers, {WATCH_WRITERS} writers, one connection ");
+    let _ = std::io::stdout().flush();
+    let watches = servers.korv_watch(WATCHERS, WATCH_WRITERS)?;
+    println!(
+        "{:>9.0} events/s  p50 {:>6} µs  p99 {:>6} µs  ({} lost)",
+        watches.events_per_second, watches.p50_us, watches.p99_us, watches.lost
+    );
     let memory = servers.memory()?;
     drop(servers);
 
@@ -196,6 +208,7 @@ fn run(
         skipped,
         memory,
         wall_seconds: started.elapsed().as_secs_f64(),
+        watches: Some(watches),
     };
     let latest = out_dir.join("latest.json");
     std::fs::write(&latest, report.to_json()).map_err(|e| format!("{}: {e}", latest.display()))?;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::plan::{Load, System, TLS_CIPHER, Timing, Workload};
 use super::report::Memory;
+use super::report::Watches;
 
 /// How long a server may take to listen.
 const LISTEN_WITHIN: Duration = Duration::from_secs(10);
@@ -463,6 +464,28 @@ impl Servers {
             .find(|(s, _, _)| *s == system)
             .map(|(_, child, _)| child.id())
             .ok_or_else(|| format!("no {} peer running", system.key()))
+    }
+
+    /// Watches: `korv bench /watched/ --watchers N` against `korv serve` (one
+    /// connection, N watches on the prefix, `writers` STOREs under it at a
+    /// time); events/s and the latency from a STORE's sending to each event's
+    /// delivery.
+    pub(crate) fn korv_watch(&self, watchers: usize, writers: usize) -> Result<Watches, String> {
+        let mut command = self.korv_bench("/watched/", self.korv_port);
+        command
+            .args(["--watchers", &watchers.to_string()])
+            .args(["--concurrency", &writers.to_string(), "--json"])
+            .arg("--duration")
+            .arg(format!("{}ms", self.timing.duration.as_millis()));
+        let (report, _) = run_load(&mut command, System::Korv)?;
+        Ok(Watches {
+            watchers,
+            writers,
+            events_per_second: report.requests_per_second,
+            p50_us: report.latency_us.p50 as f64,
+            p99_us: report.latency_us.p99 as f64,
+            lost: report.errors as f64,
+        })
     }
 
     /// `korv bench PATH` against the Korv server on `port` with our key.

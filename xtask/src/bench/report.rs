@@ -38,6 +38,23 @@ pub(crate) struct Report {
     pub(crate) memory: Memory,
     /// The whole run after the build.
     pub(crate) wall_seconds: f64,
+    /// Server push: events delivered to many watches on one connection.
+    pub(crate) watches: Option<Watches>,
+}
+
+/// One connection with `watchers` watches on a prefix while `writers`
+/// requests at a time store documents under it (`korv bench --watchers`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Watches {
+    pub(crate) watchers: usize,
+    pub(crate) writers: usize,
+    /// Events delivered per second, over every watch.
+    pub(crate) events_per_second: f64,
+    /// From a STORE's sending to each of its events' delivery.
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    /// Events missing or doubled, plus transport failures.
+    pub(crate) lost: f64,
 }
 
 /// The figures of one load run.
@@ -348,6 +365,24 @@ pub(crate) fn targets(report: &Report) -> Vec<Target> {
                 r >= 1.0,
             );
         }
+    }
+    if let (Some(w), Some(h)) = (&report.watches, find(Korv, Hello, 64)) {
+        let r = w.events_per_second / h.requests_per_second.max(1e-9);
+        let met = r >= 0.5 && w.lost == 0.0;
+        push(
+            format!(
+                "watch events/s ({} watchers, {} writers, one connection) ≥ 0.5× the c=64 `GET /hello` rate, none lost: {:.0} vs {:.0}, {r:.2}×, {} lost (STORE sent → event delivered: p50 {:.0} µs, p99 {:.0} µs) — {}",
+                w.watchers,
+                w.writers,
+                w.events_per_second,
+                h.requests_per_second,
+                w.lost,
+                w.p50_us,
+                w.p99_us,
+                verdict(met)
+            ),
+            met,
+        );
     }
     let korv = report.best_echo_1m(Korv).unwrap_or(0.0).max(0.0);
     if let (Some(bulk), true) = (report.openssh_bulk_mb_per_second, korv > 0.0) {
@@ -670,6 +705,14 @@ mod tests {
                 kib_per_idle_connection: 40.5,
             },
             wall_seconds: 95.4,
+            watches: Some(Watches {
+                watchers: 64,
+                writers: 16,
+                events_per_second: 60000.0,
+                p50_us: 4000.0,
+                p99_us: 9000.0,
+                lost: 0.0,
+            }),
         }
     }
 
@@ -770,6 +813,7 @@ mod tests {
 - GET /hello c=1, p50 ≤ HTTPS/1.1's: 40 µs vs 80 µs — **met**
 - echo 1 KiB c=1, p50 ≤ HTTPS/1.1's: 60 µs vs 45 µs — **missed**
 - echo 1 MiB c=4, MB/s one way ≥ 1.0× HTTP/2: 419.4 vs 450.9 MB/s, 0.93× — **missed**
+- watch events/s (64 watchers, 16 writers, one connection) ≥ 0.5× the c=64 `GET /hello` rate, none lost: 60000 vs 90000, 0.67×, 0 lost (STORE sent → event delivered: p50 4000 µs, p99 9000 µs) — **met**
 - echo 1 MiB (best concurrency), MB/s one way ≥ 60% of OpenSSH bulk with the same cipher: 419.4 vs 600.0 MB/s, 69.9% — **met**
 - korv-py's blocking client looping on `get('/hello')` against `korv serve` ≥ 10,000 req/s: 12000 — **met**
 - `korv serve`'s CPU per request, korv 0.2.1's format (its client, c=64) ≤ 1.5× version 1's (`korv bench`, c=64): 20.0 vs 10.0 µs, 2.00× — **missed** (the server was busy 18% of one core at 9000 req/s)
@@ -791,7 +835,7 @@ mod tests {
             )
         });
         let lines = targets(&report);
-        assert_eq!(lines.len(), 6, "{lines:#?}");
+        assert_eq!(lines.len(), 7, "{lines:#?}");
         assert!(
             lines[0].line.starts_with("GET /hello c=256"),
             "{}",
@@ -829,7 +873,8 @@ mod tests {
                 "seconds_per_run",
                 "skipped",
                 "wall_seconds",
-                "warmup_seconds"
+                "warmup_seconds",
+                "watches"
             ]
         );
         assert!(json.find("\"command\"") < json.find("\"wall_seconds\""));
@@ -905,5 +950,35 @@ mod tests {
         let err = check(&report).unwrap_err();
         assert!(err.contains("row failed: https1"), "{err}");
         assert!(!err.contains("target missed"), "{err}");
+    }
+
+    #[test]
+    fn the_watch_target_compares_events_with_the_c64_hello_rate_of_the_same_run() {
+        let mut report = report();
+        let line = |report: &Report| {
+            targets(report)
+                .into_iter()
+                .find(|t| t.line.starts_with("watch events/s"))
+                .expect("a watch target")
+        };
+        let met = line(&report);
+        assert!(met.met, "{}", met.line);
+        assert!(met.line.contains("60000 vs 90000, 0.67×"), "{}", met.line);
+        report.watches.as_mut().unwrap().events_per_second = 40000.0;
+        let missed = line(&report);
+        assert!(
+            !missed.met && missed.line.contains("0.44×"),
+            "{}",
+            missed.line
+        );
+        report.watches.as_mut().unwrap().events_per_second = 60000.0;
+        report.watches.as_mut().unwrap().lost = 3.0;
+        assert!(!line(&report).met, "an event lost misses the target");
+        report.watches = None;
+        assert!(
+            targets(&report)
+                .iter()
+                .all(|t| !t.line.starts_with("watch"))
+        );
     }
 }
