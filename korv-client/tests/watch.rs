@@ -253,3 +253,41 @@ fn the_blocking_client_iterates_over_a_watch() {
     drop(client);
     drop(fixture);
 }
+
+/// The server's idle timeout in the two tests below, with no keepalives on
+/// either side: only the streams' own traffic keeps a connection open.
+const IDLE: std::time::Duration = std::time::Duration::from_millis(300);
+
+fn idle_limits() -> Limits {
+    Limits {
+        idle_timeout: Some(IDLE),
+        keepalive_interval: None,
+        ..Limits::default()
+    }
+}
+
+#[tokio::test]
+async fn a_watch_without_events_keeps_its_connection_past_the_idle_timeout() {
+    let fixture = Fixture::start(app(Hub::default(), idle_limits())).await;
+    let client = fixture.client().await;
+    let quiet = client.watch("/events", None::<&()>).await.unwrap();
+    // Four idle timeouts pass with the watch active and nothing sent.
+    tokio::time::sleep(IDLE * 4).await;
+    let hello = client.get("/hello").await.expect("the connection is open");
+    assert_eq!(hello.code, StatusCode::OK);
+    let end = quiet.cancel().await.unwrap();
+    assert_eq!(end.code, StatusCode::GONE, "the watch was still active");
+}
+
+#[tokio::test]
+async fn without_a_watch_an_idle_connection_is_closed_at_the_idle_timeout() {
+    let fixture = Fixture::start(app(Hub::default(), idle_limits())).await;
+    let client = fixture.client().await;
+    assert_eq!(client.get("/hello").await.unwrap().code, StatusCode::OK);
+    tokio::time::sleep(IDLE * 4).await;
+    let err = client
+        .get("/hello")
+        .await
+        .expect_err("the server closed the idle connection");
+    assert!(matches!(err, Error::Closed(_)), "{err:?}");
+}

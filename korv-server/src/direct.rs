@@ -154,6 +154,15 @@ impl Outbound for SessionOutbound {
         Ok(())
     }
 
+    /// An empty message to the session: nothing is sent on the wire, but
+    /// the session counts it as activity for its inactivity timeout.
+    async fn keep_alive(&mut self) -> io::Result<()> {
+        self.handle
+            .data(self.channel, Bytes::new())
+            .await
+            .map_err(|_| gone())
+    }
+
     async fn finish(&mut self) -> io::Result<()> {
         if let Some(reported) = &self.exit_status
             && !reported.load(Ordering::Acquire)

@@ -92,6 +92,12 @@ pub(crate) trait Outbound: Send {
     fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
     /// Ends the stream's writing side (EOF), after everything written.
     fn finish(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Tells the transport the stream is in use though it has nothing to
+    /// write (a watch waiting for events), so that an idle timeout below it
+    /// does not close it. Nothing reaches the client.
+    fn keep_alive(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
 /// The writing half of a byte stream as an [`Outbound`].
@@ -221,6 +227,11 @@ async fn write_loop<O: Outbound>(
             batch.bytes += more.bytes;
             batch.watches.extend(more.watches);
         }
+        // Only the keep-alive of watches sends a batch with nothing in it.
+        if batch.parts.is_empty() {
+            outbound.keep_alive().await?;
+            continue;
+        }
         if whole {
             for part in batch.parts {
                 outbound.write(part.freeze()).await?;
@@ -293,6 +304,15 @@ where
         shared.tracebacks,
     );
     let outlet: Arc<dyn Outlet> = Arc::new(WriterOutlet(to_writer.clone()));
+    // A watch counts as activity for the connection's idle timeout, however
+    // rare its events: while any is active, the stream tells the transport
+    // it is in use twice per idle timeout.
+    let keep_alive_every = shared
+        .limits
+        .idle_timeout
+        .map(|idle| (idle / 2).max(std::time::Duration::from_millis(10)));
+    let keep_alive = tokio::time::sleep(keep_alive_every.unwrap_or(std::time::Duration::MAX));
+    tokio::pin!(keep_alive);
     let max_unwritten = shared
         .limits
         .max_frame
@@ -355,6 +375,13 @@ where
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => parts.push(answer),
             ended = watches.next_ended(), if !watches.is_empty() => {
                 debug!(id = %ended.id, code = ended.code.map(|c| c.as_u16()), "watch ended");
+            }
+            () = &mut keep_alive, if !watches.is_empty() => {
+                if let Some(every) = keep_alive_every {
+                    keep_alive.as_mut().reset(tokio::time::Instant::now() + every);
+                    let nothing = Batch { parts: Vec::new(), bytes: 0, watches: Vec::new() };
+                    let _ = to_writer.send(nothing);
+                }
             }
             frame = frames.next(), if reading && in_flight.len() < max_in_flight => match frame {
                 None => {
