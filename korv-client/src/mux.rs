@@ -142,21 +142,8 @@ impl Mux {
         mut request: Request,
         timeout: Option<Duration>,
     ) -> Result<Response, Error> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        request.id = id.into();
-        let frame = self.encode(&request)?;
         let (tx, rx) = oneshot::channel();
-        {
-            let mut waiters = self
-                .state
-                .waiters
-                .lock()
-                .map_err(|_| Error::Closed(CloseReason::Stopped))?;
-            match waiters.as_mut() {
-                Some(waiters) => waiters.insert(id, Waiter::Once(tx)),
-                None => return Err(self.state.closed_error()),
-            };
-        }
+        let (id, frame) = self.register(&mut request, Waiter::Once(tx))?;
         let _pending = Pending {
             state: &self.state,
             id,
@@ -183,21 +170,8 @@ impl Mux {
         &self,
         mut request: Request,
     ) -> Result<(u64, mpsc::UnboundedReceiver<Response>), Error> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        request.id = id.into();
-        let frame = self.encode(&request)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        {
-            let mut waiters = self
-                .state
-                .waiters
-                .lock()
-                .map_err(|_| Error::Closed(CloseReason::Stopped))?;
-            match waiters.as_mut() {
-                Some(waiters) => waiters.insert(id, Waiter::Watch(tx)),
-                None => return Err(self.state.closed_error()),
-            };
-        }
+        let (id, frame) = self.register(&mut request, Waiter::Watch(tx))?;
         if self.writer.send(frame).is_err() {
             self.forget(id);
             return Err(self.state.closed_error());
@@ -226,6 +200,24 @@ impl Mux {
     }
 
     /// One request, encoded in the stream's format.
+    /// Gives `request` the next id, encodes it, and registers `waiter` for
+    /// its answers: the id and the frame to send.
+    fn register(&self, request: &mut Request, waiter: Waiter) -> Result<(u64, BytesMut), Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        request.id = id.into();
+        let frame = self.encode(request)?;
+        let mut waiters = self
+            .state
+            .waiters
+            .lock()
+            .map_err(|_| Error::Closed(CloseReason::Stopped))?;
+        match waiters.as_mut() {
+            Some(waiters) => waiters.insert(id, waiter),
+            None => return Err(self.state.closed_error()),
+        };
+        Ok((id, frame))
+    }
+
     fn encode(&self, request: &Request) -> Result<BytesMut, Error> {
         // Room for a small request: encoding then grows it in one step, not
         // in many, for most requests.
