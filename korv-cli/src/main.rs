@@ -143,7 +143,7 @@ mod malloc_arenas {
             .env(VARIABLE, ARENAS)
             .exec();
         eprintln!(
-            "korv: warning: cannot restart with {VARIABLE}={ARENAS} ({err}); memory may creep"
+            "korv: warning: cannot restart with {VARIABLE}={ARENAS} ({err}); resident memory may creep under load: start korv serve with {VARIABLE}={ARENAS} in its environment"
         );
     }
 }
