@@ -172,40 +172,79 @@ pub(crate) fn flat(name: &str, samples: &[(f64, f64)], tolerance: f64) -> Result
     Ok(trend)
 }
 
-/// The lowest value of a count in the first and in the second half of its
-/// samples after the warm-up.
+/// A count's level in the first and in the second half of its samples
+/// after the warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Floors {
+pub(crate) struct Halves {
     pub(crate) first: u64,
     pub(crate) second: u64,
 }
 
-/// Whether the floor of a count that comes and goes with the load (live
-/// tasks: one per handler waiting, on top of those of the server, its
-/// connections and streams) stayed flat: the lowest value of the second half
-/// of the samples is at most `tolerance` above that of the first. A leaked
-/// task never ends, so it lifts every later floor; the handlers in flight
-/// (hundreds at a peak, the median near a hundred) leave the lowest value of
-/// a half alone, where a fitted line follows their swings.
-pub(crate) fn flat_floor(name: &str, samples: &[u64], tolerance: u64) -> Result<Floors, String> {
+/// Which level of each half of a count's samples is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Level {
+    /// The lowest value: for a count that comes and goes with the load (live
+    /// threads, one per burst of blocking work, on top of the runtime's). A
+    /// leaked one never ends, so it lifts every later floor, while the swings
+    /// of the load leave the lowest value of a half alone, where a fitted
+    /// line follows them.
+    Floor,
+    /// The median: for a count meant to be constant, whose samples are off
+    /// now and then (the tasks beyond the handlers in flight, two gauges read
+    /// a moment apart). A leak moves the median of the later half; a sample
+    /// off either way moves neither median.
+    Median,
+}
+
+impl Level {
+    fn of(self, half: &[u64]) -> u64 {
+        match self {
+            Level::Floor => half.iter().copied().min().unwrap_or(0),
+            Level::Median => {
+                let mut sorted = half.to_vec();
+                sorted.sort_unstable();
+                sorted.get(sorted.len() / 2).copied().unwrap_or(0)
+            }
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Level::Floor => "floor",
+            Level::Median => "median",
+        }
+    }
+}
+
+/// Whether a count stayed flat: its `level` in the second half of the
+/// samples is at most `tolerance` above that in the first.
+pub(crate) fn flat_level(
+    name: &str,
+    samples: &[u64],
+    level: Level,
+    tolerance: u64,
+) -> Result<Halves, String> {
     if samples.len() < MIN_SAMPLES {
         return Err(format!(
-            "{name}: {} samples after the warm-up, at least {MIN_SAMPLES} needed: no floor",
-            samples.len()
+            "{name}: {} samples after the warm-up, at least {MIN_SAMPLES} needed: no {}",
+            samples.len(),
+            level.name()
         ));
     }
     let (first, second) = samples.split_at(samples.len() / 2);
-    let floors = Floors {
-        first: first.iter().copied().min().unwrap_or(0),
-        second: second.iter().copied().min().unwrap_or(0),
+    let halves = Halves {
+        first: level.of(first),
+        second: level.of(second),
     };
-    if floors.second > floors.first + tolerance {
+    if halves.second > halves.first + tolerance {
         return Err(format!(
-            "the floor of {name} rose from {} to {} between the halves of the run after the warm-up, more than {tolerance}",
-            floors.first, floors.second
+            "the {} of {name} rose from {} to {} between the halves of the run after the warm-up, more than {tolerance}",
+            level.name(),
+            halves.first,
+            halves.second
         ));
     }
-    Ok(floors)
+    Ok(halves)
 }
 
 #[cfg(test)]
@@ -348,17 +387,41 @@ mod tests {
         };
         let samples: Vec<u64> = (12..=59).map(busy).collect();
         assert_eq!(
-            flat_floor("tasks", &samples, 8),
-            Ok(Floors {
+            flat_level("tasks", &samples, Level::Floor, 8),
+            Ok(Halves {
                 first: 8,
                 second: 8
             })
         );
         // One task leaked every 2 s: the second half's floor is 12 higher.
         let leaking: Vec<u64> = (12..=59).map(|t| busy(t) + (t - 12) / 2).collect();
-        let err = flat_floor("tasks", &leaking, 8).unwrap_err();
+        let err = flat_level("tasks", &leaking, Level::Floor, 8).unwrap_err();
         assert!(err.contains("the floor of tasks rose from"), "{err}");
-        assert!(flat_floor("tasks", &samples[..5], 8).is_err());
+        assert!(flat_level("tasks", &samples[..5], Level::Floor, 8).is_err());
+    }
+
+    #[test]
+    fn the_median_of_a_constant_count_ignores_samples_off_either_way_but_not_a_leak() {
+        // 7 to 9, with a sample far off either way now and then.
+        let count = |t: u64| match t % 11 {
+            0 => 0,
+            5 => 90,
+            _ => 7 + t % 3,
+        };
+        let samples: Vec<u64> = (12..=59).map(count).collect();
+        let halves = flat_level("tasks", &samples, Level::Median, 8).unwrap();
+        assert!((7..=9).contains(&halves.first), "{halves:?}");
+        // The floor of the same samples is 0 in both halves: it says nothing.
+        assert_eq!(
+            flat_level("tasks", &samples, Level::Floor, 8)
+                .unwrap()
+                .first,
+            0
+        );
+        // One task kept every 2 s.
+        let leaking: Vec<u64> = (12..=59).map(|t| count(t) + (t - 12) / 2).collect();
+        let err = flat_level("tasks", &leaking, Level::Median, 8).unwrap_err();
+        assert!(err.contains("the median of tasks rose from"), "{err}");
     }
 
     #[test]
