@@ -18,7 +18,9 @@
 //! fifth of the run, at least 5 s and at most 5 minutes, unless `--warmup`
 //! says) resident memory must not trend upwards
 //! (the Theil–Sen slope, in percent of the level per minute, at most
-//! [`MAX_RSS_PERCENT_PER_MINUTE`]; in a run of 10 minutes or more, the same
+//! [`MAX_RSS_PERCENT_PER_MINUTE`] in a run of 5 minutes, the default, or
+//! more; runs too short to tell a slower creep from noise are held to
+//! [`SHORT_RUN_MAX_RSS_PERCENT_PER_MINUTE`]; in a run of 10 minutes or more, the same
 //! line may also rise at most [`MAX_LONG_RUN_GROWTH_PERCENT`] from the
 //! warm-up's end to the run's end), and open files and the tasks beyond the
 //! handlers in flight must stay flat, and files and tasks be the same with
@@ -62,12 +64,32 @@ const MAX_OUTSTANDING: u64 = 2048;
 const OVERSIZED_EVERY: u64 = 50_000;
 /// The server's default maximum frame (`Limits::max_frame`).
 const MAX_FRAME: usize = 8 << 20;
-/// The steepest resident-memory trend after the warm-up that passes, in
-/// percent of the level per minute (Theil–Sen slope). The creep this gate
-/// exists for measured +6 to +12%/min over a 60 s run's last 48 s; `korv
-/// serve` with two malloc arenas and bounded blocking threads +0.1 to
-/// +0.7%/min, on a 2-core machine with 4 other jobs building.
-const MAX_RSS_PERCENT_PER_MINUTE: f64 = 3.0;
+/// The steepest resident-memory trend after the warm-up that passes in a
+/// run of at least [`FULL_RUN`], in percent of the level per minute
+/// (Theil–Sen slope). The creep this gate exists for (glibc's default
+/// arenas and up to 512 blocking threads) measured +2.6 and +3.6%/min over
+/// a 5-minute run's last 4 minutes, and `korv serve` as it is +0.1 and
+/// +0.4%/min, on a 2-core machine busy with other builds and benchmarks.
+const MAX_RSS_PERCENT_PER_MINUTE: f64 = 1.5;
+/// Runs at least this long are judged on [`MAX_RSS_PERCENT_PER_MINUTE`].
+const FULL_RUN: Duration = Duration::from_secs(300);
+/// The bound for shorter runs. Their slopes swing too much with noise alone
+/// to tell a creep from it below this: 1-minute runs of `korv serve` as it
+/// is measured −2.3 to +3.1%/min (the +3.1 failed a CI run), those of the
+/// creeping build +3.3 to +10%/min.
+const SHORT_RUN_MAX_RSS_PERCENT_PER_MINUTE: f64 = 3.0;
+
+/// The steepest resident-memory slope that passes in a run that lasted
+/// `elapsed` seconds.
+fn max_rss_slope(elapsed: f64) -> f64 {
+    // A second's grace: the run's clock and the samples' differ by that.
+    if elapsed + 1.0 >= FULL_RUN.as_secs_f64() {
+        MAX_RSS_PERCENT_PER_MINUTE
+    } else {
+        SHORT_RUN_MAX_RSS_PERCENT_PER_MINUTE
+    }
+}
+
 /// In a run of at least [`LONG_RUN`], the largest growth that passes
 /// between the warm-up's end and the run's end, in percent: the rise of the
 /// Theil–Sen line over that span. (The medians of single minutes swing by
@@ -103,7 +125,7 @@ struct Options {
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut options = Options {
-        seconds: 60.0,
+        seconds: FULL_RUN.as_secs_f64(),
         streams: 2,
         korv: None,
         oversized: true,
@@ -647,7 +669,7 @@ fn conclude(
         "rss_least_squares_slope_kib_per_minute": verdict.rss.map(|t| t.least_squares_per_minute),
         "rss_growth_percent_after_warmup": verdict.rss.map(|t| t.percent_over_span),
         "rss_growth_percent_window_medians": verdict.growth,
-        "max_rss_percent_per_minute": MAX_RSS_PERCENT_PER_MINUTE,
+        "max_rss_percent_per_minute": max_rss_slope(elapsed),
         "fds_slope_per_minute": verdict.fds.map(|t| t.per_minute),
         "tasks_level_first_half": verdict.tasks.map(|f| f.first),
         "tasks_level_second_half": verdict.tasks.map(|f| f.second),
@@ -834,11 +856,17 @@ fn judge(samples: &[Sample], warmup: f64, elapsed: f64) -> Verdict {
         .map_or(0, |s| s.rss_kib);
     verdict.rss_final = samples.last().map_or(0, |s| s.rss_kib);
     verdict.rss_peak = rss.iter().map(|(_, v)| *v as u64).max().unwrap_or(0);
+    let max_slope = max_rss_slope(elapsed);
+    let short = if max_slope > MAX_RSS_PERCENT_PER_MINUTE {
+        " in a run under 5 minutes"
+    } else {
+        ""
+    };
     match gate::trend(&rss) {
         Ok(trend) => {
             verdict.rss = Some(trend);
             verdict.summary = format!(
-                "RSS {} -> {} KiB after the warm-up ({warmup:.0} s); slope {:+.1} KiB/min ({:+.3}%/min, at most {MAX_RSS_PERCENT_PER_MINUTE}%/min passes; least squares {:+.1} KiB/min); the line rises {:+.2}% from the warm-up's end to the end{}",
+                "RSS {} -> {} KiB after the warm-up ({warmup:.0} s); slope {:+.1} KiB/min ({:+.3}%/min, at most {max_slope}%/min passes{short}; least squares {:+.1} KiB/min); the line rises {:+.2}% from the warm-up's end to the end{}",
                 verdict.rss_at_warmup,
                 verdict.rss_final,
                 trend.per_minute,
@@ -852,9 +880,9 @@ fn judge(samples: &[Sample], warmup: f64, elapsed: f64) -> Verdict {
                     ))
                     .unwrap_or_default(),
             );
-            if trend.percent_per_minute > MAX_RSS_PERCENT_PER_MINUTE {
+            if trend.percent_per_minute > max_slope {
                 verdict.problems.push(format!(
-                    "resident memory climbs {:+.1} KiB/min ({:+.3}%/min) after the warm-up, more than {MAX_RSS_PERCENT_PER_MINUTE}%/min",
+                    "resident memory climbs {:+.1} KiB/min ({:+.3}%/min) after the warm-up, more than {max_slope}%/min",
                     trend.per_minute, trend.percent_per_minute
                 ));
             }
@@ -1275,6 +1303,44 @@ mod tests {
             "{:?}",
             leaking.problems
         );
+    }
+
+    #[test]
+    fn a_run_of_five_minutes_is_held_to_the_tighter_slope() {
+        let run = |seconds: u32, percent_per_minute: f64| -> Vec<Sample> {
+            (1..=seconds)
+                .map(|t| {
+                    let at = f64::from(t);
+                    let noise = if t.is_multiple_of(2) { 300.0 } else { 0.0 };
+                    Sample {
+                        at,
+                        rss_kib: (16_384.0 * (1.0 + percent_per_minute / 100.0 * at / 60.0) + noise)
+                            as u64,
+                        fds: 12,
+                        threads: 19,
+                        tasks: Some(8),
+                        in_flight: Some(0),
+                        streams: Some(2),
+                        connections: Some(2),
+                        sent: 0,
+                    }
+                })
+                .collect()
+        };
+        let climbs = |verdict: &Verdict| {
+            verdict
+                .problems
+                .iter()
+                .any(|p| p.contains("resident memory climbs"))
+        };
+        // 2%/min: a creep for a 5-minute run, noise for a 1-minute one.
+        assert!(climbs(&judge(&run(300, 2.0), 60.0, 300.0)));
+        assert!(!climbs(&judge(&run(60, 2.0), 12.0, 60.0)));
+        // The fixed server's +0.4%/min passes both; +3.5%/min fails both.
+        assert!(!climbs(&judge(&run(300, 0.4), 60.0, 300.0)));
+        assert!(climbs(&judge(&run(60, 3.5), 12.0, 60.0)));
+        assert_eq!(max_rss_slope(299.5), MAX_RSS_PERCENT_PER_MINUTE);
+        assert_eq!(max_rss_slope(120.0), SHORT_RUN_MAX_RSS_PERCENT_PER_MINUTE);
     }
 
     #[test]
