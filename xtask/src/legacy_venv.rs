@@ -3,14 +3,14 @@
 //!
 //! They run in a venv under the cargo target folder (`venv-legacy`), made
 //! with `python3 -m venv` and filled by pip on first use; later runs reuse it
-//! as long as its recorded requirements are the same. The tests find the
+//! as long as its recorded requirements are the same (`workspace::venv`). The tests find the
 //! `korv` binary and the interop example server through environment
 //! variables set here.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::workspace::{cargo, root, step, target_dir};
+use crate::workspace::{self, cargo, root, step, target_dir};
 
 /// What the venv holds: korv 0.2.1 itself (which needs asyncssh), and pytest.
 const REQUIREMENTS: [&str; 3] = ["korv==0.2.1", "asyncssh", "pytest"];
@@ -18,30 +18,7 @@ const REQUIREMENTS: [&str; 3] = ["korv==0.2.1", "asyncssh", "pytest"];
 /// The venv's python, making the venv and installing the requirements
 /// when they are not there yet.
 pub(crate) fn venv() -> Result<PathBuf, String> {
-    let dir = target_dir().join("venv-legacy");
-    let python = dir.join("bin").join("python");
-    let stamp = dir.join("korv-legacy-requirements.txt");
-    let wanted = REQUIREMENTS.join("\n");
-    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|have| have == wanted) {
-        return Ok(python);
-    }
-    let mut make = Command::new("python3");
-    make.args(["-m", "venv", "--clear"]).arg(&dir);
-    step("python venv for korv 0.2.1", make)?;
-    let mut install = Command::new(&python);
-    install
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(REQUIREMENTS);
-    step("pip install korv 0.2.1, asyncssh, pytest", install)?;
-    std::fs::write(&stamp, wanted)
-        .map_err(|err| format!("could not write {}: {err}", stamp.display()))?;
-    Ok(python)
+    workspace::venv("venv-legacy", "python3", &REQUIREMENTS, "korv 0.2.1")
 }
 
 /// Builds the binaries the tests drive, then runs pytest on `tests/legacy/`.

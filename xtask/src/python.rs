@@ -3,14 +3,14 @@
 //! for the stable ABI of CPython 3.9 it claims, and installed into it, then
 //! pytest over `korv-py/tests` with the `korv` binary at hand.
 //!
-//! Every step is idempotent: the venv is made once, pip skips what is
-//! installed, and the wheel is rebuilt (incrementally) and reinstalled on
+//! Every step is idempotent: the venv is made once, pip runs only when the
+//! tools asked for change (`workspace::venv`), and the wheel is rebuilt (incrementally) and reinstalled on
 //! each run so the tests always see the current sources.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use crate::workspace::{cargo, root, step, target_dir};
+use crate::workspace::{self, cargo, root, step, target_dir};
 
 /// What pip installs into the venv.
 const TOOLS: [&str; 3] = ["maturin>=1.8,<2", "pytest>=7", "abi3audit>=0.0.26"];
@@ -20,39 +20,13 @@ fn system_python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
 
-fn venv_python(venv: &Path) -> PathBuf {
-    if cfg!(windows) {
-        venv.join("Scripts").join("python.exe")
-    } else {
-        venv.join("bin").join("python")
-    }
-}
-
 /// `target/venv-py`'s python with the `korv` wheel built from the current
 /// sources and installed: a release build for `cargo xtask bench`
 /// (`release`), the default (debug) build for the tests. Each call installs
 /// the build it asks for over the other.
 pub(crate) fn venv_with_wheel(release: bool) -> Result<PathBuf, String> {
     let target = target_dir();
-    let venv = target.join("venv-py");
-    let python = venv_python(&venv);
-    if !python.exists() {
-        let mut make = Command::new(system_python());
-        make.args(["-m", "venv"]).arg(&venv);
-        step("python venv", make)?;
-    }
-
-    let mut tools = Command::new(&python);
-    tools
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(TOOLS);
-    step("python tools", tools)?;
+    let python = workspace::venv("venv-py", &system_python(), &TOOLS, "korv-py")?;
 
     let wheels = target.join("wheels-py");
     if wheels.exists() {
@@ -87,18 +61,8 @@ pub(crate) fn venv_with_wheel(release: bool) -> Result<PathBuf, String> {
         .arg(&wheel);
     step("python abi3 audit", audit)?;
 
-    let mut install = Command::new(&python);
-    install
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--force-reinstall",
-            "--no-deps",
-        ])
-        .arg(&wheel);
+    let mut install = workspace::pip_install(&python);
+    install.args(["--force-reinstall", "--no-deps"]).arg(&wheel);
     step("python install", install)?;
     Ok(python)
 }

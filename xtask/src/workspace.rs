@@ -51,3 +51,51 @@ pub(crate) fn step(name: &str, mut command: Command) -> Result<(), String> {
     println!("==> {name}: ok in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
+
+/// A virtualenv under the target directory, `target/NAME`, holding
+/// `requirements` from PyPI; returns its python. It is made with `python`
+/// (`-m venv`) when missing, and pip runs only when the requirements differ
+/// from those recorded in it by the last install, so later runs cost
+/// nothing and need no network. `what` names the steps in the output.
+pub(crate) fn venv(
+    name: &str,
+    python: &str,
+    requirements: &[&str],
+    what: &str,
+) -> Result<PathBuf, String> {
+    let dir = target_dir().join(name);
+    let bin = if cfg!(windows) {
+        dir.join("Scripts").join("python.exe")
+    } else {
+        dir.join("bin").join("python")
+    };
+    let stamp = dir.join("korv-requirements.txt");
+    let wanted = requirements.join("\n");
+    if bin.exists() && std::fs::read_to_string(&stamp).is_ok_and(|have| have == wanted) {
+        return Ok(bin);
+    }
+    if !bin.exists() {
+        let mut make = Command::new(python);
+        make.args(["-m", "venv"]).arg(&dir);
+        step(&format!("python venv for {what}"), make)?;
+    }
+    let mut install = pip_install(&bin);
+    install.args(requirements);
+    step(&format!("pip install {}", requirements.join(", ")), install)?;
+    std::fs::write(&stamp, wanted)
+        .map_err(|err| format!("could not write {}: {err}", stamp.display()))?;
+    Ok(bin)
+}
+
+/// `python -m pip install`, quietly: add what to install.
+pub(crate) fn pip_install(python: &Path) -> Command {
+    let mut pip = Command::new(python);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    pip
+}
