@@ -98,6 +98,7 @@ mod listener;
 mod metrics;
 mod panic;
 mod proxy;
+mod read_ahead;
 mod reload;
 mod request;
 mod response;
