@@ -98,7 +98,6 @@ mod listener;
 mod metrics;
 mod panic;
 mod proxy;
-mod read_ahead;
 mod reload;
 mod request;
 mod response;

@@ -35,7 +35,6 @@ use crate::certificate::Trust;
 use crate::connection::{Connection, russh_config};
 use crate::error::ServerError;
 use crate::proxy::{TrustedProxies, read_header};
-use crate::read_ahead::ReadAhead;
 use crate::state::Shared;
 
 /// A bound TCP listener with everything its connections need.
@@ -251,10 +250,9 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     let _ = socket.set_nodelay(true);
     // `run_stream` sends the server's version line and returns once it has
     // read the client's: a client that has not sent it by the version
-    // deadline is closed. `ReadAhead` reads the many small packets of a
-    // burst with one `recv`, without a buffer held by idle connections.
+    // deadline is closed.
     let started = tokio::select! {
-        started = russh::server::run_stream(config, ReadAhead::new(socket), connection) => started,
+        started = russh::server::run_stream(config, socket, connection) => started,
         () = tokio::time::sleep_until(version_deadline) => {
             slot.deadline_passed();
             debug!(%peer, "no SSH version before the deadline: closing");
