@@ -104,4 +104,5 @@ pub use config::{ChannelKind, ClientConfig, HostKeyPolicy};
 pub use endpoint::ResolvedHost;
 pub use error::{CloseReason, Error, IdentityError};
 pub use korv_proto::{Headers, ProtoError, Response, StatusCode, Verb};
+pub use mux::WATCH_QUEUE;
 pub use watch::Watch;

@@ -13,7 +13,7 @@
 //! a `500`'s traceback string is split into its lines.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,7 +34,28 @@ enum Waiter {
     /// A request: its one answer.
     Once(oneshot::Sender<Response>),
     /// A watch: every frame up to its final one.
-    Watch(mpsc::UnboundedSender<Response>),
+    Watch(WatchQueue),
+}
+
+/// Events a [`Watch`](crate::Watch) holds that its application has not read
+/// yet, at most (one more place is kept for its final frame). Beyond them
+/// the client ends the watch as a server ends a watcher that does not read:
+/// the events already queued are delivered, then the end (a 503), and
+/// `UNWATCH` goes out.
+pub const WATCH_QUEUE: usize = 4096;
+
+/// A watch's queue of frames, and whether it overflowed.
+struct WatchQueue {
+    frames: mpsc::Sender<Response>,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// The receiving end of a watch's queue, for [`crate::Watch`].
+pub(crate) struct WatchFrames {
+    pub(crate) frames: mpsc::Receiver<Response>,
+    /// Set when an event found the queue full: the watch's waiter is gone,
+    /// and the queue ends after the events it holds.
+    pub(crate) overflowed: Arc<AtomicBool>,
 }
 
 type Waiters = HashMap<u64, Waiter>;
@@ -166,17 +187,25 @@ impl Mux {
     /// queue that receives every frame of the watch up to its final one.
     /// The queue's sender is dropped, without a final frame, when the
     /// stream closes.
-    pub(crate) fn watch(
-        &self,
-        mut request: Request,
-    ) -> Result<(u64, mpsc::UnboundedReceiver<Response>), Error> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (id, frame) = self.register(&mut request, Waiter::Watch(tx))?;
+    pub(crate) fn watch(&self, mut request: Request) -> Result<(u64, WatchFrames), Error> {
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE + 1);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let queue = WatchQueue {
+            frames: tx,
+            overflowed: Arc::clone(&overflowed),
+        };
+        let (id, frame) = self.register(&mut request, Waiter::Watch(queue))?;
         if self.writer.send(frame).is_err() {
             self.forget(id);
             return Err(self.state.closed_error());
         }
-        Ok((id, rx))
+        Ok((
+            id,
+            WatchFrames {
+                frames: rx,
+                overflowed,
+            },
+        ))
     }
 
     /// Sends `UNWATCH` for the watch `target` on `resource` without waiting:
@@ -300,7 +329,14 @@ fn deliver(state: &State, id: u64, response: Response) -> bool {
         None => false,
         Some(Waiter::Watch(queue)) => {
             let last = response.is_final();
-            let sent = queue.send(response).is_ok();
+            // The last place is the final frame's: an event that would take
+            // it finds the queue full.
+            if !last && queue.frames.capacity() <= 1 {
+                queue.overflowed.store(true, Ordering::Release);
+                waiters.remove(&id);
+                return false;
+            }
+            let sent = queue.frames.try_send(response).is_ok();
             if last || !sent {
                 waiters.remove(&id);
             }

@@ -1,6 +1,8 @@
 //! [`Watch`]: the events of one `WATCH` (protocol 1.1), as a [`Stream`].
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
@@ -9,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
-use crate::mux::Mux;
+use crate::mux::{Mux, WATCH_QUEUE, WatchFrames};
 
 /// One watch: a [`Stream`] of its events' bodies, in order, until the watch
 /// ends. Made by [`KorvClient::watch`](crate::KorvClient::watch), which
@@ -19,6 +21,12 @@ use crate::mux::Mux;
 /// ([`Watch::end`]: 200 the handler finished it, 410 it was cancelled, 503
 /// the server shut down or this client did not read fast enough). If the
 /// connection closes first, the stream yields that error, then ends.
+///
+/// A watch holds at most 4,096 events that the application has not read.
+/// An event beyond them ends the watch here as the server ends a watcher
+/// that does not read: the stream yields the events it holds, then ends
+/// with a 503 made by the client (its body's `message` says so), and the
+/// client sends `UNWATCH`. Memory stays bounded whatever the server sends.
 ///
 /// Dropping a `Watch` that has not ended sends `UNWATCH`; [`Watch::cancel`]
 /// does the same and waits for the final frame.
@@ -40,7 +48,9 @@ pub struct Watch {
     mux: Mux,
     id: u64,
     resource: String,
-    frames: mpsc::UnboundedReceiver<Response>,
+    frames: mpsc::Receiver<Response>,
+    /// Set by the connection's reader when an event found the queue full.
+    overflowed: Arc<AtomicBool>,
     end: Option<Response>,
     /// The final frame or the stream's end is seen: nothing more to read.
     done: bool,
@@ -55,12 +65,13 @@ impl Watch {
         timeout: Option<std::time::Duration>,
     ) -> Result<Watch, Error> {
         let resource = request.resource.clone();
-        let (id, frames) = mux.watch(request)?;
+        let (id, WatchFrames { frames, overflowed }) = mux.watch(request)?;
         let mut watch = Watch {
             mux,
             id,
             resource,
             frames,
+            overflowed,
             end: None,
             done: false,
         };
@@ -100,6 +111,18 @@ impl Watch {
         self.end.as_ref()
     }
 
+    /// Whether the client has ended this watch because the application fell
+    /// [`WATCH_QUEUE`] events behind: the events it holds are still to be
+    /// read, then the stream ends with a 503.
+    pub fn lagged(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Events received and not yet read.
+    pub fn pending(&self) -> usize {
+        self.frames.len()
+    }
+
     /// The final frame's code, once the stream has ended with it.
     pub fn end_code(&self) -> Option<StatusCode> {
         self.end.as_ref().map(|end| end.code)
@@ -125,7 +148,24 @@ impl Watch {
             }
         }
         self.done = true;
-        Err(self.mux.closed_error())
+        self.overflow_end().ok_or_else(|| self.mux.closed_error())
+    }
+
+    /// When the queue ended because it overflowed: the end the client
+    /// makes for it (a 503, as a server's for a watcher that does not read).
+    fn overflow_end(&self) -> Option<Response> {
+        self.overflowed.load(Ordering::Acquire).then(|| {
+            let mut end = Response::error(
+                korv_proto::RequestId::from(self.id),
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the application did not read this watch's events fast enough: \
+                     {WATCH_QUEUE} were waiting, and the client ended the watch"
+                ),
+            );
+            end.more = Some(false);
+            end
+        })
     }
 }
 
@@ -146,6 +186,13 @@ impl Stream for Watch {
             Poll::Ready(Some(frame)) => Poll::Ready(Some(Ok(frame.body))),
             Poll::Ready(None) => {
                 self.done = true;
+                if let Some(end) = self.overflow_end() {
+                    // The server still sends this watch's events; they are
+                    // dropped as they come until it has the `UNWATCH`.
+                    self.mux.unwatch(self.id, &self.resource, false);
+                    self.end = Some(end);
+                    return Poll::Ready(None);
+                }
                 Poll::Ready(Some(Err(self.mux.closed_error())))
             }
         }

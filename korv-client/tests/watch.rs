@@ -291,3 +291,59 @@ async fn without_a_watch_an_idle_connection_is_closed_at_the_idle_timeout() {
         .expect_err("the server closed the idle connection");
     assert!(matches!(err, Error::Closed(_)), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_its_application_does_not_read_is_ended_by_the_client_at_its_bound() {
+    let hub = Hub::default();
+    let fixture = Fixture::start(app(hub.clone(), Limits::default())).await;
+    let client = fixture.client().await;
+    let mut unread = client.watch("/events", None::<&()>).await.unwrap();
+    // More events than the watch may hold, none read; one STORE at a time,
+    // so that the events' order is the numbers'.
+    let events = korv_client::WATCH_QUEUE as u64 + 500;
+    for i in 1..=events {
+        let answer = client.store("/events", &json!(i)).await.unwrap();
+        assert_eq!(answer.code, StatusCode::CREATED);
+    }
+    // The events reach the client after the answers to the STOREs: wait
+    // (bounded) until one finds the queue full.
+    let started = std::time::Instant::now();
+    while !unread.lagged() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "never lagged: {} events pending",
+            unread.pending()
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(unread.pending(), korv_client::WATCH_QUEUE);
+    // What it holds comes first, in order, then the client's end.
+    let mut seen = Vec::new();
+    while let Some(event) = unread.next().await {
+        seen.push(event.unwrap().as_u64().unwrap());
+    }
+    let held: Vec<u64> = (1..=korv_client::WATCH_QUEUE as u64).collect();
+    assert_eq!(seen.len(), held.len(), "as many events as the watch holds");
+    assert!(seen == held, "the events held, in order");
+    let end = unread.end().expect("the stream ended with an end");
+    assert_eq!(end.code, StatusCode::SERVICE_UNAVAILABLE);
+    let message = end.body["message"].as_str().unwrap();
+    assert!(message.contains("did not read"), "{message}");
+    // The connection serves on, and the server got the UNWATCH: its
+    // handler's stream is dropped, so the hub loses its watcher.
+    assert_eq!(client.get("/hello").await.unwrap().code, StatusCode::OK);
+    let started = std::time::Instant::now();
+    loop {
+        let answer = client.store("/events", &json!("after")).await.unwrap();
+        if answer.body["watchers"] == json!(0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the server still serves the watch: {:?}",
+            answer.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
