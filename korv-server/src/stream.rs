@@ -36,12 +36,15 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
+use futures_util::task::AtomicWaker;
 use futures_util::{FutureExt, StreamExt};
 use korv_proto::{
     Frame, KorvCodec, LegacyCodec, LegacyFrame, ProtoError, Request as WireRequest, RequestId,
@@ -158,13 +161,112 @@ where
     // The first error ends both: a reader that gives up on a client that
     // does not read must not leave the writer blocked on that client.
     let whole = matches!(format, Format::Legacy { .. });
-    tokio::try_join!(
+    try_join_in_place(
         read_loop(
-            &shared, reader, &client, &shutdown, to_writer, &unwritten, format
+            &shared, reader, &client, &shutdown, to_writer, &unwritten, format,
         ),
         write_loop(outbound, from_reader, &unwritten, whole),
     )
-    .map(|_| ())
+    .await
+}
+
+/// Runs `first` and `second` on the calling task until both are done or
+/// either fails, as `tokio::try_join!` does, but a wake-up that one of them
+/// gives the other while the task is being polled (the reader handing a
+/// batch of answers to the writer, once per batch) polls them again right
+/// here instead of waking the task.
+///
+/// Tokio takes a task woken during its own poll for one that yields: it
+/// goes to the back of the run queue and another worker thread is woken to
+/// take it. With one request in flight that moved every answer to another
+/// thread: a futex wake-up and a context switch per request, and the
+/// session's next read back on the first thread.
+async fn try_join_in_place<A, B>(first: A, second: B) -> io::Result<()>
+where
+    A: Future<Output = io::Result<()>>,
+    B: Future<Output = io::Result<()>>,
+{
+    let mut first = std::pin::pin!(first);
+    let mut second = std::pin::pin!(second);
+    let (mut first_done, mut second_done) = (false, false);
+    let wakes = Arc::new(InPlace::default());
+    let waker = std::task::Waker::from(Arc::clone(&wakes));
+    std::future::poll_fn(|cx| {
+        wakes.task.register(cx.waker());
+        let mut inner = std::task::Context::from_waker(&waker);
+        for _ in 0..IN_PLACE_ROUNDS {
+            wakes.state.store(POLLING, Ordering::Release);
+            for (future, done) in [
+                (
+                    first.as_mut() as Pin<&mut dyn Future<Output = io::Result<()>>>,
+                    &mut first_done,
+                ),
+                (second.as_mut(), &mut second_done),
+            ] {
+                if *done {
+                    continue;
+                }
+                match future.poll(&mut inner) {
+                    Poll::Ready(Ok(())) => *done = true,
+                    Poll::Ready(Err(err)) => {
+                        wakes.state.store(IDLE, Ordering::Release);
+                        return Poll::Ready(Err(err));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if first_done && second_done {
+                wakes.state.store(IDLE, Ordering::Release);
+                return Poll::Ready(Ok(()));
+            }
+            // Woken meanwhile (by either, or from elsewhere): poll again.
+            if wakes
+                .state
+                .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Poll::Pending;
+            }
+        }
+        // Still woken after every round (tokio's cooperative budget is spent,
+        // say): let the scheduler run others first.
+        wakes.state.store(IDLE, Ordering::Release);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
+/// Rounds of polling before [`try_join_in_place`] yields to the scheduler.
+const IN_PLACE_ROUNDS: usize = 4;
+/// [`InPlace`]'s states: not being polled; being polled; being polled and
+/// woken meanwhile.
+const IDLE: u8 = 0;
+const POLLING: u8 = 1;
+const NOTIFIED: u8 = 2;
+
+/// The waker [`try_join_in_place`] gives the futures it polls: during its
+/// poll a wake-up only asks for another round; otherwise it wakes the task.
+#[derive(Default)]
+struct InPlace {
+    state: AtomicU8,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for InPlace {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        match self
+            .state
+            .compare_exchange(POLLING, NOTIFIED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(NOTIFIED) => {}
+            Err(_) => self.task.wake(),
+        }
+    }
 }
 
 /// Encoded answers handed to the writer, and their size.
