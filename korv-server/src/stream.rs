@@ -972,3 +972,82 @@ fn log_answer(response: &Response, started: Instant) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Wake, Waker};
+
+    /// Counts the wake-ups a task gets.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting_context() -> (Arc<Wakes>, Waker) {
+        let wakes = Arc::new(Wakes::default());
+        (Arc::clone(&wakes), Waker::from(wakes))
+    }
+
+    #[test]
+    fn a_hand_over_between_the_two_does_not_wake_the_task() {
+        let (go, mut gone) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (to_first, mut from_second) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let received = std::sync::Mutex::new(None);
+        // The first waits for what the second sends once told to go: the
+        // second wakes the first during the task's poll.
+        let first = async {
+            *received.lock().unwrap() = from_second.recv().await;
+            Ok(())
+        };
+        let second = async move {
+            gone.recv().await;
+            to_first.send(7).unwrap();
+            Ok(())
+        };
+        let (wakes, waker) = counting_context();
+        let mut cx = Context::from_waker(&waker);
+        let mut joined = std::pin::pin!(try_join_in_place(first, second));
+        assert!(joined.as_mut().poll(&mut cx).is_pending());
+        // A wake-up from outside the poll wakes the task.
+        go.send(()).unwrap();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        // In this poll the second hands 7 to the first, which is polled
+        // again at once: both finish without another wake-up of the task.
+        assert!(matches!(joined.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(*received.lock().unwrap(), Some(7));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_first_error_ends_both() {
+        let first = std::future::pending::<io::Result<()>>();
+        let second = async { Err(io::Error::other("broken")) };
+        let (_, waker) = counting_context();
+        let mut cx = Context::from_waker(&waker);
+        let mut joined = std::pin::pin!(try_join_in_place(first, second));
+        match joined.as_mut().poll(&mut cx) {
+            Poll::Ready(Err(err)) => assert_eq!(err.to_string(), "broken"),
+            other => panic!("expected the error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_future_that_keeps_waking_itself_yields_to_the_scheduler() {
+        // Always pending, always woken again: as a future whose cooperative
+        // budget is spent.
+        let restless = std::future::poll_fn(|cx| {
+            cx.waker().wake_by_ref();
+            Poll::<io::Result<()>>::Pending
+        });
+        let (wakes, waker) = counting_context();
+        let mut cx = Context::from_waker(&waker);
+        let mut joined = std::pin::pin!(try_join_in_place(restless, std::future::pending()));
+        assert!(joined.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    }
+}
