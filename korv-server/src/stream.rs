@@ -161,13 +161,11 @@ where
     // The first error ends both: a reader that gives up on a client that
     // does not read must not leave the writer blocked on that client.
     let whole = matches!(format, Format::Legacy { .. });
-    try_join_in_place(
-        read_loop(
-            &shared, reader, &client, &shutdown, to_writer, &unwritten, format,
-        ),
-        write_loop(outbound, from_reader, &unwritten, whole),
-    )
-    .await
+    let reading = std::pin::pin!(read_loop(
+        &shared, reader, &client, &shutdown, to_writer, &unwritten, format,
+    ));
+    let writing = std::pin::pin!(write_loop(outbound, from_reader, &unwritten, whole));
+    try_join_in_place(reading, writing).await
 }
 
 /// Runs `first` and `second` on the calling task until both are done or
@@ -181,17 +179,23 @@ where
 /// take it. With one request in flight that moved every answer to another
 /// thread: a futex wake-up and a context switch per request, and the
 /// session's next read back on the first thread.
-async fn try_join_in_place<A, B>(first: A, second: B) -> io::Result<()>
+///
+/// The two are pinned by the caller: taken by value, they would be stored
+/// twice in the caller's future (as arguments, then pinned), and a stream's
+/// reader is large enough for that to show in the memory of every idle
+/// connection.
+fn try_join_in_place<A, B>(
+    mut first: Pin<&mut A>,
+    mut second: Pin<&mut B>,
+) -> impl Future<Output = io::Result<()>>
 where
     A: Future<Output = io::Result<()>>,
     B: Future<Output = io::Result<()>>,
 {
-    let mut first = std::pin::pin!(first);
-    let mut second = std::pin::pin!(second);
     let (mut first_done, mut second_done) = (false, false);
     let wakes = Arc::new(InPlace::default());
     let waker = std::task::Waker::from(Arc::clone(&wakes));
-    std::future::poll_fn(|cx| {
+    std::future::poll_fn(move |cx| {
         wakes.task.register(cx.waker());
         let mut inner = std::task::Context::from_waker(&waker);
         for _ in 0..IN_PLACE_ROUNDS {
@@ -234,7 +238,6 @@ where
         cx.waker().wake_by_ref();
         Poll::Pending
     })
-    .await
 }
 
 /// Rounds of polling before [`try_join_in_place`] yields to the scheduler.
@@ -1011,6 +1014,7 @@ mod tests {
         };
         let (wakes, waker) = counting_context();
         let mut cx = Context::from_waker(&waker);
+        let (first, second) = (std::pin::pin!(first), std::pin::pin!(second));
         let mut joined = std::pin::pin!(try_join_in_place(first, second));
         assert!(joined.as_mut().poll(&mut cx).is_pending());
         // A wake-up from outside the poll wakes the task.
@@ -1029,6 +1033,7 @@ mod tests {
         let second = async { Err(io::Error::other("broken")) };
         let (_, waker) = counting_context();
         let mut cx = Context::from_waker(&waker);
+        let (first, second) = (std::pin::pin!(first), std::pin::pin!(second));
         let mut joined = std::pin::pin!(try_join_in_place(first, second));
         match joined.as_mut().poll(&mut cx) {
             Poll::Ready(Err(err)) => assert_eq!(err.to_string(), "broken"),
@@ -1046,7 +1051,11 @@ mod tests {
         });
         let (wakes, waker) = counting_context();
         let mut cx = Context::from_waker(&waker);
-        let mut joined = std::pin::pin!(try_join_in_place(restless, std::future::pending()));
+        let (restless, idle) = (
+            std::pin::pin!(restless),
+            std::pin::pin!(std::future::pending()),
+        );
+        let mut joined = std::pin::pin!(try_join_in_place(restless, idle));
         assert!(joined.as_mut().poll(&mut cx).is_pending());
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     }
