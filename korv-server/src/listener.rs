@@ -17,13 +17,18 @@
 //!
 //! [`ClientInfo::peer`]: crate::ClientInfo::peer
 
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use russh::keys::{Certificate, PrivateKey};
 use russh::server::{Config, Handle};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -248,6 +253,7 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     let _streams_end = status.gone.clone().drop_guard();
     let mut poll = tokio::time::interval(Duration::from_millis(50));
     let _ = socket.set_nodelay(true);
+    let socket = ReadAhead::new(socket);
     // `run_stream` sends the server's version line and returns once it has
     // read the client's: a client that has not sent it by the version
     // deadline is closed.
@@ -331,6 +337,105 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     }
 }
 
+/// The server's end of a TCP connection, read ahead.
+///
+/// russh reads each SSH packet in two reads of the exact sizes it needs
+/// (its first bytes, then the rest), and then a third that finds the socket
+/// empty: three system calls for a small request. Small reads are served
+/// from one read of up to [`READ_AHEAD`] bytes into a buffer on the stack;
+/// what the caller did not take is kept until it is read, and the
+/// connection holds no buffer once it is (an idle connection costs no
+/// memory for it). A read shorter than asked also tells tokio that the
+/// socket is drained, so the next read waits for readiness without a
+/// system call. Reads of at least [`READ_AHEAD`] bytes go straight to the
+/// socket.
+pub(crate) struct ReadAhead {
+    socket: TcpStream,
+    /// Bytes read and not yet taken, from `taken` on.
+    leftover: Vec<u8>,
+    taken: usize,
+}
+
+/// The most read ahead from the socket at once, in bytes.
+const READ_AHEAD: usize = 16 * 1024;
+
+impl ReadAhead {
+    pub(crate) fn new(socket: TcpStream) -> Self {
+        ReadAhead {
+            socket,
+            leftover: Vec::new(),
+            taken: 0,
+        }
+    }
+}
+
+impl AsyncRead for ReadAhead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(rest) = this.leftover.get(this.taken..)
+            && !rest.is_empty()
+        {
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(rest.get(..n).unwrap_or_default());
+            this.taken += n;
+            if this.taken == this.leftover.len() {
+                this.leftover = Vec::new();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= READ_AHEAD {
+            return Pin::new(&mut this.socket).poll_read(cx, buf);
+        }
+        let mut ahead = [const { MaybeUninit::<u8>::uninit() }; READ_AHEAD];
+        let mut ahead = ReadBuf::uninit(&mut ahead);
+        ready!(Pin::new(&mut this.socket).poll_read(cx, &mut ahead))?;
+        let read = ahead.filled();
+        let n = read.len().min(buf.remaining());
+        let (now, later) = read.split_at(n);
+        buf.put_slice(now);
+        if !later.is_empty() {
+            this.leftover = later.to_vec();
+            this.taken = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ReadAhead {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().socket).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
+    }
+}
+
 /// How long a connection told to disconnect on shutdown gets to write its
 /// last packets and see the client close.
 const CLOSE_WITHIN: Duration = Duration::from_secs(2);
@@ -358,4 +463,52 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), 
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
     Ok((tcp, local_addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (TcpStream, ReadAhead) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, ReadAhead::new(server))
+    }
+
+    #[tokio::test]
+    async fn small_reads_are_served_from_one_read_ahead_and_no_buffer_is_kept() {
+        let (mut client, mut server) = pair().await;
+        let packet: Vec<u8> = (0..100u8).collect();
+        client.write_all(&packet).await.unwrap();
+        // As russh reads a packet: its first bytes, then the rest.
+        let mut first = [0u8; 4];
+        server.read_exact(&mut first).await.unwrap();
+        assert_eq!(first, [0, 1, 2, 3]);
+        // The rest was read with the first bytes and waits in the buffer.
+        assert_eq!(server.leftover.len() - server.taken, 96);
+        let mut rest = [0u8; 96];
+        server.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest.as_slice(), packet.get(4..).unwrap());
+        // Drained: the buffer is gone.
+        assert_eq!(server.leftover.capacity(), 0);
+        // Large reads go to the socket itself.
+        let large: Vec<u8> = (0..READ_AHEAD * 2).map(|i| (i % 251) as u8).collect();
+        client.write_all(&large).await.unwrap();
+        let mut read = vec![0u8; large.len()];
+        server.read_exact(&mut read).await.unwrap();
+        assert_eq!(read, large);
+        assert_eq!(server.leftover.capacity(), 0);
+        // Writes pass through, and the client's EOF reads as EOF.
+        server.write_all(b"answer").await.unwrap();
+        let mut answer = [0u8; 6];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"answer");
+        drop(client);
+        let mut end = [0u8; 1];
+        assert_eq!(server.read(&mut end).await.unwrap(), 0);
+    }
 }

@@ -36,12 +36,15 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
+use futures_util::task::AtomicWaker;
 use futures_util::{FutureExt, StreamExt};
 use korv_proto::{
     Frame, KorvCodec, LegacyCodec, LegacyFrame, ProtoError, Request as WireRequest, RequestId,
@@ -158,13 +161,115 @@ where
     // The first error ends both: a reader that gives up on a client that
     // does not read must not leave the writer blocked on that client.
     let whole = matches!(format, Format::Legacy { .. });
-    tokio::try_join!(
-        read_loop(
-            &shared, reader, &client, &shutdown, to_writer, &unwritten, format
-        ),
-        write_loop(outbound, from_reader, &unwritten, whole),
-    )
-    .map(|_| ())
+    let reading = std::pin::pin!(read_loop(
+        &shared, reader, &client, &shutdown, to_writer, &unwritten, format,
+    ));
+    let writing = std::pin::pin!(write_loop(outbound, from_reader, &unwritten, whole));
+    try_join_in_place(reading, writing).await
+}
+
+/// Runs `first` and `second` on the calling task until both are done or
+/// either fails, as `tokio::try_join!` does, but a wake-up that one of them
+/// gives the other while the task is being polled (the reader handing a
+/// batch of answers to the writer, once per batch) polls them again right
+/// here instead of waking the task.
+///
+/// Tokio takes a task woken during its own poll for one that yields: it
+/// goes to the back of the run queue and another worker thread is woken to
+/// take it. With one request in flight that moved every answer to another
+/// thread: a futex wake-up and a context switch per request, and the
+/// session's next read back on the first thread.
+///
+/// The two are pinned by the caller: taken by value, they would be stored
+/// twice in the caller's future (as arguments, then pinned), and a stream's
+/// reader is large enough for that to show in the memory of every idle
+/// connection.
+fn try_join_in_place<A, B>(
+    mut first: Pin<&mut A>,
+    mut second: Pin<&mut B>,
+) -> impl Future<Output = io::Result<()>>
+where
+    A: Future<Output = io::Result<()>>,
+    B: Future<Output = io::Result<()>>,
+{
+    let (mut first_done, mut second_done) = (false, false);
+    let wakes = Arc::new(InPlace::default());
+    let waker = std::task::Waker::from(Arc::clone(&wakes));
+    std::future::poll_fn(move |cx| {
+        wakes.task.register(cx.waker());
+        let mut inner = std::task::Context::from_waker(&waker);
+        for _ in 0..IN_PLACE_ROUNDS {
+            wakes.state.store(POLLING, Ordering::Release);
+            for (future, done) in [
+                (
+                    first.as_mut() as Pin<&mut dyn Future<Output = io::Result<()>>>,
+                    &mut first_done,
+                ),
+                (second.as_mut(), &mut second_done),
+            ] {
+                if *done {
+                    continue;
+                }
+                match future.poll(&mut inner) {
+                    Poll::Ready(Ok(())) => *done = true,
+                    Poll::Ready(Err(err)) => {
+                        wakes.state.store(IDLE, Ordering::Release);
+                        return Poll::Ready(Err(err));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if first_done && second_done {
+                wakes.state.store(IDLE, Ordering::Release);
+                return Poll::Ready(Ok(()));
+            }
+            // Woken meanwhile (by either, or from elsewhere): poll again.
+            if wakes
+                .state
+                .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Poll::Pending;
+            }
+        }
+        // Still woken after every round (tokio's cooperative budget is spent,
+        // say): let the scheduler run others first.
+        wakes.state.store(IDLE, Ordering::Release);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+}
+
+/// Rounds of polling before [`try_join_in_place`] yields to the scheduler.
+const IN_PLACE_ROUNDS: usize = 4;
+/// [`InPlace`]'s states: not being polled; being polled; being polled and
+/// woken meanwhile.
+const IDLE: u8 = 0;
+const POLLING: u8 = 1;
+const NOTIFIED: u8 = 2;
+
+/// The waker [`try_join_in_place`] gives the futures it polls: during its
+/// poll a wake-up only asks for another round; otherwise it wakes the task.
+#[derive(Default)]
+struct InPlace {
+    state: AtomicU8,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for InPlace {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        match self
+            .state
+            .compare_exchange(POLLING, NOTIFIED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(NOTIFIED) => {}
+            Err(_) => self.task.wake(),
+        }
+    }
 }
 
 /// Encoded answers handed to the writer, and their size.
@@ -868,5 +973,90 @@ fn log_answer(response: &Response, started: Instant) {
             code = response.code.as_u16(),
             micros, "request answered by the framework"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Context, Wake, Waker};
+
+    /// Counts the wake-ups a task gets.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting_context() -> (Arc<Wakes>, Waker) {
+        let wakes = Arc::new(Wakes::default());
+        (Arc::clone(&wakes), Waker::from(wakes))
+    }
+
+    #[test]
+    fn a_hand_over_between_the_two_does_not_wake_the_task() {
+        let (go, mut gone) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (to_first, mut from_second) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let received = std::sync::Mutex::new(None);
+        // The first waits for what the second sends once told to go: the
+        // second wakes the first during the task's poll.
+        let first = async {
+            *received.lock().unwrap() = from_second.recv().await;
+            Ok(())
+        };
+        let second = async move {
+            gone.recv().await;
+            to_first.send(7).unwrap();
+            Ok(())
+        };
+        let (wakes, waker) = counting_context();
+        let mut cx = Context::from_waker(&waker);
+        let (first, second) = (std::pin::pin!(first), std::pin::pin!(second));
+        let mut joined = std::pin::pin!(try_join_in_place(first, second));
+        assert!(joined.as_mut().poll(&mut cx).is_pending());
+        // A wake-up from outside the poll wakes the task.
+        go.send(()).unwrap();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        // In this poll the second hands 7 to the first, which is polled
+        // again at once: both finish without another wake-up of the task.
+        assert!(matches!(joined.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(*received.lock().unwrap(), Some(7));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_first_error_ends_both() {
+        let first = std::future::pending::<io::Result<()>>();
+        let second = async { Err(io::Error::other("broken")) };
+        let (_, waker) = counting_context();
+        let mut cx = Context::from_waker(&waker);
+        let (first, second) = (std::pin::pin!(first), std::pin::pin!(second));
+        let mut joined = std::pin::pin!(try_join_in_place(first, second));
+        match joined.as_mut().poll(&mut cx) {
+            Poll::Ready(Err(err)) => assert_eq!(err.to_string(), "broken"),
+            other => panic!("expected the error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_future_that_keeps_waking_itself_yields_to_the_scheduler() {
+        // Always pending, always woken again: as a future whose cooperative
+        // budget is spent.
+        let restless = std::future::poll_fn(|cx| {
+            cx.waker().wake_by_ref();
+            Poll::<io::Result<()>>::Pending
+        });
+        let (wakes, waker) = counting_context();
+        let mut cx = Context::from_waker(&waker);
+        let (restless, idle) = (
+            std::pin::pin!(restless),
+            std::pin::pin!(std::future::pending()),
+        );
+        let mut joined = std::pin::pin!(try_join_in_place(restless, idle));
+        assert!(joined.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     }
 }
