@@ -135,36 +135,6 @@ struct Dispatch {
     /// cancels it.
     spawn: OnceLock<Py<PyAny>>,
     tracebacks: bool,
-    /// The `client` dict of the last request, for the client that sent it:
-    /// requests of one connection come in runs, and copying a dict costs
-    /// less than building it. Each request gets its own copy.
-    last_client: Mutex<Option<(ClientInfo, Py<PyDict>)>>,
-}
-
-impl Dispatch {
-    /// The request's `client` dict, a fresh one each time.
-    fn client_dict<'py>(
-        &self,
-        py: Python<'py>,
-        client: &ClientInfo,
-    ) -> PyResult<Bound<'py, PyDict>> {
-        if client.certificate.is_some() {
-            // Its nested `certificate` dict would be shared by the copies.
-            return client_dict(py, client);
-        }
-        let mut last = self
-            .last_client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((info, dict)) = last.as_ref()
-            && info == client
-        {
-            return dict.bind(py).copy();
-        }
-        let dict = client_dict(py, client)?;
-        *last = Some((client.clone(), dict.copy()?.unbind()));
-        Ok(dict)
-    }
 }
 
 /// The outcome of serving, once it is over.
@@ -282,7 +252,6 @@ impl Server {
                 pool: PyPool::new("korv-worker", max_workers),
                 spawn: OnceLock::new(),
                 tracebacks,
-                last_client: Mutex::new(None),
             }),
             finished: Arc::default(),
         })
@@ -472,8 +441,8 @@ impl Route {
     /// awaitable to the asyncio loop.
     fn run(&self, py: Python<'_>, request: Request, reply: Reply, task: &AsyncTask) {
         let tracebacks = self.dispatch.tracebacks;
-        let called = request_dict(py, &request, &self.dispatch)
-            .and_then(|dict| self.callback.bind(py).call1((dict,)));
+        let called =
+            request_dict(py, &request).and_then(|dict| self.callback.bind(py).call1((dict,)));
         let response = match called {
             Err(err) => failure(
                 py,
@@ -625,11 +594,7 @@ fn is_awaitable(py: Python<'_>, result: &Bound<'_, PyAny>) -> bool {
 
 /// The request as the callback's dict: `id`, `verb`, `resource`, `body`,
 /// `headers`, `params` and `client`.
-fn request_dict<'py>(
-    py: Python<'py>,
-    request: &Request,
-    dispatch: &Dispatch,
-) -> PyResult<Bound<'py, PyDict>> {
+fn request_dict<'py>(py: Python<'py>, request: &Request) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     dict.set_item(intern!(py, "id"), request_id(py, request.id())?)?;
     dict.set_item(intern!(py, "verb"), verb_name(py, request.verb()))?;
@@ -649,10 +614,7 @@ fn request_dict<'py>(
         params.set_item(name, value)?;
     }
     dict.set_item(intern!(py, "params"), params)?;
-    dict.set_item(
-        intern!(py, "client"),
-        dispatch.client_dict(py, request.client())?,
-    )?;
+    dict.set_item(intern!(py, "client"), client_dict(py, request.client())?)?;
     Ok(dict)
 }
 
