@@ -1170,6 +1170,22 @@ fn read_answers(stdout: std::process::ChildStdout, ledger: &Ledger) -> Result<()
 mod tests {
     use super::*;
 
+    /// A sample of a steady server at `at` seconds with `rss_kib` resident:
+    /// 12 open files, 19 threads, 8 tasks, none in flight, 2 streams.
+    fn steady(at: f64, rss_kib: u64) -> Sample {
+        Sample {
+            at,
+            rss_kib,
+            fds: 12,
+            threads: 19,
+            tasks: Some(8),
+            in_flight: Some(0),
+            streams: Some(2),
+            connections: Some(2),
+            sent: 0,
+        }
+    }
+
     #[test]
     fn null_id_answers_are_matched_to_their_frames_by_code() {
         let mut open = NullAnswers::default();
@@ -1206,15 +1222,10 @@ mod tests {
                 .map(|t| {
                     let at = f64::from(t);
                     Sample {
-                        at,
-                        rss_kib: rss(at),
                         fds: fds(at),
-                        threads: 4,
                         tasks: Some(10 + (t % 5) as u64),
                         in_flight: Some((t % 5) as u64),
-                        streams: Some(2),
-                        connections: Some(2),
-                        sent: 0,
+                        ..steady(at, rss(at))
                     }
                 })
                 .collect()
@@ -1278,15 +1289,9 @@ mod tests {
                     };
                     let leaked = leak_every.map_or(0, |every| t.saturating_sub(12) / every);
                     Sample {
-                        at: t as f64,
-                        rss_kib: 16_384,
-                        fds: 12,
-                        threads: 19,
                         tasks: Some(8 + (t % 2) + handlers + leaked),
                         in_flight: Some(handlers),
-                        streams: Some(2),
-                        connections: Some(2),
-                        sent: 0,
+                        ..steady(t as f64, 16_384)
                     }
                 })
                 .collect()
@@ -1312,18 +1317,8 @@ mod tests {
                 .map(|t| {
                     let at = f64::from(t);
                     let noise = if t.is_multiple_of(2) { 300.0 } else { 0.0 };
-                    Sample {
-                        at,
-                        rss_kib: (16_384.0 * (1.0 + percent_per_minute / 100.0 * at / 60.0) + noise)
-                            as u64,
-                        fds: 12,
-                        threads: 19,
-                        tasks: Some(8),
-                        in_flight: Some(0),
-                        streams: Some(2),
-                        connections: Some(2),
-                        sent: 0,
-                    }
+                    let level = 16_384.0 * (1.0 + percent_per_minute / 100.0 * at / 60.0);
+                    steady(at, (level + noise) as u64)
                 })
                 .collect()
         };
@@ -1348,15 +1343,10 @@ mod tests {
         let run = |rss: &dyn Fn(f64) -> u64| -> Vec<Sample> {
             (1..=1800)
                 .map(|t| Sample {
-                    at: f64::from(t),
-                    rss_kib: rss(f64::from(t)),
                     fds: 14,
-                    threads: 19,
                     tasks: Some(8 + (t % 7) as u64),
                     in_flight: Some((t % 7) as u64),
-                    streams: Some(2),
-                    connections: Some(2),
-                    sent: 0,
+                    ..steady(f64::from(t), rss(f64::from(t)))
                 })
                 .collect()
         };
