@@ -11,7 +11,7 @@
 
 mod plan;
 pub(crate) mod processes;
-mod report;
+pub(crate) mod report;
 
 use std::io::Write as _;
 use std::path::Path;

@@ -613,7 +613,7 @@ pub(crate) fn render_svg(report: &Report) -> String {
 }
 
 /// `text` with XML's special characters escaped.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use super::gate::Trend;
+use crate::bench::report::escape;
 
 /// One sample, as drawn.
 #[derive(Debug, Clone, Copy)]
@@ -235,12 +236,6 @@ pub(crate) fn draw(title: &str, points: &[Point], warmup: f64, trend: Option<Tre
     }
     out.push_str("</svg>\n");
     out
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
