@@ -8,10 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use korv_cli::load::{CpuWindow, Labels, Tally, error_message, parse_duration, parse_warmup};
+use korv_cli::load::{
+    CpuWindow, Labels, Pacer, Tally, error_message, parse_duration, parse_rate, parse_warmup,
+};
 use korv_client::KorvClient;
 use korv_proto::Verb;
 use serde_json::Value;
+use tokio::sync::Semaphore;
 
 use crate::body::read_body;
 use crate::connect::ConnectArgs;
@@ -38,6 +41,12 @@ pub(crate) struct BenchArgs {
     /// Send exactly this many requests instead of running for --duration.
     #[arg(long)]
     pub(crate) requests: Option<u64>,
+    /// Send at most this many requests per second in the measured window,
+    /// evenly spaced across every loop (an open-loop pace kept by the
+    /// closed loops): to measure the server's cost at a given load rather
+    /// than at the most it can take.
+    #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
+    pub(crate) rate: Option<f64>,
     /// The body: JSON text or @file.json.
     #[arg(long)]
     pub(crate) body: Option<String>,
@@ -89,6 +98,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Err(UsageError("--connections and --concurrency must be at least 1".into()).into());
     }
     if let Some(watchers) = args.watchers.filter(|&n| n > 0) {
+        if args.rate.is_some() {
+            return Err(UsageError("--rate paces requests, not --watchers".into()).into());
+        }
         return crate::bench_watch::run(args, watchers).await;
     }
     let target = args.connect.target(&args.resource)?;
@@ -131,6 +143,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             CpuWindow::start(Some(pid))
         })
     });
+    let permits = match args.rate {
+        Some(rate) => {
+            let permits = Arc::new(Semaphore::new(0));
+            let loops = args.connections * args.concurrency;
+            Pacer::new(started, rate).release(Arc::clone(&permits), loops)?;
+            Some(permits)
+        }
+        None => None,
+    };
     let mut workers = Vec::new();
     for client in &clients {
         for _ in 0..args.concurrency {
@@ -140,6 +161,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let path = target.path.clone();
             let body = body.clone();
             let verb = args.verb;
+            let permits = permits.clone();
             workers.push(tokio::spawn(async move {
                 let mut tally = Tally::new();
                 // Answers to the same request are the same size: measure the
@@ -155,6 +177,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                         Some(n) if issued.fetch_add(1, Ordering::Relaxed) >= n => break,
                         None if Instant::now() >= deadline => break,
                         _ => {}
+                    }
+                    if let Some(permits) = &permits {
+                        match permits.acquire().await {
+                            Ok(permit) => permit.forget(),
+                            Err(_) => break,
+                        }
                     }
                     let sent = Instant::now();
                     let result = client
@@ -199,6 +227,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         tally.merge(&worker.await?);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(permits) = &permits {
+        // Ends the pacer's thread.
+        permits.close();
+    }
     let cpu = match cpu_window {
         Some(window) => window.await?.finish(),
         None => None,

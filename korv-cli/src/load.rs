@@ -8,7 +8,8 @@
 //! reads those lines.
 //!
 //! [`parse_duration`] and [`parse_warmup`] read their `--duration` and
-//! `--warmup` options.
+//! `--warmup` options, and [`parse_rate`] `korv bench --rate`, which a
+//! [`Pacer`] keeps.
 //!
 //! ```
 //! use std::time::Duration;
@@ -29,10 +30,12 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 /// The slowest latency told apart from the rest, in microseconds (60 s).
 const MAX_LATENCY_US: u64 = 60_000_000;
@@ -338,6 +341,95 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(span)
 }
 
+/// Parses a request rate (`--rate`): requests per second, positive and
+/// at most a million.
+///
+/// # Errors
+/// The text is not such a number; the message says what is accepted.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad rate {text:?}: use requests per second, e.g. 5000"))?;
+    if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE) {
+        return Err(format!(
+            "rate {text:?} must be above 0 and at most {MAX_RATE} requests/s"
+        ));
+    }
+    Ok(rate)
+}
+
+/// The highest `--rate`.
+const MAX_RATE: f64 = 1_000_000.0;
+
+/// Spreads requests evenly over time, whichever loop sends them: the n-th
+/// slot (counted from 0) opens `n / rate` seconds after the start, and
+/// [`Pacer::release`] hands one permit to the loops at each slot.
+///
+/// The permits come from a thread of their own that sleeps to each slot
+/// (Linux's high-resolution timers keep it within tens of µs), not from
+/// Tokio's timer, whose millisecond ticks would release the requests of a
+/// millisecond together: a burst that a server can answer in one batch.
+/// A paced run should show a server what a slow client shows it, one
+/// request at a time. Permits never pile up beyond a cap (the loops' count),
+/// so a server that cannot keep up turns the run back into a closed loop,
+/// never a queue that grows.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use korv_cli::load::Pacer;
+///
+/// let start = Instant::now();
+/// let pacer = Pacer::new(start, 1000.0);
+/// assert_eq!(pacer.slot(0), start);
+/// assert_eq!(pacer.slot(500), start + Duration::from_millis(500));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Pacer {
+    start: Instant,
+    per_second: f64,
+}
+
+impl Pacer {
+    /// A pacer of `per_second` requests from `start`.
+    pub fn new(start: Instant, per_second: f64) -> Pacer {
+        Pacer { start, per_second }
+    }
+
+    /// When the `n`-th slot opens.
+    pub fn slot(&self, n: u64) -> Instant {
+        self.start + Duration::from_secs_f64(n as f64 / self.per_second)
+    }
+
+    /// Starts the thread that adds one permit to `permits` at each slot,
+    /// while fewer than `cap` wait unused, until `permits` is closed.
+    ///
+    /// # Errors
+    /// The thread could not be started.
+    pub fn release(
+        self,
+        permits: Arc<Semaphore>,
+        cap: usize,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("korv-bench-pacer".into())
+            .spawn(move || {
+                for n in 0.. {
+                    if permits.is_closed() {
+                        return;
+                    }
+                    let wait = self.slot(n).saturating_duration_since(Instant::now());
+                    if !wait.is_zero() {
+                        std::thread::sleep(wait);
+                    }
+                    if permits.available_permits() < cap {
+                        permits.add_permits(1);
+                    }
+                }
+            })
+    }
+}
+
 /// Parses a duration as [`parse_duration`] does, zero included (`0s`: no
 /// warm-up).
 ///
@@ -391,6 +483,39 @@ mod tests {
                 .is_some_and(|cpu| cpu.server_seconds.is_none()),
             "a server that does not exist has no CPU figure"
         );
+    }
+
+    #[test]
+    fn rates_are_positive_finite_and_bounded() {
+        assert_eq!(parse_rate("5000"), Ok(5000.0));
+        assert_eq!(parse_rate(" 0.5 "), Ok(0.5));
+        for bad in ["0", "-1", "inf", "NaN", "1e7", "fast", ""] {
+            let err = parse_rate(bad).unwrap_err();
+            assert!(err.contains("rate"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_pacer_releases_a_permit_per_slot_up_to_its_cap_and_stops_when_closed() {
+        // Slots evenly spaced at the rate.
+        let start = Instant::now();
+        let pacer = Pacer::new(start, 4000.0);
+        assert_eq!(pacer.slot(4000) - start, Duration::from_secs(1));
+        assert_eq!(pacer.slot(3) - pacer.slot(2), Duration::from_micros(250));
+        // Started a second late, every slot so far is due at once: the
+        // permits stop at the cap instead of piling up 4,000 of them.
+        let permits = Arc::new(Semaphore::new(0));
+        let late = Pacer::new(start - Duration::from_secs(1), 4000.0);
+        let thread = late.release(Arc::clone(&permits), 5).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for _ in 0..20 {
+            runtime.block_on(permits.acquire()).unwrap().forget();
+            assert!(permits.available_permits() <= 5);
+        }
+        permits.close();
+        thread.join().unwrap();
     }
 
     #[test]

@@ -406,6 +406,28 @@ fn bench_with_1000_requests_reports_1000_answers() {
 }
 
 #[test]
+fn bench_paced_by_a_rate_answers_every_request_and_refuses_a_zero_rate() {
+    let server = Server::start();
+    server.trust();
+    let (code, report) = server.json(&[
+        "bench",
+        "/hello",
+        "--requests",
+        "300",
+        "--concurrency",
+        "8",
+        "--rate",
+        "20000",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(report["codes"]["200"], json!(300));
+    let (code, _, stderr) = server.korv(&["bench", "/hello", "--rate", "0"], None);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("must be above 0"), "{stderr}");
+}
+
+#[test]
 fn serve_stdio_hosted_by_openssh_sshd_answers_the_subsystem() {
     assert!(
         Sshd::installed(),

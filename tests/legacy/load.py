@@ -2,7 +2,7 @@
 
     python load.py --port PORT --key CLIENT_KEY --known-hosts FILE \\
         [--host 127.0.0.1] [--resource /hello] [--concurrency 64] [--seconds 10] \\
-        [--warmup 0] [--server-pid PID]
+        [--warmup 0] [--server-pid PID] [--cipher aes128-gcm@openssh.com]
 
 Keeps CONCURRENCY requests in flight on one connection (each answer's
 callback sends the next request) for WARMUP + SECONDS, against any server
@@ -13,6 +13,11 @@ apply: requests answered in the window, seconds, requests per second, latency
 percentiles (korv 0.2.1's request id is the time it was sent, and the answer
 echoes it), answers by code, the negotiated cipher, and the CPU time of this
 process and of the server process SERVER_PID over the window.
+
+The connection uses CIPHER (AES-128-GCM unless told), as every SSH row of
+`cargo xtask bench` does where it can, so that a server's CPU per request is
+compared at the same cipher: left to itself, asyncssh prefers
+chacha20-poly1305, which costs a server more per packet.
 """
 
 import argparse
@@ -22,7 +27,20 @@ import threading
 import time
 from collections import Counter
 
+import asyncssh
 from korv import KorvClient
+
+
+def use_cipher(name):
+    """Makes every asyncssh connection of this process offer only the
+    cipher NAME: korv 0.2.1's KorvClient has no argument for it."""
+    create_connection = asyncssh.create_connection
+
+    def with_cipher(*args, **kwargs):
+        kwargs.setdefault("encryption_algs", [name])
+        return create_connection(*args, **kwargs)
+
+    asyncssh.create_connection = with_cipher
 
 
 def cpu_seconds(pid):
@@ -53,7 +71,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=0.0)
     parser.add_argument("--server-pid", type=int)
+    parser.add_argument("--cipher", default="aes128-gcm@openssh.com")
     args = parser.parse_args()
+    use_cipher(args.cipher)
 
     client = KorvClient(host=args.host, port=args.port, client_keys=[args.key],
                         known_hosts=args.known_hosts)

@@ -20,14 +20,15 @@ use std::time::Instant;
 
 use crate::workspace::{cargo, root, step, target_dir};
 
-use plan::Timing;
+use plan::{Load, System, Timing};
 use processes::{Servers, Tools};
 use report::{Report, Row};
 
-/// The options `cargo xtask bench` takes.
+/// The options `cargo xtask bench` takes, besides `--only=KEY,KEY`.
 const OPTIONS: [&str; 3] = ["--quick", "--check", "--no-python"];
 
-/// Parses the arguments (`--quick`, `--check`, `--no-python`), builds the
+/// Parses the arguments (`--quick`, `--check`, `--no-python`,
+/// `--only=KEY,…` to run only the rows of those systems), builds the
 /// release binaries, the nodelay shim and (unless `--no-python`) the Python
 /// environments, runs the plan and writes the report; with `--check`, fails
 /// when a target is missed, a load failed or rows were skipped.
@@ -35,9 +36,16 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
     let check = args.iter().any(|a| a == "--check");
     let no_python = args.iter().any(|a| a == "--no-python");
-    if let Some(other) = args.iter().find(|a| !OPTIONS.contains(&a.as_str())) {
+    let only = only(args)?;
+    if check && only.is_some() {
+        return Err("--check judges a whole run: not with --only".into());
+    }
+    if let Some(other) = args
+        .iter()
+        .find(|a| !OPTIONS.contains(&a.as_str()) && !a.starts_with("--only="))
+    {
         return Err(format!(
-            "unknown bench option {other:?}; use any of {}",
+            "unknown bench option {other:?}; use any of {}, --only=KEY,…",
             OPTIONS.join(", ")
         ));
     }
@@ -97,12 +105,14 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
         &dir,
         &tools,
         timing,
-        quick,
+        (quick, only.as_deref()),
         &out_dir,
         started,
     );
     let _ = std::fs::remove_dir_all(&dir);
-    let report = result?;
+    let Some(report) = result? else {
+        return Ok(());
+    };
     if check {
         report::check(&report)?;
         println!("==> check: every target met, no load failed");
@@ -117,15 +127,51 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
 const WATCHERS: usize = 64;
 const WATCH_WRITERS: usize = 16;
 
+/// The systems of `--only=KEY,…`, each checked against the known keys.
+fn only(args: &[String]) -> Result<Option<Vec<System>>, String> {
+    let Some(list) = args.iter().find_map(|a| a.strip_prefix("--only=")) else {
+        return Ok(None);
+    };
+    let known = plan::plan();
+    list.split(',')
+        .map(|key| {
+            known
+                .iter()
+                .map(|l| l.system)
+                .find(|s| s.key() == key)
+                .ok_or_else(|| format!("--only: no system {key:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The rate a paced row keeps: what korv 0.2.1's client reached against
+/// `korv serve` at the same concurrency, in the row run just before it.
+fn pace(load: &Load, results: &[Row]) -> Option<f64> {
+    if load.system != System::KorvPaced {
+        return None;
+    }
+    results
+        .iter()
+        .rev()
+        .find(|r| {
+            r.system == System::LegacyKorv
+                && r.workload == load.workload
+                && r.concurrency == load.concurrency
+        })
+        .map(|r| r.requests_per_second)
+        .filter(|&rate| rate >= 1.0)
+}
+
 fn run(
     bin: &Path,
     dir: &Path,
     tools: &Tools,
     timing: Timing,
-    quick: bool,
+    (quick, only): (bool, Option<&[System]>),
     out_dir: &Path,
     started: Instant,
-) -> Result<Report, String> {
+) -> Result<Option<Report>, String> {
     println!(
         "\n==> setting up keys, bodies and servers in {}",
         dir.display()
@@ -134,7 +180,10 @@ fn run(
     let mut results = Vec::new();
     let all = plan::plan();
     let (sshd, ssh, python) = servers.can_run();
-    let loads = plan::runnable(&all, sshd, ssh, python);
+    let mut loads = plan::runnable(&all, sshd, ssh, python);
+    if let Some(only) = only {
+        loads.retain(|l| only.contains(&l.system));
+    }
     let mut skipped: Vec<String> = Vec::new();
     for load in all.iter().filter(|l| !loads.contains(l)) {
         let key = load.system.key().to_owned();
@@ -153,7 +202,7 @@ fn run(
             load.concurrency
         );
         let _ = std::io::stdout().flush();
-        let measured = servers.load(load)?;
+        let measured = servers.load(load, pace(load, &results))?;
         let row = Row::new(load, &measured);
         println!(
             "{:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  {:>7.1} MB/s  cpu/req {} | {} µs  {}{}",
@@ -171,6 +220,12 @@ fn run(
             }
         );
         results.push(row);
+    }
+    if only.is_some() {
+        println!(
+            "==> --only: the rows above; no report written (latest.json and BENCHMARKS.md keep the last full run)"
+        );
+        return Ok(None);
     }
     if servers.has_sshd() {
         print!("[bulk] OpenSSH aes128-gcm, one way ");
@@ -224,7 +279,7 @@ fn run(
         svg_path.display(),
         started.elapsed().as_secs_f64()
     );
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// The time now, to the minute, in UTC.

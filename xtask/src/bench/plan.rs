@@ -77,6 +77,10 @@ pub(crate) enum System {
     LegacyKorv,
     /// korv 0.2.1's client against korv 0.2.1's server, driven alike.
     LegacyOwn,
+    /// `korv bench` (version 1) against `korv serve`, paced to the rate
+    /// the [`System::LegacyKorv`] row of the same concurrency reached: the
+    /// server's CPU per request of each format at the same load.
+    KorvPaced,
 }
 
 /// The name of OpenSSH's bulk figure, which is not a load run.
@@ -88,7 +92,7 @@ pub(crate) const TLS_CIPHER: &str = "TLS13_AES_128_GCM_SHA256";
 impl System {
     /// Every system.
     #[cfg(test)]
-    pub(crate) const ALL: [System; 13] = [
+    pub(crate) const ALL: [System; 14] = [
         System::Korv,
         System::Tcp,
         System::Https2,
@@ -102,6 +106,7 @@ impl System {
         System::Original,
         System::LegacyKorv,
         System::LegacyOwn,
+        System::KorvPaced,
     ];
 
     /// The key used on `korv-peers`' command line and in `latest.json`.
@@ -120,6 +125,7 @@ impl System {
             System::Original => "korv021",
             System::LegacyKorv => "korv021-client-korv",
             System::LegacyOwn => "korv021-client-own",
+            System::KorvPaced => "korv-paced",
         }
     }
 
@@ -139,6 +145,9 @@ impl System {
             System::Original => "korv 0.2.1 client (callbacks) to korv 0.2.1 server",
             System::LegacyKorv => "korv 0.2.1 client to `korv serve`",
             System::LegacyOwn => "korv 0.2.1 client to korv 0.2.1 server",
+            System::KorvPaced => {
+                "`korv bench` to `korv serve`, paced to the korv 0.2.1 client's rate"
+            }
         }
     }
 
@@ -163,6 +172,8 @@ impl System {
                 | System::Original
                 | System::LegacyKorv
                 | System::LegacyOwn
+                // Paced to the rate of a row that runs Python.
+                | System::KorvPaced
         )
     }
 }
@@ -224,8 +235,8 @@ pub(crate) struct Load {
 /// workload and concurrency, so that the machine's drift touches them alike.
 pub(crate) fn plan() -> Vec<Load> {
     use System::{
-        Http1, Https1, Https2, Korv, LegacyKorv, LegacyOwn, Original, PyBlocking, PyServer,
-        SshKorv, SshW, SshWNodelay, Tcp,
+        Http1, Https1, Https2, Korv, KorvPaced, LegacyKorv, LegacyOwn, Original, PyBlocking,
+        PyServer, SshKorv, SshW, SshWNodelay, Tcp,
     };
     use Workload::{Echo1K, Echo1M, Hello};
     let mut loads = Vec::new();
@@ -253,6 +264,8 @@ pub(crate) fn plan() -> Vec<Load> {
         if c == 1 || c == 64 {
             add(PyServer, Hello, 1, c);
             add(LegacyKorv, Hello, 1, c);
+            // Right after it: the pace is the rate it reached.
+            add(KorvPaced, Hello, 1, c);
         }
         if c == 64 {
             add(LegacyOwn, Hello, 1, c);
@@ -305,7 +318,7 @@ mod tests {
     #[test]
     fn the_plan_has_every_row_once_and_systems_serialize_as_their_keys() {
         let loads = plan();
-        assert_eq!(loads.len(), 58);
+        assert_eq!(loads.len(), 60);
         for (i, load) in loads.iter().enumerate() {
             assert!(!loads[..i].contains(load), "{load:?} twice");
         }
@@ -352,6 +365,23 @@ mod tests {
         assert!(has(PyBlocking, Hello, 1, 1));
         assert!(has(Original, Hello, 1, ORIGINAL_IN_FLIGHT));
         assert!(has(LegacyKorv, Hello, 1, 64) && has(LegacyOwn, Hello, 1, 64));
+        // Each paced row runs right after the korv 0.2.1 row whose rate it
+        // takes.
+        for c in [1, 64] {
+            let legacy = loads
+                .iter()
+                .position(|l| l.system == LegacyKorv && l.concurrency == c)
+                .unwrap();
+            assert_eq!(
+                loads[legacy + 1],
+                Load {
+                    system: KorvPaced,
+                    workload: Hello,
+                    connections: 1,
+                    concurrency: c
+                }
+            );
+        }
     }
 
     #[test]

@@ -324,7 +324,8 @@ impl Servers {
     }
 
     /// Runs one load and returns the generator's report with the cipher.
-    pub(crate) fn load(&self, load: &Load) -> Result<Measured, String> {
+    /// `pace` is the rate in requests/s a [`System::KorvPaced`] row keeps.
+    pub(crate) fn load(&self, load: &Load, pace: Option<f64>) -> Result<Measured, String> {
         let body = match load.workload {
             Workload::Hello => None,
             Workload::Echo1K => Some(self.dir.join("body-1k.json")),
@@ -333,7 +334,7 @@ impl Servers {
         let path = if body.is_some() { "/echo" } else { "/hello" };
         let korv_pid = self.korv_server.id();
         let mut command = match load.system {
-            System::Korv | System::PyServer => {
+            System::Korv | System::PyServer | System::KorvPaced => {
                 let (port, pid) = match (load.system, &self.python) {
                     (System::PyServer, Some(python)) => (python.hello_port, python.hello.id()),
                     (System::PyServer, None) => return Err("no Python server".into()),
@@ -347,6 +348,10 @@ impl Servers {
                 c.args(["--server-pid", &pid.to_string()])
                     .env("KORV_LOG", KORV_LOG_CIPHER);
                 c.args(self.load_shape(load));
+                if load.system == System::KorvPaced {
+                    let pace = pace.ok_or("no rate to pace to: the korv 0.2.1 row did not run")?;
+                    c.args(["--rate", &format!("{pace:.0}")]);
+                }
                 c
             }
             // The stdio client, with `ssh -W` as its transport (after `--`).
