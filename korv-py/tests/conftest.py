@@ -3,6 +3,7 @@ server on 127.0.0.1 port 0, clients that trust it, and the `korv` binary."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import subprocess
@@ -42,6 +43,18 @@ class Keys:
         with open(self.known_hosts, "a") as known:
             known.write(f"[{host}]:{port} {public[0]} {public[1]}\n")
         return self.known_hosts
+
+
+# A test that runs this long is taken for hung: every thread's stack is
+# dumped and the run ends (failing) instead of waiting forever.
+TEST_TIMEOUT = 300
+
+
+@pytest.fixture(autouse=True)
+def fail_a_hung_test() -> Iterator[None]:
+    faulthandler.dump_traceback_later(TEST_TIMEOUT, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture
