@@ -119,7 +119,7 @@ impl Client {
     fn new(inner: KorvClient) -> Self {
         Client {
             inner: Mutex::new(Some(inner)),
-            callbacks: PyPool::new("korv-callbacks", 1),
+            callbacks: crate::pool::py_pool("korv-callbacks", 1),
             pending: Arc::default(),
         }
     }
@@ -496,7 +496,7 @@ pub(crate) fn response_dict<'py>(
 /// The thread that resolves asyncio futures for every client.
 fn bridge() -> &'static PyPool {
     static BRIDGE: OnceLock<PyPool> = OnceLock::new();
-    BRIDGE.get_or_init(|| PyPool::new("korv-asyncio-bridge", 1))
+    BRIDGE.get_or_init(|| crate::pool::py_pool("korv-asyncio-bridge", 1))
 }
 
 /// Resolves `future` on `event_loop` with what `outcome` gives, from the

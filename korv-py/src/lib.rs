@@ -22,6 +22,7 @@
 //! Each module uses only the ones listed before it.
 //!
 //! - `runtime`: the Tokio runtime every server and client shares.
+//! - `scheduler`: a thread pool's bookkeeping, apart from Python.
 //! - `pool`: threads attached to Python that run jobs sent from Tokio.
 //! - `convert`: JSON values to Python objects and back, as the `json` module
 //!   would.
@@ -34,6 +35,7 @@ mod convert;
 mod errors;
 mod pool;
 mod runtime;
+mod scheduler;
 mod server;
 mod watch;
 

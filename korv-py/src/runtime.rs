@@ -10,13 +10,20 @@ use tokio::runtime::Runtime;
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
-/// The shared multi-threaded runtime, started on first use. Its threads
-/// never attach to Python.
+/// The shared runtime, started on first use. Its thread never attaches to
+/// Python.
+///
+/// One I/O thread: Python runs one callback at a time (the GIL) on the
+/// pool's threads, and one thread of Korv's engine does many times the
+/// requests per second that Python does. With a second one, each answer a
+/// callback sent woke a parked worker, which woke the other to share the
+/// work: about one thread switch per request.
 pub(crate) fn runtime() -> PyResult<&'static Runtime> {
     if let Some(runtime) = RUNTIME.get() {
         return Ok(runtime);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .thread_name("korv-io")
         .enable_all()
         .build()

@@ -135,6 +135,49 @@ struct Dispatch {
     /// cancels it.
     spawn: OnceLock<Py<PyAny>>,
     tracebacks: bool,
+    /// The `client` dict of the last request, for the client that sent it:
+    /// requests of one connection come in runs, and copying a dict costs
+    /// less than building it. Each request gets its own copy.
+    last_client: Mutex<Option<(ClientInfo, Py<PyDict>)>>,
+}
+
+impl Dispatch {
+    /// The request's `client` dict, a fresh one each time.
+    ///
+    /// The cache's lock is never held across a call into Python: building a
+    /// dict may let another thread take the GIL (the first use of an
+    /// interned key does, a collection running Python code can), and that
+    /// thread, asking for the lock while holding the GIL, would wait forever
+    /// on this one, which waits for the GIL.
+    fn client_dict<'py>(
+        &self,
+        py: Python<'py>,
+        client: &ClientInfo,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        if client.certificate.is_some() {
+            // Its nested `certificate` dict would be shared by the copies.
+            return client_dict(py, client);
+        }
+        let cached = match self.last_client().as_ref() {
+            Some((info, dict)) if info == client => Some(dict.clone_ref(py)),
+            _ => None,
+        };
+        if let Some(dict) = cached {
+            return dict.bind(py).copy();
+        }
+        let dict = client_dict(py, client)?;
+        let kept = dict.copy()?.unbind();
+        // The dict replaced is dropped after the lock.
+        let replaced = self.last_client().replace((client.clone(), kept));
+        drop(replaced);
+        Ok(dict)
+    }
+
+    fn last_client(&self) -> MutexGuard<'_, Option<(ClientInfo, Py<PyDict>)>> {
+        self.last_client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The outcome of serving, once it is over.
@@ -249,9 +292,10 @@ impl Server {
         Ok(Server {
             phase: Mutex::new(Phase::Building(Box::new(builder))),
             dispatch: Arc::new(Dispatch {
-                pool: PyPool::new("korv-worker", max_workers),
+                pool: crate::pool::py_pool("korv-worker", max_workers),
                 spawn: OnceLock::new(),
                 tracebacks,
+                last_client: Mutex::new(None),
             }),
             finished: Arc::default(),
         })
@@ -334,7 +378,12 @@ impl Server {
             Phase::Serving(handle) => handle.shutdown(),
             Phase::Starting { stop } => *stop = true,
             Phase::Building(_) => {
-                *phase = Phase::Over;
+                // The routes' callbacks are dropped after the lock: dropping
+                // a Python object may run Python code, which may hand the
+                // GIL to a thread that then waits for this lock.
+                let routes = std::mem::replace(&mut *phase, Phase::Over);
+                drop(phase);
+                drop(routes);
                 self.finished.set(Ok(()));
             }
             Phase::Over => {}
@@ -441,8 +490,8 @@ impl Route {
     /// awaitable to the asyncio loop.
     fn run(&self, py: Python<'_>, request: Request, reply: Reply, task: &AsyncTask) {
         let tracebacks = self.dispatch.tracebacks;
-        let called =
-            request_dict(py, &request).and_then(|dict| self.callback.bind(py).call1((dict,)));
+        let called = request_dict(py, &request, &self.dispatch)
+            .and_then(|dict| self.callback.bind(py).call1((dict,)));
         let response = match called {
             Err(err) => failure(
                 py,
@@ -594,7 +643,11 @@ fn is_awaitable(py: Python<'_>, result: &Bound<'_, PyAny>) -> bool {
 
 /// The request as the callback's dict: `id`, `verb`, `resource`, `body`,
 /// `headers`, `params` and `client`.
-fn request_dict<'py>(py: Python<'py>, request: &Request) -> PyResult<Bound<'py, PyDict>> {
+fn request_dict<'py>(
+    py: Python<'py>,
+    request: &Request,
+    dispatch: &Dispatch,
+) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     dict.set_item(intern!(py, "id"), request_id(py, request.id())?)?;
     dict.set_item(intern!(py, "verb"), verb_name(py, request.verb()))?;
@@ -614,7 +667,10 @@ fn request_dict<'py>(py: Python<'py>, request: &Request) -> PyResult<Bound<'py, 
         params.set_item(name, value)?;
     }
     dict.set_item(intern!(py, "params"), params)?;
-    dict.set_item(intern!(py, "client"), client_dict(py, request.client())?)?;
+    dict.set_item(
+        intern!(py, "client"),
+        dispatch.client_dict(py, request.client())?,
+    )?;
     Ok(dict)
 }
 

@@ -3,6 +3,7 @@ server on 127.0.0.1 port 0, clients that trust it, and the `korv` binary."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import subprocess
@@ -42,6 +43,28 @@ class Keys:
         with open(self.known_hosts, "a") as known:
             known.write(f"[{host}]:{port} {public[0]} {public[1]}\n")
         return self.known_hosts
+
+
+# A test that runs this long is taken for hung: every thread's stack is
+# dumped and the run ends (failing) instead of waiting forever. faulthandler
+# does it from a thread of its own, so a hang that holds the GIL ends too.
+TEST_TIMEOUT = 300
+
+# The run's stderr, taken while pytest does not capture it, for the dump.
+_stderr_fd: Optional[int] = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _stderr_fd
+    _stderr_fd = os.dup(sys.stderr.fileno())
+
+
+@pytest.fixture(autouse=True)
+def fail_a_hung_test() -> Iterator[None]:
+    assert _stderr_fd is not None
+    faulthandler.dump_traceback_later(TEST_TIMEOUT, exit=True, file=_stderr_fd)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture

@@ -61,6 +61,28 @@ def test_a_callback_gets_the_request_with_params_headers_and_client(make_server,
     assert client_info["peer"].startswith("127.0.0.1:")
 
 
+def test_each_request_gets_its_own_client_dict(make_server, make_client, keys):
+    # The server reuses what it built for the connection's last request:
+    # what a callback does to its dict must not reach the next request.
+    seen = []
+
+    def meddle(request):
+        seen.append(dict(request["client"]))
+        request["client"]["user"] = "someone else"
+        request["client"]["extra"] = True
+        del request["client"]["fingerprint"]
+        return 200, {}
+
+    server = make_server([("GET", "/meddle", meddle)])
+    client = make_client(server)
+    for _ in range(3):
+        assert client.get("/meddle")["code"] == 200
+    assert len(seen) == 3
+    assert seen[0] == seen[1] == seen[2]
+    assert seen[0]["fingerprint"] == fingerprint(Path(f"{keys.client}.pub"))
+    assert "extra" not in seen[2]
+
+
 def test_every_verb_reaches_its_own_callback(make_server, make_client):
     def answer(verb):
         return lambda request: (200, {"verb": verb, "body": request["body"]})
@@ -283,6 +305,120 @@ def test_a_blocked_callback_holds_up_no_other(make_server, make_client):
     release.set()
     assert client.wait(30)
     assert answers[0]["body"] == {"released": True}
+
+
+async def gather_resources(port: int, keys: Keys, resources):
+    """GETs every resource at once over one connection; the responses in order."""
+    async with korv.aio.KorvClient(
+        host="127.0.0.1",
+        port=port,
+        client_keys=[str(keys.client)],
+        known_hosts=str(keys.known_hosts),
+    ) as client:
+        return await asyncio.gather(*(client.get(resource) for resource in resources))
+
+
+def test_a_callback_raising_in_a_burst_fails_only_its_own_request(make_server, keys):
+    # Requests that arrive together run one after another on one worker
+    # thread: an exception must end its own request only.
+    def maybe(request):
+        n = int(request["params"]["n"])
+        if n % 3 == 0:
+            raise ValueError(f"no {n}")
+        return 200, {"n": n}
+
+    server = make_server([("GET", "/maybe/{n}", maybe)])
+    count = 300
+    responses = asyncio.run(
+        gather_resources(server.port, keys, [f"/maybe/{n}" for n in range(count)])
+    )
+    for n, response in enumerate(responses):
+        if n % 3 == 0:
+            assert response["code"] == 500, (n, response)
+            assert response["body"]["message"] == f"no {n}"
+            assert response["body"]["traceback"][-1] == f"ValueError: no {n}\n"
+        else:
+            assert response["code"] == 200, (n, response)
+            assert response["body"] == {"n": n}
+
+
+def test_a_blocked_callback_holds_up_no_burst_behind_it(make_server, make_client, keys):
+    # The blocked callback occupies the worker thread that drains the
+    # queue; the burst behind it must get another thread, and be answered
+    # while the first is still blocked.
+    entered = threading.Event()
+    release = threading.Event()
+
+    def blocked(request):
+        entered.set()
+        release.wait(30)
+        return 200, {"released": release.is_set()}
+
+    server = make_server([("GET", "/blocked", blocked), ("GET", "/hello", hello)])
+    client = make_client(server)
+    answers = []
+    client.get("/blocked", callback=answers.append)
+    assert entered.wait(30)
+    started = time.perf_counter()
+    responses = asyncio.run(gather_resources(server.port, keys, ["/hello"] * 64))
+    elapsed = time.perf_counter() - started
+    assert [r["body"] for r in responses] == [{"msg": "Hello World!"}] * 64
+    assert not release.is_set() and answers == []
+    # Connecting takes most of it; waiting for the blocked one would be 30 s.
+    assert elapsed < 10, elapsed
+    release.set()
+    assert client.wait(30)
+    assert answers[0]["body"] == {"released": True}
+
+
+FIRST_BURST = """
+import asyncio, sys
+import korv, korv.aio
+
+host_key, authorized_keys, known_hosts, client_key = sys.argv[1:5]
+
+def echo(request):
+    return 200, {"n": request["body"]["n"], "user": request["client"]["user"]}
+
+server = korv.KorvServer(port=0, host="127.0.0.1", host_keys=[host_key], authorized_client_keys=authorized_keys)
+server.add_callback("STORE", "/echo", echo)
+server.start(block=False)
+public = open(host_key + ".pub").read().split()
+with open(known_hosts, "a") as known:
+    known.write(f"[127.0.0.1]:{server.port} {public[0]} {public[1]}\\n")
+
+async def main():
+    async with korv.aio.KorvClient(
+        host="127.0.0.1", port=server.port, client_keys=[client_key], known_hosts=known_hosts
+    ) as client:
+        return await asyncio.gather(*(client.store("/echo", {"n": n}) for n in range(3000)))
+
+responses = asyncio.run(main())
+assert [r["body"]["n"] for r in responses] == list(range(3000))
+server.stop()
+print("answered", len(responses))
+"""
+
+
+def test_a_fresh_process_answers_its_first_burst_of_requests(keys):
+    # The server's first requests in a process, several callback threads
+    # at once and an asyncio client in the same process: the first use of
+    # the interned dict keys lets the GIL go in the middle of building a
+    # request's dict, and no thread may wait then for a lock another holds
+    # while it waits for the GIL (that hung the server at times). Each run
+    # is a new process; a hang is a timeout.
+    for _ in range(3):
+        ran = subprocess.run(
+            [
+                sys.executable, "-c", textwrap.dedent(FIRST_BURST), str(keys.host),
+                str(keys.authorized_keys), str(keys.known_hosts), str(keys.client),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout == "answered 3000\n"
 
 
 def test_a_callback_past_the_request_timeout_is_answered_504(make_server, make_client):

@@ -82,10 +82,13 @@ class KorvServer:
     ``host``:``port`` (all interfaces, 8022 by default; port 0 picks a free
     port, which :attr:`port` then holds).
 
-    Plain callbacks run on a pool of up to ``max_workers`` threads, so a
-    slow one holds up no other; ``async def`` callbacks are awaited on the
-    server's asyncio loop. The GIL is never held while waiting for the
-    network.
+    Plain callbacks run on a pool of up to ``max_workers`` threads: requests
+    that arrive together run one after another on one thread, under one
+    hold of the GIL, and when queued requests go untaken for a millisecond
+    (a callback sleeping or waiting on I/O) another thread takes them, so a
+    slow callback holds up the others by about a millisecond or two at most.
+    ``async def`` callbacks are awaited on the server's asyncio loop. The
+    GIL is never held while waiting for the network.
 
     Keyword arguments beyond the original three: ``host``, ``max_workers``,
     ``request_timeout`` (seconds a callback has before the client gets a
