@@ -61,7 +61,10 @@ k.get('/hello', callback=lambda response: print(response['body']))
 """
 
 SERVER_PRELUDE = """
-import logging, sys
+import logging, signal, sys
+# Ctrl-C raises KeyboardInterrupt even when the suite was started from a
+# shell without job control (`cmd &`), whose children ignore SIGINT.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
 import korv
 # Tests listen on 127.0.0.1 port 0, not on every interface's port 8022.

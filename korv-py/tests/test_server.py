@@ -640,9 +640,7 @@ def test_shutdown_answers_503_to_new_requests_and_lets_in_flight_ones_finish(mak
     stopper = threading.Thread(target=server.stop)
     stopper.start()
     # The shutdown has begun once new requests are refused.
-    refused = client.get("/hello")
-    while refused["code"] == 200:
-        refused = client.get("/hello")
+    refused = until_refused(client)
     assert refused["code"] == 503
     assert stopper.is_alive()
     release.set()
@@ -653,8 +651,22 @@ def test_shutdown_answers_503_to_new_requests_and_lets_in_flight_ones_finish(mak
     assert answers[0]["body"] == {"finished": True}
 
 
+def until_refused(client: korv.KorvClient, seconds: float = 30.0) -> "dict":
+    """GET /hello until the answer is not a 200 (a server shutting down
+    answers 503), for at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    refused = client.get("/hello")
+    while refused["code"] == 200:
+        assert time.monotonic() < deadline, f"still answering 200 after {seconds} s"
+        refused = client.get("/hello")
+    return refused
+
+
 CTRL_C_SERVER = """
-import logging, sys
+import logging, signal, sys
+# Ctrl-C raises KeyboardInterrupt even when the suite was started from a
+# shell without job control (`cmd &`), whose children ignore SIGINT.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
 import korv
 
@@ -700,9 +712,7 @@ def test_ctrl_c_stops_start_gracefully(keys, tmp_path):
         client.store("/slow", {}, callback=answers.append)
         assert server.stdout.readline() == "slow started\n"
         server.send_signal(signal.SIGINT)
-        refused = client.get("/hello")
-        while refused["code"] == 200:
-            refused = client.get("/hello")
+        refused = until_refused(client)
         assert refused["code"] == 503
         assert answers == []
         assert server.stdin is not None
