@@ -245,13 +245,18 @@ def test_a_sync_callback_runs_on_a_worker_thread_not_the_loop(make_server, make_
     assert threads[0].startswith("korv-worker-")
 
 
-async def gather_gets(port: int, keys: Keys, resource: str, count: int):
-    async with korv.aio.KorvClient(
+def aio_client(port: int, keys: Keys) -> korv.aio.KorvClient:
+    """An asyncio client of the test server on `port`, trusting its key."""
+    return korv.aio.KorvClient(
         host="127.0.0.1",
         port=port,
         client_keys=[str(keys.client)],
         known_hosts=str(keys.known_hosts),
-    ) as client:
+    )
+
+
+async def gather_gets(port: int, keys: Keys, resource: str, count: int):
+    async with aio_client(port, keys) as client:
         started = time.perf_counter()
         responses = await asyncio.gather(*(client.get(resource) for _ in range(count)))
         return time.perf_counter() - started, responses
@@ -309,12 +314,7 @@ def test_a_blocked_callback_holds_up_no_other(make_server, make_client):
 
 async def gather_resources(port: int, keys: Keys, resources):
     """GETs every resource at once over one connection; the responses in order."""
-    async with korv.aio.KorvClient(
-        host="127.0.0.1",
-        port=port,
-        client_keys=[str(keys.client)],
-        known_hosts=str(keys.known_hosts),
-    ) as client:
+    async with aio_client(port, keys) as client:
         return await asyncio.gather(*(client.get(resource) for resource in resources))
 
 
