@@ -179,9 +179,18 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                         _ => {}
                     }
                     if let Some(permits) = &permits {
-                        match permits.acquire().await {
-                            Ok(permit) => permit.forget(),
-                            Err(_) => break,
+                        // A loop waiting for its slot stops at the deadline:
+                        // at a low rate most loops wait, and the run must not
+                        // outlast --duration by one slot per waiting loop.
+                        let acquired = match total {
+                            Some(_) => Some(permits.acquire().await),
+                            None => tokio::time::timeout_at(deadline.into(), permits.acquire())
+                                .await
+                                .ok(),
+                        };
+                        match acquired {
+                            Some(Ok(permit)) => permit.forget(),
+                            _ => break,
                         }
                     }
                     let sent = Instant::now();

@@ -425,6 +425,22 @@ fn bench_paced_by_a_rate_answers_every_request_and_refuses_a_zero_rate() {
     let (code, _, stderr) = server.korv(&["bench", "/hello", "--rate", "0"], None);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("must be above 0"), "{stderr}");
+    // Eight loops at 4 requests/s for 1 s: the loops still waiting for a
+    // slot at the deadline stop there instead of each sending one more.
+    let (code, report) = server.json(&[
+        "bench",
+        "/hello",
+        "--duration",
+        "1s",
+        "--concurrency",
+        "8",
+        "--rate",
+        "4",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let answered = report["answered"].as_u64().unwrap();
+    assert!((1..=5).contains(&answered), "{answered} answered: {report}");
 }
 
 #[test]
