@@ -48,6 +48,8 @@ class Keys:
 # A test that runs this long is taken for hung: every thread's stack is
 # dumped and the run ends (failing) instead of waiting forever. faulthandler
 # does it from a thread of its own, so a hang that holds the GIL ends too.
+# (pytest's own `faulthandler_timeout` would only dump, and faulthandler keeps
+# one such timer: this one is the timer.)
 TEST_TIMEOUT = 300
 
 # The run's stderr, taken while pytest does not capture it, for the dump.
