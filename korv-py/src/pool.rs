@@ -4,9 +4,10 @@
 //! thread runs which job and when threads are added. Each thread attaches
 //! to the interpreter once, for its whole life, and detaches while it waits
 //! for work, so waiting never holds the GIL and the thread keeps one Python
-//! thread state (its `threading.local` data survive between jobs). Once
-//! attached, a thread runs every job queued before it detaches again: a
-//! burst of short jobs costs one GIL acquisition, not one per job.
+//! thread state (its `threading.local` data survive between jobs, until the
+//! thread ends after `scheduler::KEEP_ALIVE` idle). Once attached, a thread
+//! runs every job queued before it detaches again: a burst of short jobs
+//! costs one GIL acquisition, not one per job.
 
 use std::panic::AssertUnwindSafe;
 

@@ -26,15 +26,22 @@
 //! `STALL`s, and a burst of blocking jobs gets a thread each within about
 //! two `STALL`s per job.
 //!
+//! A thread idle for [`KEEP_ALIVE`] ends, down to one: threads the
+//! watchdog added for a blocking burst do not stay for the pool's life.
+//!
 //! No job runs, and no job is dropped, under the pool's lock.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long queued jobs may go untaken while threads are draining before
 /// the watchdog adds a thread.
 pub(crate) const STALL: Duration = Duration::from_millis(1);
+
+/// How long a thread waits for work before it ends, unless it is the
+/// pool's last.
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// A pool of threads running jobs of type `J`. Cheap to clone; clones share
 /// the threads.
@@ -61,6 +68,8 @@ struct Shared<J> {
     work: Condvar,
     /// The watchdog waits here while no thread is draining.
     watch: Condvar,
+    /// How long an idle thread lives ([`KEEP_ALIVE`]; shorter in tests).
+    keep_alive: Duration,
 }
 
 struct State<J> {
@@ -105,6 +114,15 @@ impl<J: Send + 'static> Pool<J> {
     /// A pool of at most `max_threads` threads (at least one), none started
     /// yet, each running `worker`.
     pub(crate) fn new(name: &'static str, max_threads: usize, worker: fn(Pool<J>)) -> Self {
+        Self::with_keep_alive(name, max_threads, worker, KEEP_ALIVE)
+    }
+
+    fn with_keep_alive(
+        name: &'static str,
+        max_threads: usize,
+        worker: fn(Pool<J>),
+        keep_alive: Duration,
+    ) -> Self {
         Pool {
             shared: Arc::new(Shared {
                 name,
@@ -124,6 +142,7 @@ impl<J: Send + 'static> Pool<J> {
                 }),
                 work: Condvar::new(),
                 watch: Condvar::new(),
+                keep_alive,
             }),
         }
     }
@@ -197,6 +216,7 @@ impl<J: Send + 'static> Pool<J> {
     /// closed and its queue empty (the thread must then end).
     pub(crate) fn wait_for_work(&self) -> bool {
         let mut state = self.lock();
+        let mut idle_since = Instant::now();
         loop {
             if state.wakeups > 0 {
                 // `add_drainer` counted this thread as draining.
@@ -214,11 +234,23 @@ impl<J: Send + 'static> Pool<J> {
                 state.draining += 1;
                 return true;
             }
+            let idle_for = idle_since.elapsed();
+            if idle_for >= self.shared.keep_alive {
+                if state.threads > 1 {
+                    state.idle -= 1;
+                    state.threads -= 1;
+                    return false;
+                }
+                // The last thread stays.
+                idle_since = Instant::now();
+                continue;
+            }
             state = self
                 .shared
                 .work
-                .wait(state)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                .wait_timeout(state, self.shared.keep_alive - idle_for)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -519,6 +551,32 @@ mod tests {
         let counts = wait_until(&pool, parked);
         assert_eq!(counts.threads, 1);
         pool.close();
+    }
+
+    #[test]
+    fn threads_idle_for_their_keep_alive_end_but_the_last() {
+        let keep_alive = Duration::from_millis(20);
+        let pool = Pool::with_keep_alive("test-keep-alive", 3, worker, keep_alive);
+        let (entered, running) = mpsc::channel();
+        let mut releases = Vec::new();
+        for _ in 0..3 {
+            let (release, blocked) = blocker(&entered);
+            releases.push(release);
+            submit(&pool, blocked);
+        }
+        for _ in 0..3 {
+            running.recv_timeout(LIMIT).unwrap();
+        }
+        assert_eq!(pool.counts().threads, 3);
+        drop(releases);
+        let counts = wait_until(&pool, |counts| counts.threads == 1 && parked(counts));
+        assert_eq!(counts.idle, 1);
+        // The one left still serves.
+        let (done, finished) = mpsc::channel();
+        submit(&pool, move || done.send(()).unwrap());
+        finished.recv_timeout(LIMIT).unwrap();
+        pool.close();
+        wait_until(&pool, |counts| counts.threads == 0);
     }
 
     #[test]

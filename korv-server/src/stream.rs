@@ -424,15 +424,31 @@ where
         .saturating_mul(MAX_UNWRITTEN_FRAMES)
         .max(64 * 1024);
 
+    // Whether `parts` holds an answer of a handler's task, and whether this
+    // stream yielded to let the tasks still in flight finish first.
+    let mut from_tasks = false;
+    let mut yielded = false;
+
     loop {
         // Gather every answer that is ready, then hand them over in one go.
         while let Some(Some(answer)) = in_flight.next().now_or_never() {
             parts.push(answer);
+            from_tasks = true;
+        }
+        // Handlers' tasks finish one at a time, and Tokio runs the task a
+        // finishing one wakes (this stream) right after it: the answers of
+        // tasks that finish together would leave one SSH packet each. Once
+        // per batch, let the tasks that are ready run first.
+        if from_tasks && !yielded && !in_flight.is_empty() {
+            yielded = true;
+            tokio::task::yield_now().await;
+            continue;
         }
         if !out.is_empty() {
             parts.push(out.split());
         }
         if !parts.is_empty() {
+            (from_tasks, yielded) = (false, false);
             let bytes = parts.iter().map(BytesMut::len).sum();
             let waiting = unwritten.fetch_add(bytes, Ordering::AcqRel) + bytes;
             if waiting > max_unwritten {
@@ -477,7 +493,10 @@ where
             () = to_writer.closed() => {
                 return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the stream's writer stopped"));
             }
-            Some(answer) = in_flight.next(), if !in_flight.is_empty() => parts.push(answer),
+            Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
+                parts.push(answer);
+                from_tasks = true;
+            }
             ended = watches.next_ended(), if !watches.is_empty() => {
                 debug!(id = %ended.id, code = ended.code.map(|c| c.as_u16()), "watch ended");
             }

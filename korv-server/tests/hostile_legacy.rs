@@ -7,9 +7,6 @@
 //! message), and whether the stream goes on or closes.
 
 use std::io::Write as _;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -19,8 +16,9 @@ use futures_util::StreamExt;
 use korv_proto::legacy::TOO_LARGE_FOR_LEGACY;
 use korv_proto::{LegacyCodec, LegacyFrame};
 use korv_server::{ClientInfo, KorvServer, Limits, Request, StreamService, Verb};
+use korv_testkit::pipe::{Recorded, Writes};
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, FramedRead};
 
@@ -30,58 +28,18 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(60);
 /// korv 0.2.1's client's maximum packet size.
 const PACKET: usize = 32 * 1024;
 
-/// The server's end of the pipe, recording every write it makes.
-struct Recorded {
-    inner: DuplexStream,
-    writes: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl AsyncRead for Recorded {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Recorded {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        self.writes.lock().unwrap().push(buf[..written].to_vec());
-        Poll::Ready(Ok(written))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// A client end of a korv 0.2.1 stream served by a `StreamService`.
 struct Pipe {
     writer: WriteHalf<DuplexStream>,
     reader: FramedRead<ReadHalf<DuplexStream>, LegacyCodec>,
     served: JoinHandle<std::io::Result<()>>,
-    writes: Arc<Mutex<Vec<Vec<u8>>>>,
+    writes: Writes,
 }
 
 impl Pipe {
     fn open(service: &StreamService<()>) -> Pipe {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let writes = Arc::new(Mutex::new(Vec::new()));
-        let io = Recorded {
-            inner: theirs,
-            writes: Arc::clone(&writes),
-        };
+        let (io, writes) = Recorded::new(theirs);
         let service = service.clone();
         let served = tokio::spawn(async move {
             service

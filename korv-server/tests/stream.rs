@@ -486,6 +486,39 @@ async fn a_stream_at_its_in_flight_limit_stops_reading() {
     assert_eq!(seen, FRAMES);
 }
 
+/// Tokio runs the task that a finishing task wakes right after it: without
+/// care, each handler's task would wake the stream and its answer would be
+/// written (over SSH: sent as a packet) alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn answers_of_handlers_that_finish_together_are_written_together() {
+    const REQUESTS: usize = 32;
+    let (service, gate) = gated(limits());
+    let (mut pipe, writes) = Pipe::open_recorded(&service);
+    let mut burst = Vec::new();
+    for id in 0..REQUESTS {
+        burst.extend(frame(&get(id as i64, &format!("/hold/{id}"))));
+    }
+    pipe.send_raw(&burst).await;
+    gate.started(REQUESTS).await;
+    assert!(writes.lock().unwrap().is_empty(), "nothing is answered yet");
+    gate.release.add_permits(REQUESTS);
+    let mut ids: Vec<i64> = Vec::new();
+    for _ in 0..REQUESTS {
+        let response = pipe.recv().await;
+        assert_eq!(response.code, StatusCode::OK);
+        ids.push(response.body["id"].as_str().unwrap().parse().unwrap());
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (0..REQUESTS as i64).collect::<Vec<_>>());
+    // Released from another thread, the handlers may not all finish in one
+    // go; one write per answer, or anything near it, is the fault.
+    let written = writes.lock().unwrap().len();
+    assert!(
+        written <= REQUESTS / 8,
+        "{REQUESTS} answers that were ready together took {written} writes"
+    );
+}
+
 #[tokio::test]
 async fn a_handler_past_the_request_timeout_gets_504() {
     let service = app(Limits {

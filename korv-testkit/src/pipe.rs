@@ -3,13 +3,16 @@
 //! frame codec.
 
 use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use korv_proto::{Frame, KorvCodec, Response};
 use korv_server::{ClientInfo, StreamService};
 use serde_json::Value;
-use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
@@ -30,11 +33,85 @@ pub struct Pipe {
     served: JoinHandle<io::Result<()>>,
 }
 
+/// Every write the server made to its end of a stream, in order.
+pub type Writes = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// The server's end of an in-memory stream, recording every write made to
+/// it.
+#[derive(Debug)]
+pub struct Recorded {
+    inner: DuplexStream,
+    writes: Writes,
+}
+
+impl Recorded {
+    /// `inner`, recorded, and the record.
+    pub fn new(inner: DuplexStream) -> (Recorded, Writes) {
+        let writes = Writes::default();
+        let recorded = Recorded {
+            inner,
+            writes: Arc::clone(&writes),
+        };
+        (recorded, writes)
+    }
+}
+
+impl AsyncRead for Recorded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Recorded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        let record = buf.get(..written).unwrap_or_default().to_vec();
+        self.writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(record);
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 impl Pipe {
     /// Opens a stream that `service` serves on a task of its own, with
     /// [`Pipe::client`] as the caller its handlers see.
     pub fn open<S: Clone + Send + Sync + 'static>(service: &StreamService<S>) -> Pipe {
         let (ours, theirs) = tokio::io::duplex(CAPACITY);
+        Pipe::serve(service, ours, theirs)
+    }
+
+    /// As [`Pipe::open`], with a record of every write the server makes.
+    pub fn open_recorded<S: Clone + Send + Sync + 'static>(
+        service: &StreamService<S>,
+    ) -> (Pipe, Writes) {
+        let (ours, theirs) = tokio::io::duplex(CAPACITY);
+        let (theirs, writes) = Recorded::new(theirs);
+        (Pipe::serve(service, ours, theirs), writes)
+    }
+
+    fn serve<S, IO>(service: &StreamService<S>, ours: DuplexStream, theirs: IO) -> Pipe
+    where
+        S: Clone + Send + Sync + 'static,
+        IO: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let service = service.clone();
         let served = tokio::spawn(async move { service.serve_as(theirs, Pipe::client()).await });
         let (reader, writer) = tokio::io::split(ours);

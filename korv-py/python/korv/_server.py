@@ -87,7 +87,8 @@ class KorvServer:
     hold of the GIL, and when queued requests go untaken for a millisecond
     (a callback sleeping or waiting on I/O) another thread takes them, so a
     slow callback holds up the others by about a millisecond or two at most.
-    ``async def`` callbacks are awaited on the server's asyncio loop. The
+    A thread left idle for 10 seconds ends (down to one), and with it its
+    ``threading.local`` data. ``async def`` callbacks are awaited on the server's asyncio loop. The
     GIL is never held while waiting for the network.
 
     Keyword arguments beyond the original three: ``host``, ``max_workers``,
