@@ -12,7 +12,9 @@
 //!   stops reading, which pushes back on the client through SSH flow control.
 //! - Answers waiting to be written are bounded (8 maximum frames): a client
 //!   that keeps sending without reading its answers has its stream closed.
-//! - Responses that are ready together are written together, with one flush.
+//! - Responses that are ready together are written together, with one flush;
+//!   so are the answers of handler tasks that finish together (the stream
+//!   lets the ready tasks run once before it hands a batch over).
 //! - At the client's EOF the loop finishes what is in flight, writes it, then
 //!   shuts its writing side down (EOF).
 //! - On shutdown it answers new requests `503`, gives in-flight ones the grace
