@@ -52,6 +52,17 @@ struct Serve {
     port: u16,
     child: Option<Child>,
     starts: usize,
+    /// Whether `child` is strace, running the server.
+    traced: bool,
+}
+
+/// The children of process `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
 }
 
 impl Serve {
@@ -72,6 +83,7 @@ impl Serve {
             port,
             child: None,
             starts: 0,
+            traced: false,
         }
     }
 
@@ -81,6 +93,7 @@ impl Serve {
 
     /// Starts the server and waits until it listens.
     fn start(&mut self) {
+        self.traced = false;
         self.start_with(Command::new(env!("CARGO_BIN_EXE_korv")));
     }
 
@@ -95,6 +108,7 @@ impl Serve {
             .args(["-e", &format!("trace={}", TRACED.join(","))])
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_korv"));
+        self.traced = true;
         self.start_with(command);
     }
 
@@ -128,6 +142,18 @@ impl Serve {
     /// SIGKILL, and wait for the process to be gone.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // Under strace the server is strace's child, and strace killed
+            // detaches it, to run on: the server gets the SIGKILL, and strace
+            // ends by itself once it is gone, its trace written.
+            if self.traced {
+                for pid in children(child.id()) {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+                child.wait().unwrap();
+                return;
+            }
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
         }
@@ -622,6 +648,10 @@ async fn every_acknowledged_change_is_synced_to_disk_before_its_answer_is_writte
     }
     drop(client);
     serve.kill();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", serve.port)).is_err(),
+        "korv serve still listens after the kill: it outlived strace"
+    );
 
     let log = std::fs::read_to_string(&trace).unwrap();
     let events = traced_events(&log, "store.redb");
