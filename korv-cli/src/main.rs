@@ -115,39 +115,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// hours while the memory in use stays flat. Two arenas keep it flat (see
 /// "Memory over hours" in BENCHMARKS.md).
 ///
-/// Left to itself, glibc also hands large blocks (a 1 MiB body, its
-/// answer) back to the kernel as they are freed, or soon after, by thresholds
-/// that move with what was freed last: a server echoing 1 MiB bodies
-/// page-faulted about 320 times per request in some runs and none in others
-/// (3.3 against 2.2 ms of CPU per echo). Fixed thresholds keep blocks under
-/// 4 MiB in the arenas and up to 16 MiB free at an arena's top before it is
-/// trimmed: no faults in the steady state, for some MiB of resident memory
-/// kept after a burst of large requests.
-///
-/// glibc reads these variables only as a process starts, so `korv serve`
-/// starts itself again with them, once, unless each is set already (an
+/// glibc reads `MALLOC_ARENA_MAX` only as a process starts, so `korv serve`
+/// starts itself again with it, once, unless it is set already (an
 /// operator's own choice wins). The restart is an `exec`: same process id,
 /// same open files, nothing left behind.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod malloc_arenas {
     use std::os::unix::process::CommandExt;
 
-    /// The environment variables glibc reads, and what `korv serve` sets.
-    const SETTINGS: [(&str, &str); 3] = [
-        ("MALLOC_ARENA_MAX", "2"),
-        ("MALLOC_MMAP_THRESHOLD_", "4194304"),
-        ("MALLOC_TRIM_THRESHOLD_", "16777216"),
-    ];
+    /// The environment variable glibc reads, and the arenas `korv serve` uses.
+    const VARIABLE: &str = "MALLOC_ARENA_MAX";
+    const ARENAS: &str = "2";
 
-    /// Replaces this process with itself under [`SETTINGS`], those of them
-    /// not set already; returns only when every one is set, or when the
-    /// exec fails (the server then runs with glibc's defaults).
+    /// Replaces this process with itself under `MALLOC_ARENA_MAX=2`, unless
+    /// the variable is set; returns only when it is set, or when the exec
+    /// fails (the server then runs with glibc's default).
     pub(crate) fn limit() {
-        let unset: Vec<(&str, &str)> = SETTINGS
-            .into_iter()
-            .filter(|(name, _)| std::env::var_os(name).is_none())
-            .collect();
-        if unset.is_empty() {
+        if std::env::var_os(VARIABLE).is_some() {
             return;
         }
         let mut args = std::env::args_os();
@@ -156,15 +140,10 @@ mod malloc_arenas {
         let err = std::process::Command::new("/proc/self/exe")
             .arg0(arg0)
             .args(args)
-            .envs(unset.iter().copied())
+            .env(VARIABLE, ARENAS)
             .exec();
-        let wanted: Vec<String> = unset
-            .iter()
-            .map(|(name, value)| format!("{name}={value}"))
-            .collect();
         eprintln!(
-            "korv: warning: cannot restart with {} ({err}); resident memory may creep under load: start korv serve with them in its environment",
-            wanted.join(" ")
+            "korv: warning: cannot restart with {VARIABLE}={ARENAS} ({err}); resident memory may creep under load: start korv serve with {VARIABLE}={ARENAS} in its environment"
         );
     }
 }
