@@ -409,17 +409,8 @@ fn bench_with_1000_requests_reports_1000_answers() {
 fn bench_paced_by_a_rate_answers_every_request_and_refuses_a_zero_rate() {
     let server = Server::start();
     server.trust();
-    let (code, report) = server.json(&[
-        "bench",
-        "/hello",
-        "--requests",
-        "300",
-        "--concurrency",
-        "8",
-        "--rate",
-        "20000",
-        "--json",
-    ]);
+    let bench = |options: &[&str]| server.json(&[&["bench", "/hello", "--json"], options].concat());
+    let (code, report) = bench(&["--requests", "300", "--concurrency", "8", "--rate", "20000"]);
     assert_eq!(code, 0);
     assert_eq!(report["codes"]["200"], json!(300));
     let (code, _, stderr) = server.korv(&["bench", "/hello", "--rate", "0"], None);
@@ -427,17 +418,7 @@ fn bench_paced_by_a_rate_answers_every_request_and_refuses_a_zero_rate() {
     assert!(stderr.contains("must be above 0"), "{stderr}");
     // Eight loops at 4 requests/s for 1 s: the loops still waiting for a
     // slot at the deadline stop there instead of each sending one more.
-    let (code, report) = server.json(&[
-        "bench",
-        "/hello",
-        "--duration",
-        "1s",
-        "--concurrency",
-        "8",
-        "--rate",
-        "4",
-        "--json",
-    ]);
+    let (code, report) = bench(&["--duration", "1s", "--concurrency", "8", "--rate", "4"]);
     assert_eq!(code, 0);
     let answered = report["answered"].as_u64().unwrap();
     assert!((1..=5).contains(&answered), "{answered} answered: {report}");

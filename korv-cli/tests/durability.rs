@@ -145,12 +145,17 @@ impl Serve {
             // Under strace the server is strace's child, and strace killed
             // detaches it, to run on: the server gets the SIGKILL, and strace
             // ends by itself once it is gone, its trace written.
-            if self.traced {
-                for pid in children(child.id()) {
-                    let _ = Command::new("kill")
-                        .args(["-KILL", &pid.to_string()])
-                        .status();
-                }
+            let tracees = if self.traced {
+                children(child.id())
+            } else {
+                Vec::new()
+            };
+            for pid in &tracees {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            if !tracees.is_empty() {
                 child.wait().unwrap();
                 return;
             }

@@ -132,12 +132,10 @@ fn only(args: &[String]) -> Result<Option<Vec<System>>, String> {
     let Some(list) = args.iter().find_map(|a| a.strip_prefix("--only=")) else {
         return Ok(None);
     };
-    let known = plan::plan();
     list.split(',')
         .map(|key| {
-            known
-                .iter()
-                .map(|l| l.system)
+            System::ALL
+                .into_iter()
                 .find(|s| s.key() == key)
                 .ok_or_else(|| format!("--only: no system {key:?}"))
         })

@@ -91,7 +91,6 @@ pub(crate) const TLS_CIPHER: &str = "TLS13_AES_128_GCM_SHA256";
 
 impl System {
     /// Every system.
-    #[cfg(test)]
     pub(crate) const ALL: [System; 14] = [
         System::Korv,
         System::Tcp,
