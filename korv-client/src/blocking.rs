@@ -14,12 +14,15 @@ use serde::Serialize;
 use korv_proto::{Headers, Response, Verb};
 
 use crate::config::ClientConfig;
+use crate::engine::Engine;
 use crate::error::Error;
 
-/// A blocking Korv client. It owns a small runtime of its own; do not use it
-/// from inside an async runtime.
+/// A blocking Korv client. It owns a small runtime of its own, an
+/// [`Engine`]: the thread that calls a method runs the connection while it
+/// waits, so a request costs no thread switch. Do not use it from inside
+/// an async runtime.
 pub struct KorvClient {
-    runtime: tokio::runtime::Runtime,
+    runtime: Engine,
     inner: crate::client::KorvClient,
 }
 
@@ -29,11 +32,7 @@ impl KorvClient {
     /// # Errors
     /// As the async client, plus [`Error::Runtime`] if no runtime can start.
     pub fn connect(config: ClientConfig) -> Result<KorvClient, Error> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(Error::Runtime)?;
+        let runtime = Engine::new("korv-client").map_err(Error::Runtime)?;
         let inner = runtime.block_on(crate::client::KorvClient::connect(config))?;
         Ok(KorvClient { runtime, inner })
     }
@@ -124,7 +123,7 @@ impl KorvClient {
 /// at the watch's final frame ([`Watch::end`]); dropping it before then
 /// cancels the watch.
 pub struct Watch<'a> {
-    runtime: &'a tokio::runtime::Runtime,
+    runtime: &'a Engine,
     inner: crate::watch::Watch,
 }
 

@@ -63,6 +63,8 @@
 //!
 //! Each module uses only the ones listed before it.
 //!
+//! - [`engine`]: [`engine::Engine`], the runtime of blocking clients,
+//!   driven by the thread that waits on it.
 //! - [`ssh_config`]: OpenSSH's client configuration, resolved for one host;
 //!   jump host lists.
 //! - `error`: [`Error`] and its typed causes, [`IdentityError`] and
@@ -83,13 +85,14 @@
 //! - `mux`: the multiplexed stream (ids, in-flight map, reader and writer
 //!   tasks), in version 1's format or korv 0.2.1's.
 //! - `client`: [`KorvClient`], the async client over `ssh` and `mux`.
-//! - [`blocking`]: the synchronous client, over [`KorvClient`].
+//! - [`blocking`]: the synchronous client, over [`KorvClient`] and `engine`.
 
 pub mod blocking;
 mod certificate;
 mod client;
 mod config;
 mod endpoint;
+pub mod engine;
 mod error;
 mod known_hosts;
 mod mux;

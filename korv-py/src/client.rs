@@ -1,10 +1,12 @@
 //! `Client`: one SSH connection to a Korv server with one multiplexed stream,
 //! over `korv_client::KorvClient`.
 //!
-//! Three ways to make a request, each sending it from the Tokio runtime:
+//! Each client runs on an engine of its own (`korv_client::engine`). Three
+//! ways to make a request:
 //!
 //! - `request`: blocks the calling thread, detached from Python, until the
-//!   answer (Ctrl-C still interrupts it);
+//!   answer (Ctrl-C still interrupts it); that thread runs the connection
+//!   while it waits, so the request costs no thread switch;
 //! - `request_with_callback`: returns at once; the callback runs on the
 //!   client's callback thread, one answer after another;
 //! - `request_async`: returns at once; the answer resolves an asyncio future
@@ -15,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use korv_client::engine::Engine;
 use korv_client::{ChannelKind, HostKeyPolicy, KorvClient, Response, Verb};
 use korv_server::Headers;
 use pyo3::exceptions::PyValueError;
@@ -113,14 +116,17 @@ pub(crate) struct Client {
     callbacks: PyPool,
     /// Requests with a callback that has not returned yet.
     pending: Arc<Pending>,
+    /// Runs the connection: the thread blocked on it, or its own.
+    engine: Arc<Engine>,
 }
 
 impl Client {
-    fn new(inner: KorvClient) -> Self {
+    fn new(inner: KorvClient, engine: Arc<Engine>) -> Self {
         Client {
             inner: Mutex::new(Some(inner)),
             callbacks: crate::pool::py_pool("korv-callbacks", 1),
             pending: Arc::default(),
+            engine,
         }
     }
 
@@ -164,10 +170,8 @@ impl Drop for Client {
     fn drop(&mut self) {
         self.callbacks.close();
         // The connection's tasks are dropped with the runtime entered.
-        if let Ok(runtime) = runtime::runtime() {
-            let _entered = runtime.enter();
-            self.lock().take();
-        }
+        let _entered = self.engine.enter();
+        self.lock().take();
     }
 }
 
@@ -194,8 +198,9 @@ impl Client {
     #[staticmethod]
     fn connect(py: Python<'_>, config: &Config) -> PyResult<Client> {
         let config = config.0.clone();
-        match runtime::block_on(py, KorvClient::connect(config))? {
-            Ok(client) => Ok(Client::new(client)),
+        let engine = Arc::new(runtime::engine()?);
+        match runtime::block_on_with(py, &*engine, KorvClient::connect(config))? {
+            Ok(client) => Ok(Client::new(client, engine)),
             Err(err) => Err(errors::client_error(py, err)),
         }
     }
@@ -209,12 +214,16 @@ impl Client {
         future: Py<PyAny>,
     ) -> PyResult<RequestHandle> {
         let config = config.0.clone();
-        let task = runtime::runtime()?.spawn(async move {
-            let connected = KorvClient::connect(config).await;
-            settle(event_loop, future, move |py| match connected {
-                Ok(client) => Ok(Py::new(py, Client::new(client))?.into_any()),
-                Err(err) => Err(errors::client_error(py, err)),
-            });
+        let engine = Arc::new(runtime::engine()?);
+        let task = engine.spawn({
+            let engine = Arc::clone(&engine);
+            async move {
+                let connected = KorvClient::connect(config).await;
+                settle(event_loop, future, move |py| match connected {
+                    Ok(client) => Ok(Py::new(py, Client::new(client, engine))?.into_any()),
+                    Err(err) => Err(errors::client_error(py, err)),
+                });
+            }
         });
         Ok(RequestHandle(task.abort_handle()))
     }
@@ -230,7 +239,7 @@ impl Client {
         headers: Option<Headers>,
     ) -> PyResult<Py<PyDict>> {
         let call = self.prepare(py, verb, resource, body, headers)?;
-        match runtime::block_on(py, call.send())? {
+        match runtime::block_on_with(py, &*self.engine, call.send())? {
             Ok(response) => Ok(response_dict(py, &response)?.unbind()),
             Err(err) => Err(errors::client_error(py, err)),
         }
@@ -252,7 +261,7 @@ impl Client {
         let call = self.prepare(py, verb, resource, body, headers)?;
         let pending = PendingGuard::new(&self.pending);
         let callbacks = self.callbacks.clone();
-        runtime::runtime()?.spawn(async move {
+        self.engine.spawn(async move {
             let result = call.send().await;
             let job = Box::new(move |py: Python<'_>| {
                 let (response, error) = match result {
@@ -298,7 +307,7 @@ impl Client {
         future: Py<PyAny>,
     ) -> PyResult<RequestHandle> {
         let call = self.prepare(py, verb, resource, body, headers)?;
-        let task = runtime::runtime()?.spawn(async move {
+        let task = self.engine.spawn(async move {
             let result = call.send().await;
             settle(event_loop, future, move |py| match result {
                 Ok(response) => Ok(response_dict(py, &response)?.into_any().unbind()),
@@ -319,11 +328,11 @@ impl Client {
         body: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<crate::watch::Watch> {
         let call = self.prepare(py, "WATCH", resource, body, None)?;
-        let started = runtime::block_on(py, async move {
+        let started = runtime::block_on_with(py, &*self.engine, async move {
             call.client.watch(&call.resource, call.body.as_ref()).await
         })?;
         match started {
-            Ok(watch) => Ok(crate::watch::Watch::new(watch)),
+            Ok(watch) => Ok(crate::watch::Watch::new(watch, Arc::clone(&self.engine))),
             Err(err) => Err(errors::client_error(py, err)),
         }
     }
@@ -340,10 +349,11 @@ impl Client {
         future: Py<PyAny>,
     ) -> PyResult<RequestHandle> {
         let call = self.prepare(py, "WATCH", resource, body, None)?;
-        let task = runtime::runtime()?.spawn(async move {
+        let engine = Arc::clone(&self.engine);
+        let task = self.engine.spawn(async move {
             let started = call.client.watch(&call.resource, call.body.as_ref()).await;
             settle(event_loop, future, move |py| match started {
-                Ok(watch) => Ok(Py::new(py, crate::watch::Watch::new(watch))?.into_any()),
+                Ok(watch) => Ok(Py::new(py, crate::watch::Watch::new(watch, engine))?.into_any()),
                 Err(err) => Err(errors::client_error(py, err)),
             });
         });
@@ -393,9 +403,8 @@ impl Client {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let client = self.lock().take();
         self.callbacks.close();
-        let runtime = runtime::runtime()?;
         py.detach(|| {
-            let _entered = runtime.enter();
+            let _entered = self.engine.enter();
             drop(client);
         });
         Ok(())

@@ -1,9 +1,11 @@
-//! The Tokio runtime that every server and client of the process shares.
+//! The Tokio runtime that every server of the process shares, and blocking
+//! waits on it or on a client's engine that Ctrl-C interrupts.
 
 use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use korv_client::engine::Engine;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use tokio::runtime::Runtime;
@@ -36,23 +38,58 @@ pub(crate) fn runtime() -> PyResult<&'static Runtime> {
 /// that Ctrl-C interrupts it.
 const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
-/// Runs `future` to completion on the runtime, detached from Python, while
-/// the calling thread keeps handling signals: a `KeyboardInterrupt` (or any
-/// exception a signal handler raises) drops the future and is returned.
+/// What a blocking wait runs its future on.
+pub(crate) trait Blocker: Sync {
+    /// Runs `future` to completion on the calling thread.
+    fn run<F: Future>(&self, future: F) -> F::Output;
+}
+
+impl Blocker for Runtime {
+    fn run<F: Future>(&self, future: F) -> F::Output {
+        self.block_on(future)
+    }
+}
+
+impl Blocker for Engine {
+    fn run<F: Future>(&self, future: F) -> F::Output {
+        self.block_on(future)
+    }
+}
+
+/// Runs `future` to completion on the shared runtime; see [`block_on_with`].
 pub(crate) fn block_on<F>(py: Python<'_>, future: F) -> PyResult<F::Output>
 where
     F: Future + Send,
     F::Output: Send,
 {
-    let runtime = runtime()?;
+    block_on_with(py, runtime()?, future)
+}
+
+/// Runs `future` to completion on `blocker`, detached from Python, while
+/// the calling thread keeps handling signals: a `KeyboardInterrupt` (or any
+/// exception a signal handler raises) drops the future and is returned.
+pub(crate) fn block_on_with<B, F>(py: Python<'_>, blocker: &B, future: F) -> PyResult<F::Output>
+where
+    B: Blocker,
+    F: Future + Send,
+    F::Output: Send,
+{
     let mut future = std::pin::pin!(future);
     loop {
         let slice = py.detach(|| {
-            runtime.block_on(async { tokio::time::timeout(SIGNAL_CHECK, &mut future).await })
+            blocker.run(async { tokio::time::timeout(SIGNAL_CHECK, &mut future).await })
         });
         match slice {
             Ok(output) => return Ok(output),
             Err(_elapsed) => py.check_signals()?,
         }
     }
+}
+
+/// A client's engine (see `korv_client::engine`): the thread that blocks
+/// on a request runs the connection meanwhile, so a blocking call costs no
+/// thread switch.
+pub(crate) fn engine() -> PyResult<Engine> {
+    Engine::new("korv-client")
+        .map_err(|err| PyRuntimeError::new_err(format!("cannot start a client's runtime: {err}")))
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use korv_client::engine::Engine;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use tokio::sync::Mutex;
@@ -24,12 +25,15 @@ enum Step {
 #[pyclass(module = "korv._korv", name = "Watch", frozen)]
 pub(crate) struct Watch {
     inner: Arc<Mutex<Option<korv_client::Watch>>>,
+    /// The engine of the client whose connection carries the watch.
+    engine: Arc<Engine>,
 }
 
 impl Watch {
-    pub(crate) fn new(inner: korv_client::Watch) -> Self {
+    pub(crate) fn new(inner: korv_client::Watch, engine: Arc<Engine>) -> Self {
         Watch {
             inner: Arc::new(Mutex::new(Some(inner))),
+            engine,
         }
     }
 }
@@ -83,7 +87,7 @@ impl Watch {
     /// the end, `final` being the final frame's response dict.
     fn next(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
         let inner = Arc::clone(&self.inner);
-        match runtime::block_on(py, step(inner))? {
+        match runtime::block_on_with(py, &*self.engine, step(inner))? {
             Ok(step) => Ok(step_tuple(py, step)?.unbind()),
             Err(err) => Err(errors::client_error(py, err)),
         }
@@ -92,7 +96,7 @@ impl Watch {
     /// Resolves `future` (of `event_loop`) with what `next` returns.
     fn next_async(&self, event_loop: Py<PyAny>, future: Py<PyAny>) -> PyResult<RequestHandle> {
         let inner = Arc::clone(&self.inner);
-        let task = runtime::runtime()?.spawn(async move {
+        let task = self.engine.spawn(async move {
             let result = step(inner).await;
             settle(event_loop, future, move |py| match result {
                 Ok(step) => Ok(step_tuple(py, step)?.into_any().unbind()),
@@ -106,7 +110,7 @@ impl Watch {
     /// response dict (`None` if the watch was closed already).
     fn cancel(&self, py: Python<'_>) -> PyResult<Option<Py<PyDict>>> {
         let inner = Arc::clone(&self.inner);
-        match runtime::block_on(py, cancel(inner))? {
+        match runtime::block_on_with(py, &*self.engine, cancel(inner))? {
             Ok(Some(end)) => Ok(Some(response_dict(py, &end)?.unbind())),
             Ok(None) => Ok(None),
             Err(err) => Err(errors::client_error(py, err)),
@@ -116,7 +120,7 @@ impl Watch {
     /// Resolves `future` with what `cancel` returns.
     fn cancel_async(&self, event_loop: Py<PyAny>, future: Py<PyAny>) -> PyResult<RequestHandle> {
         let inner = Arc::clone(&self.inner);
-        let task = runtime::runtime()?.spawn(async move {
+        let task = self.engine.spawn(async move {
             let result = cancel(inner).await;
             settle(event_loop, future, move |py| match result {
                 Ok(Some(end)) => Ok(response_dict(py, &end)?.into_any().unbind()),
@@ -130,7 +134,7 @@ impl Watch {
     /// Stops the watch without waiting (`UNWATCH` if it has not ended).
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let inner = Arc::clone(&self.inner);
-        runtime::block_on(py, async move {
+        runtime::block_on_with(py, &*self.engine, async move {
             inner.lock().await.take();
         })
     }
