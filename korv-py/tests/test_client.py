@@ -256,3 +256,27 @@ def test_a_body_of_megabytes_goes_through(make_server, make_client):
     response = client.store("/echo", {"text": text})
     assert response["code"] == 200
     assert response["body"]["body"]["text"] == text
+
+
+def test_blocking_calls_from_many_threads_on_one_client_each_get_their_answer(
+    make_server, make_client
+):
+    # A blocking call runs the connection on its own thread while it waits;
+    # with several threads waiting at once, one runs it for all.
+    server = make_server([("STORE", "/echo", echo)])
+    client = make_client(server)
+    wrong = []
+
+    def caller(t):
+        for i in range(100):
+            response = client.store("/echo", {"t": t, "i": i})
+            if response["code"] != 200 or response["body"]["body"] != {"t": t, "i": i}:
+                wrong.append((t, i, response))
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a blocking call never returned"
+    assert wrong == []
