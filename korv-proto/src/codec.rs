@@ -30,13 +30,13 @@
 //! # Ok::<(), korv_proto::ProtoError>(())
 //! ```
 
-use std::io;
+use std::io::{self, Write};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::{ProtoError, Request, Response};
+use crate::{ProtoError, Request, Response, json};
 
 /// The default maximum payload size: 8 MiB (8,388,608 bytes), the protocol's default.
 pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
@@ -142,14 +142,68 @@ impl KorvCodec {
         item: &T,
         dst: &mut BytesMut,
     ) -> Result<(), ProtoError> {
+        self.encode_with(dst, 0, |writer| serde_json::to_writer(writer, item))
+    }
+
+    /// Writes `response` as one frame onto `dst`: what `serde_json` writes
+    /// for it, with the body written by `json::write_value` (which scans
+    /// strings eight bytes at a time) into a buffer sized for it at once.
+    fn encode_response(&self, response: &Response, dst: &mut BytesMut) -> Result<(), ProtoError> {
+        // Field order and omissions as `Response`'s `Serialize`, which the
+        // tests compare this with.
+        self.encode_with(dst, json::size_hint(&response.body), |writer| {
+            writer
+                .write_all(b"{\"request_id\":")
+                .map_err(serde_json::Error::io)?;
+            serde_json::to_writer(&mut *writer, &response.request_id)?;
+            writer
+                .write_all(b",\"code\":")
+                .map_err(serde_json::Error::io)?;
+            serde_json::to_writer(&mut *writer, &response.code)?;
+            writer
+                .write_all(b",\"body\":")
+                .map_err(serde_json::Error::io)?;
+            json::write_value(writer, &response.body).map_err(serde_json::Error::io)?;
+            if !response.headers.is_empty() {
+                writer
+                    .write_all(b",\"headers\":")
+                    .map_err(serde_json::Error::io)?;
+                serde_json::to_writer(&mut *writer, &response.headers)?;
+            }
+            if let Some(seq) = response.seq {
+                writer
+                    .write_all(b",\"seq\":")
+                    .map_err(serde_json::Error::io)?;
+                serde_json::to_writer(&mut *writer, &seq)?;
+            }
+            if let Some(more) = response.more {
+                writer
+                    .write_all(b",\"more\":")
+                    .map_err(serde_json::Error::io)?;
+                serde_json::to_writer(&mut *writer, &more)?;
+            }
+            writer.write_all(b"}").map_err(serde_json::Error::io)
+        })
+    }
+
+    /// Writes one frame onto `dst` with `write`, having reserved room for
+    /// `hint` bytes of it (at most the maximum frame). On error `dst` is
+    /// left as it was.
+    fn encode_with(
+        &self,
+        dst: &mut BytesMut,
+        hint: usize,
+        write: impl FnOnce(&mut LimitedWriter<'_>) -> Result<(), serde_json::Error>,
+    ) -> Result<(), ProtoError> {
         let start = dst.len();
+        dst.reserve(HEADER_LEN + hint.min(self.max_frame));
         dst.put_u32(0);
         let mut writer = LimitedWriter {
             dst,
             remaining: self.max_frame,
             exceeded: false,
         };
-        let result = serde_json::to_writer(&mut writer, item);
+        let result = write(&mut writer);
         let exceeded = writer.exceeded;
         let len = dst.len() - start - HEADER_LEN;
         if let Err(err) = result {
@@ -260,14 +314,14 @@ impl Encoder<&Response> for KorvCodec {
     type Error = ProtoError;
 
     fn encode(&mut self, response: &Response, dst: &mut BytesMut) -> Result<(), ProtoError> {
-        match self.encode_json(response, dst) {
+        match self.encode_response(response, dst) {
             Err(ProtoError::FrameTooLarge { .. }) => {
                 // A watch's event keeps its place in the watch: same
                 // `seq`, same `more`.
                 let mut replacement = Response::too_large(response.request_id.clone());
                 replacement.seq = response.seq;
                 replacement.more = response.more;
-                match self.encode_json(&replacement, dst) {
+                match self.encode_response(&replacement, dst) {
                     // Only an id nearly as large as the maximum frame gets here:
                     // the answer cannot carry it, so it goes without one.
                     Err(ProtoError::FrameTooLarge { .. }) => {

@@ -54,6 +54,7 @@
 
 pub mod codec;
 mod date;
+mod json;
 pub mod legacy;
 mod request;
 mod response;
