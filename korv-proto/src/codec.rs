@@ -151,7 +151,17 @@ impl KorvCodec {
     fn encode_response(&self, response: &Response, dst: &mut BytesMut) -> Result<(), ProtoError> {
         // Field order and omissions as `Response`'s `Serialize`, which the
         // tests compare this with.
-        self.encode_with(dst, json::size_hint(&response.body), |writer| {
+        // The envelope's fixed part, with room for a number id, `seq` and
+        // `more`; then what varies.
+        let envelope = 96
+            + response.request_id.as_ref().map_or(0, display_len)
+            + response
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 6)
+                .sum::<usize>();
+        let hint = envelope + json::size_hint(&response.body);
+        self.encode_with(dst, hint, |writer| {
             writer
                 .write_all(b"{\"request_id\":")
                 .map_err(serde_json::Error::io)?;
@@ -224,6 +234,20 @@ impl KorvCodec {
         }
         Ok(())
     }
+}
+
+/// The length of `item`'s `Display`, without allocating it.
+fn display_len(item: &impl std::fmt::Display) -> usize {
+    struct Count(usize);
+    impl std::fmt::Write for Count {
+        fn write_str(&mut self, text: &str) -> std::fmt::Result {
+            self.0 += text.len();
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = std::fmt::Write::write_fmt(&mut count, format_args!("{item}"));
+    count.0
 }
 
 /// Writes into a `BytesMut`, failing once more than `remaining` bytes are written,

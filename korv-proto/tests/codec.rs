@@ -262,3 +262,23 @@ fn a_response_with_a_code_outside_100_to_599_is_malformed() {
     assert!(Response::from_payload(br#"{"request_id":1.5,"code":200,"body":null}"#).is_err());
     assert!(Response::from_payload(b"[]").is_err());
 }
+
+#[test]
+fn a_large_body_is_encoded_into_a_buffer_sized_for_it_at_once() {
+    let mut response = Response::new(
+        RequestId::from("a string id"),
+        StatusCode::OK,
+        json!({"text": "x".repeat(1 << 20), "n": 1}),
+    );
+    response.headers.insert("etag".into(), "\"abc\"".into());
+    let mut out = BytesMut::new();
+    KorvCodec::new().encode(&response, &mut out).unwrap();
+    assert!(out.len() > 1 << 20);
+    // Grown as it was written, the buffer would have doubled past 2 MiB.
+    assert!(
+        out.capacity() < out.len() + 4096,
+        "{} bytes of capacity for a {}-byte frame",
+        out.capacity(),
+        out.len()
+    );
+}
