@@ -162,35 +162,20 @@ impl KorvCodec {
                 .sum::<usize>();
         let hint = envelope + json::size_hint(&response.body);
         self.encode_with(dst, hint, |writer| {
-            writer
-                .write_all(b"{\"request_id\":")
-                .map_err(serde_json::Error::io)?;
-            serde_json::to_writer(&mut *writer, &response.request_id)?;
-            writer
-                .write_all(b",\"code\":")
-                .map_err(serde_json::Error::io)?;
-            serde_json::to_writer(&mut *writer, &response.code)?;
+            field(writer, b"{\"request_id\":", &response.request_id)?;
+            field(writer, b",\"code\":", &response.code)?;
             writer
                 .write_all(b",\"body\":")
+                .and_then(|()| json::write_value(writer, &response.body))
                 .map_err(serde_json::Error::io)?;
-            json::write_value(writer, &response.body).map_err(serde_json::Error::io)?;
             if !response.headers.is_empty() {
-                writer
-                    .write_all(b",\"headers\":")
-                    .map_err(serde_json::Error::io)?;
-                serde_json::to_writer(&mut *writer, &response.headers)?;
+                field(writer, b",\"headers\":", &response.headers)?;
             }
             if let Some(seq) = response.seq {
-                writer
-                    .write_all(b",\"seq\":")
-                    .map_err(serde_json::Error::io)?;
-                serde_json::to_writer(&mut *writer, &seq)?;
+                field(writer, b",\"seq\":", &seq)?;
             }
             if let Some(more) = response.more {
-                writer
-                    .write_all(b",\"more\":")
-                    .map_err(serde_json::Error::io)?;
-                serde_json::to_writer(&mut *writer, &more)?;
+                field(writer, b",\"more\":", &more)?;
             }
             writer.write_all(b"}").map_err(serde_json::Error::io)
         })
@@ -234,6 +219,17 @@ impl KorvCodec {
         }
         Ok(())
     }
+}
+
+/// Writes `key` (the text before a member's value, its comma and name
+/// included), then `value` as serde_json writes it.
+fn field<T: Serialize + ?Sized>(
+    writer: &mut LimitedWriter<'_>,
+    key: &[u8],
+    value: &T,
+) -> Result<(), serde_json::Error> {
+    writer.write_all(key).map_err(serde_json::Error::io)?;
+    serde_json::to_writer(writer, value)
 }
 
 /// The length of `item`'s `Display`, without allocating it.

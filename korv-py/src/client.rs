@@ -373,8 +373,8 @@ impl Client {
             let slice = match deadline {
                 Some(deadline) => deadline
                     .saturating_duration_since(Instant::now())
-                    .min(SIGNAL_CHECK),
-                None => SIGNAL_CHECK,
+                    .min(runtime::SIGNAL_CHECK),
+                None => runtime::SIGNAL_CHECK,
             };
             if py.detach(|| self.pending.wait_idle(slice)) {
                 return Ok(true);
@@ -410,9 +410,6 @@ impl Client {
         Ok(())
     }
 }
-
-/// How often blocking waits come back to run Python's signal handlers.
-const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
 /// Cancels a request made with `request_async` (or a `connect_async`).
 #[pyclass(module = "korv._korv", name = "RequestHandle", frozen)]

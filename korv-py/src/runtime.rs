@@ -36,7 +36,7 @@ pub(crate) fn runtime() -> PyResult<&'static Runtime> {
 
 /// How often a blocking wait comes back to run Python's signal handlers, so
 /// that Ctrl-C interrupts it.
-const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+pub(crate) const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
 /// What a blocking wait runs its future on.
 pub(crate) trait Blocker: Sync {

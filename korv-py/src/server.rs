@@ -403,8 +403,8 @@ impl Server {
             let slice = match deadline {
                 Some(deadline) => deadline
                     .saturating_duration_since(Instant::now())
-                    .min(SIGNAL_CHECK),
-                None => SIGNAL_CHECK,
+                    .min(runtime::SIGNAL_CHECK),
+                None => runtime::SIGNAL_CHECK,
             };
             if let Some(outcome) = py.detach(|| self.finished.wait(slice)) {
                 return outcome
@@ -423,9 +423,6 @@ impl Server {
         self.dispatch.pool.close();
     }
 }
-
-/// How often `wait` comes back to run Python's signal handlers.
-const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
 impl Server {
     fn lock(&self) -> MutexGuard<'_, Phase> {
