@@ -315,10 +315,12 @@ mod tests {
                 let _ = reply.send(n * 2);
             }
         });
+        let (done, finished) = channel();
         let callers: Vec<_> = (0..THREADS)
             .map(|t| {
                 let engine = Arc::clone(&engine);
                 let to_server = to_server.clone();
+                let done = done.clone();
                 thread::spawn(move || {
                     for call in 0..CALLS {
                         let n = t * CALLS + call;
@@ -329,9 +331,16 @@ mod tests {
                         });
                         assert_eq!(answer, n * 2, "call {n} got another call's answer");
                     }
+                    done.send(()).unwrap();
                 })
             })
             .collect();
+        // Bounded: a caller left waiting for a driver fails the test.
+        for _ in 0..THREADS {
+            finished
+                .recv_timeout(BOUND)
+                .expect("a caller never got its answers");
+        }
         for caller in callers {
             caller.join().unwrap();
         }
