@@ -36,7 +36,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::{ProtoError, Request, Response, json};
+use crate::{ProtoError, Request, Response, heap, json};
 
 /// The default maximum payload size: 8 MiB (8,388,608 bytes), the protocol's default.
 pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
@@ -212,6 +212,7 @@ impl KorvCodec {
                 ProtoError::Serialize(err)
             });
         }
+        heap::frame(len);
         // `len` fits: it is at most `max_frame`, which is at most u32::MAX.
         let prefix = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
         if let Some(head) = dst.get_mut(start..start + HEADER_LEN) {
@@ -300,6 +301,7 @@ impl Decoder for KorvCodec {
                         self.state = DecodeState::Skip(size);
                         return Ok(Some(Frame::Oversized { len }));
                     }
+                    heap::frame(size);
                     self.state = DecodeState::Data(size);
                 }
                 DecodeState::Data(size) => {

@@ -54,6 +54,7 @@
 
 pub mod codec;
 mod date;
+mod heap;
 mod json;
 pub mod legacy;
 mod request;
