@@ -1722,3 +1722,171 @@ async fn a_thousand_concurrent_connections_each_get_their_own_answers() {
     );
     assert_eq!(answered, connections * EACH);
 }
+
+// ---------------------------------------------------------------- inline answers
+
+/// A channel with the `korv` subsystem, written to by hand, after one
+/// round trip: its stream is idle, and the connection answers whole frames
+/// itself.
+async fn idle_korv_channel(
+    server: &Server,
+) -> (
+    Handle<AnyHost>,
+    russh::ChannelReadHalf,
+    russh::ChannelWriteHalf<Msg>,
+) {
+    let handle = raw_login(server.addr, "alice", &server.keys.alice).await;
+    let mut channel = handle.channel_open_session().await.unwrap();
+    channel.request_subsystem(true, "korv").await.unwrap();
+    assert_eq!(reply(&mut channel).await, Reply::Success, "korv");
+    let (mut reader, writer) = channel.split();
+    send(
+        &writer,
+        json!({"id": 0, "verb": "GET", "resource": "/hello"}),
+    )
+    .await;
+    assert_eq!(answers_on(&mut reader, 1).await[0]["request_id"], 0);
+    (handle, reader, writer)
+}
+
+/// Sends `request` as one frame in one channel-data message.
+async fn send(writer: &russh::ChannelWriteHalf<Msg>, request: Value) {
+    writer.data(&frame(request)[..]).await.unwrap();
+}
+
+/// The next `n` answers on a channel's reading half, as JSON, in the order
+/// they came.
+async fn answers_on(channel: &mut russh::ChannelReadHalf, n: usize) -> Vec<Value> {
+    let mut bytes = Vec::new();
+    let mut answers = Vec::new();
+    let read = async {
+        while answers.len() < n {
+            match channel.wait().await {
+                Some(ChannelMsg::Data { data }) => bytes.extend_from_slice(&data),
+                Some(_) => continue,
+                None => break,
+            }
+            while let Some(head) = bytes.get(..4) {
+                let len = u32::from_be_bytes(head.try_into().unwrap()) as usize;
+                let Some(payload) = bytes.get(4..4 + len) else {
+                    break;
+                };
+                answers.push(serde_json::from_slice(payload).unwrap());
+                bytes.drain(..4 + len);
+            }
+        }
+    };
+    let within = tokio::time::timeout(Duration::from_secs(10), read).await;
+    assert!(
+        within.is_ok(),
+        "{} of {n} answers within 10 s: {answers:?}",
+        answers.len()
+    );
+    answers
+}
+
+fn frame(request: Value) -> Vec<u8> {
+    korv_testkit::frame::frame(&request)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_cut_and_joined_across_channel_data_messages_each_get_one_answer() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::start(Limits::default());
+    let (_handle, mut reader, writer) = idle_korv_channel(&server).await;
+
+    let a = frame(json!({"id": 1, "verb": "GET", "resource": "/hello"}));
+    let b = frame(json!({"id": 2, "verb": "GET", "resource": "/hello"}));
+    let text = "x".repeat(11_000);
+    let c = frame(json!({"id": 3, "verb": "STORE", "resource": "/echo", "body": {"text": text}}));
+    let d = frame(json!({"id": 4, "verb": "GET", "resource": "/hello"}));
+    let e = korv_testkit::frame::frame_bytes(b"");
+    let f = frame(json!({"id": 6, "verb": "GET", "resource": "/missing"}));
+    // Each message ends inside a frame, or just after one: the frame cut
+    // must be read whole from its two parts, once. Read from where the
+    // second message starts, B's tail would say "a frame of 10,619 bytes"
+    // (0x0000297b), and C makes that many follow.
+    assert_eq!(&b[..5], b"\0\0\0\x29{", "B's length is 41");
+    let messages = [
+        [&a[..], &b[..1]].concat(),
+        [&b[1..], &c[..], &d[..2]].concat(),
+        d[2..].to_vec(),
+        [&e[..], &f[..]].concat(),
+    ];
+    for message in &messages {
+        writer.data(&message[..]).await.unwrap();
+    }
+    let all = answers_on(&mut reader, 6).await;
+    let echoed = all.iter().find(|answer| answer["request_id"] == 3);
+    assert_eq!(
+        echoed.map(|answer| &answer["body"]["text"]),
+        Some(&json!(text))
+    );
+    let mut got: Vec<(Value, Value)> = all
+        .into_iter()
+        .map(|answer| (answer["request_id"].clone(), answer["code"].clone()))
+        .collect();
+    got.sort_by_key(|(id, _)| id.as_i64().unwrap_or(-1));
+    assert_eq!(
+        got,
+        [
+            (Value::Null, json!(400)),
+            (json!(1), json!(200)),
+            (json!(2), json!(200)),
+            (json!(3), json!(200)),
+            (json!(4), json!(200)),
+            (json!(6), json!(404)),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_waits_counts_in_flight_wherever_it_started() {
+    let _serial = SERIAL.lock().await;
+    // One request in flight at a time: a second one waits for the first.
+    let server = Server::start(Limits {
+        max_in_flight_per_stream: 1,
+        ..Limits::default()
+    });
+    let (_handle, mut reader, writer) = idle_korv_channel(&server).await;
+
+    // The first waits 200 ms: whoever started it, it is in flight until it
+    // answers, and the second, sent after it, is not read before.
+    send(
+        &writer,
+        json!({"id": 1, "verb": "GET", "resource": "/delay/200/slow"}),
+    )
+    .await;
+    send(
+        &writer,
+        json!({"id": 2, "verb": "GET", "resource": "/hello"}),
+    )
+    .await;
+    let order: Vec<Value> = answers_on(&mut reader, 2)
+        .await
+        .into_iter()
+        .map(|answer| answer["request_id"].clone())
+        .collect();
+    assert_eq!(
+        order,
+        [json!(1), json!(2)],
+        "the second answered first: both ran at once"
+    );
+    assert!(
+        server
+            .probes
+            .delays
+            .lock()
+            .unwrap()
+            .finished
+            .contains("slow")
+    );
+
+    // And the stream is idle again: a third is answered.
+    send(
+        &writer,
+        json!({"id": 3, "verb": "GET", "resource": "/hello"}),
+    )
+    .await;
+    assert_eq!(answers_on(&mut reader, 1).await[0]["code"], 200);
+}

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,10 +25,11 @@ use crate::admission::Slot;
 use crate::authorized::Refusal;
 use crate::certificate::{Trust, check_user_certificate};
 use crate::config::Limits;
-use crate::direct::{Feed, FeedSender, LEGACY_FIRST_BYTE, SessionOutbound, WholeOutbound};
+use crate::direct::{Feed, LEGACY_FIRST_BYTE, SessionOutbound, WholeOutbound};
+use crate::inline::{Adopted, Gate, Inline};
 use crate::request::ClientInfo;
 use crate::state::Shared;
-use crate::stream::{Format, serve};
+use crate::stream::{Format, answer_at_once, serve};
 
 /// The subsystem name of Korv protocol version 1.
 const SUBSYSTEM: &str = "korv";
@@ -56,6 +57,7 @@ async fn serve_direct_tcpip<S>(
     shared: Arc<Shared<S>>,
     channel: Channel<Msg>,
     mut feed: Feed,
+    adopted: Adopted,
     handle: Handle,
     client: Arc<ClientInfo>,
     shutdown: CancellationToken,
@@ -87,11 +89,38 @@ where
         let format = Format::Legacy {
             max_message: max_packet,
         };
-        serve(shared, feed, outbound, client, shutdown, format).await
+        // Every answer of korv 0.2.1's format is written by the stream.
+        serve(shared, feed, outbound, client, shutdown, format, None).await
     } else {
         let outbound = SessionOutbound::new(handle, id);
-        serve(shared, feed, outbound, client, shutdown, Format::Version1).await
+        serve_version1(shared, feed, adopted, outbound, client, shutdown).await
     }
+}
+
+/// Serves a channel's stream in version 1, whose idle moments the
+/// connection answers in (see the `inline` module).
+async fn serve_version1<S>(
+    shared: Arc<Shared<S>>,
+    feed: Feed,
+    adopted: Adopted,
+    outbound: SessionOutbound,
+    client: Arc<ClientInfo>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let adopted = Some(adopted);
+    serve(
+        shared,
+        feed,
+        outbound,
+        client,
+        shutdown,
+        Format::Version1,
+        adopted,
+    )
+    .await
 }
 
 /// The ciphers the server offers: russh's defaults plus AES-128-GCM.
@@ -161,6 +190,9 @@ pub(crate) struct ConnectionStatus {
     pub(crate) running: Arc<AtomicUsize>,
     /// Cancelled when the connection has ended: its streams stop.
     pub(crate) gone: CancellationToken,
+    /// Set while the socket holds bytes read ahead that russh has not
+    /// taken yet: the client sent more than the packet being handled.
+    pub(crate) unread: Arc<AtomicBool>,
 }
 
 /// One SSH connection's state.
@@ -175,7 +207,7 @@ pub(crate) struct Connection<S> {
     /// before it has no stream to go to, and is dropped.
     pending: HashSet<ChannelId>,
     /// Where each open channel's data goes, until its EOF or close.
-    feeds: HashMap<ChannelId, FeedSender>,
+    feeds: HashMap<ChannelId, Gate>,
     /// Its unauthenticated place, freed when it authenticates.
     slot: Option<Arc<Slot>>,
     status: ConnectionStatus,
@@ -283,7 +315,7 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
 
     /// Serves a Korv stream on an admitted channel; a subsystem channel
     /// reports exit status 0 when it ends, which `ssh -s` exits with.
-    fn spawn_stream(&self, channel: StreamChannel, feed: Feed, handle: Handle) {
+    fn spawn_stream(&self, channel: StreamChannel, feed: Feed, adopted: Adopted, handle: Handle) {
         let Some(client) = self.client.clone() else {
             return;
         };
@@ -308,10 +340,13 @@ impl<S: Clone + Send + Sync + 'static> Connection<S> {
                     StreamChannel::Subsystem(id) => {
                         let outbound =
                             SessionOutbound::new(session, id).exit_status_first(stream_reported);
-                        serve(shared, feed, outbound, client, shutdown, Format::Version1).await
+                        serve_version1(shared, feed, adopted, outbound, client, shutdown).await
                     }
                     StreamChannel::DirectTcpip(channel) => {
-                        serve_direct_tcpip(shared, channel, feed, session, client, shutdown).await
+                        serve_direct_tcpip(
+                            shared, channel, feed, adopted, session, client, shutdown,
+                        )
+                        .await
                     }
                 }
             };
@@ -533,10 +568,15 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
     ) -> Result<(), Self::Error> {
         match self.admit_stream() {
             Ok(()) => {
-                let (sender, feed) = Feed::new();
-                self.feeds.insert(channel.id(), sender);
+                let (gate, feed, adopted) = Inline::channel();
+                self.feeds.insert(channel.id(), gate);
                 reply.accept().await;
-                self.spawn_stream(StreamChannel::DirectTcpip(channel), feed, session.handle());
+                self.spawn_stream(
+                    StreamChannel::DirectTcpip(channel),
+                    feed,
+                    adopted,
+                    session.handle(),
+                );
             }
             Err(reason) => reply.reject(reason).await,
         }
@@ -569,14 +609,41 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         &mut self,
         channel: ChannelId,
         data: &[u8],
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let Some(gate) = self.feeds.get_mut(&channel) else {
+            return Ok(());
+        };
+        let mut rest = data;
+        // While the stream is idle, the requests that finish at once are
+        // answered here, in the session's task (see the `inline` module).
+        // Not when the client has sent more behind this packet: russh
+        // writes to the socket after each packet it handles, where the
+        // stream gathers the answers to many into one write. Not when the
+        // client has left answers unsent for want of window (they wait in
+        // the stream's bounded queue instead), nor once the server shuts
+        // down (the stream answers 503).
+        if let Some(client) = &self.client
+            && gate.is_open()
+            && !self.status.unread.load(Ordering::Relaxed)
+            && !self.shared.shutdown.is_cancelled()
+            && !session.has_pending_data(channel)
+        {
+            let mut out = BytesMut::new();
+            let taken = answer_at_once(&self.shared, client, gate, data, &mut out);
+            if !out.is_empty() && session.data(channel, out.freeze()).is_err() {
+                self.feeds.remove(&channel);
+                return Ok(());
+            }
+            rest = data.get(taken..).unwrap_or_default();
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
         // Waits while the stream's queue is full: the connection reads no
         // more until the stream has read some (russh's channel queues hold
         // back the same way). A stream that has ended reads nothing more.
-        if let Some(feed) = self.feeds.get(&channel)
-            && feed.send(Bytes::copy_from_slice(data)).await.is_err()
-        {
+        if gate.feed(Bytes::copy_from_slice(rest)).await.is_err() {
             self.feeds.remove(&channel);
         }
         Ok(())
@@ -589,10 +656,15 @@ impl<S: Clone + Send + Sync + 'static> russh::server::Handler for Connection<S> 
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         if name == SUBSYSTEM && self.pending.remove(&channel) {
-            let (sender, feed) = Feed::new();
-            self.feeds.insert(channel, sender);
+            let (gate, feed, adopted) = Inline::channel();
+            self.feeds.insert(channel, gate);
             session.channel_success(channel)?;
-            self.spawn_stream(StreamChannel::Subsystem(channel), feed, session.handle());
+            self.spawn_stream(
+                StreamChannel::Subsystem(channel),
+                feed,
+                adopted,
+                session.handle(),
+            );
         } else {
             session.channel_failure(channel)?;
         }

@@ -34,6 +34,7 @@ use russh::server::{Handle, Msg};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
+use crate::inline::Inline;
 use crate::stream::Outbound;
 
 /// The first byte of every korv 0.2.1 stream.
@@ -58,19 +59,29 @@ pub(crate) struct Feed {
     queue: mpsc::Receiver<Bytes>,
     /// What is left of the message being read.
     current: Bytes,
+    /// Counts the messages taken and read, for answers given inline.
+    inline: Arc<Inline>,
 }
 
 impl Feed {
-    /// A new feed and the sender the handler pushes channel data into.
-    pub(crate) fn new() -> (FeedSender, Feed) {
+    /// A new feed and the sender the handler pushes channel data into;
+    /// `inline` counts what the feed takes.
+    pub(crate) fn new(inline: Arc<Inline>) -> (FeedSender, Feed) {
         let (sender, queue) = mpsc::channel(FEED_MESSAGES);
         (
             sender,
             Feed {
                 queue,
                 current: Bytes::new(),
+                inline,
             },
         )
+    }
+
+    /// The next message, counted as taken.
+    fn take(&mut self, data: Bytes) {
+        self.inline.took();
+        self.current = data;
     }
 
     /// The channel's first byte, once it has arrived; `None` when the
@@ -78,7 +89,8 @@ impl Feed {
     /// again by the stream.
     pub(crate) async fn first(&mut self) -> Option<u8> {
         while self.current.is_empty() {
-            self.current = self.queue.recv().await?;
+            let data = self.queue.recv().await?;
+            self.take(data);
         }
         self.current.first().copied()
     }
@@ -92,7 +104,7 @@ impl AsyncRead for Feed {
     ) -> Poll<io::Result<()>> {
         while self.current.is_empty() {
             match self.queue.poll_recv(cx) {
-                Poll::Ready(Some(data)) => self.current = data,
+                Poll::Ready(Some(data)) => self.take(data),
                 // EOF: the handler dropped the sender.
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,
@@ -101,6 +113,9 @@ impl AsyncRead for Feed {
         let n = self.current.len().min(buf.remaining());
         buf.put_slice(self.current.get(..n).unwrap_or_default());
         self.current.advance(n);
+        if self.current.is_empty() {
+            self.inline.drained();
+        }
         Poll::Ready(Ok(()))
     }
 }

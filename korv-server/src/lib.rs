@@ -93,6 +93,7 @@ mod connection;
 mod direct;
 mod error;
 mod handler;
+mod inline;
 mod ipnet;
 mod listener;
 mod metrics;

@@ -22,7 +22,7 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -253,7 +253,7 @@ async fn serve_connection<S: Clone + Send + Sync + 'static>(
     let _streams_end = status.gone.clone().drop_guard();
     let mut poll = tokio::time::interval(Duration::from_millis(50));
     let _ = socket.set_nodelay(true);
-    let socket = ReadAhead::new(socket);
+    let socket = ReadAhead::new(socket, Arc::clone(&status.unread));
     // `run_stream` sends the server's version line and returns once it has
     // read the client's: a client that has not sent it by the version
     // deadline is closed.
@@ -354,17 +354,22 @@ pub(crate) struct ReadAhead {
     /// Bytes read and not yet taken, from `taken` on.
     leftover: Vec<u8>,
     taken: usize,
+    /// Set while `leftover` holds bytes: the client has sent more than
+    /// russh has taken (the connection answers inline only when it has not).
+    unread: Arc<AtomicBool>,
 }
 
 /// The most read ahead from the socket at once, in bytes.
 const READ_AHEAD: usize = 16 * 1024;
 
 impl ReadAhead {
-    pub(crate) fn new(socket: TcpStream) -> Self {
+    /// Reads `socket`, telling `unread` whether bytes read ahead wait.
+    pub(crate) fn new(socket: TcpStream, unread: Arc<AtomicBool>) -> Self {
         ReadAhead {
             socket,
             leftover: Vec::new(),
             taken: 0,
+            unread,
         }
     }
 }
@@ -385,6 +390,7 @@ impl AsyncRead for ReadAhead {
             if this.taken == this.leftover.len() {
                 this.leftover = Vec::new();
                 this.taken = 0;
+                this.unread.store(false, Ordering::Relaxed);
             }
             return Poll::Ready(Ok(()));
         }
@@ -401,6 +407,7 @@ impl AsyncRead for ReadAhead {
         if !later.is_empty() {
             this.leftover = later.to_vec();
             this.taken = 0;
+            this.unread.store(true, Ordering::Relaxed);
         }
         Poll::Ready(Ok(()))
     }
@@ -476,7 +483,7 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (client, ReadAhead::new(server))
+        (client, ReadAhead::new(server, Arc::default()))
     }
 
     #[tokio::test]
@@ -488,13 +495,16 @@ mod tests {
         let mut first = [0u8; 4];
         server.read_exact(&mut first).await.unwrap();
         assert_eq!(first, [0, 1, 2, 3]);
-        // The rest was read with the first bytes and waits in the buffer.
+        // The rest was read with the first bytes and waits in the buffer,
+        // which the connection is told.
         assert_eq!(server.leftover.len() - server.taken, 96);
+        assert!(server.unread.load(Ordering::Relaxed), "bytes wait");
         let mut rest = [0u8; 96];
         server.read_exact(&mut rest).await.unwrap();
         assert_eq!(rest.as_slice(), packet.get(4..).unwrap());
         // Drained: the buffer is gone.
         assert_eq!(server.leftover.capacity(), 0);
+        assert!(!server.unread.load(Ordering::Relaxed), "nothing waits");
         // Large reads go to the socket itself.
         let large: Vec<u8> = (0..READ_AHEAD * 2).map(|i| (i % 251) as u8).collect();
         client.write_all(&large).await.unwrap();

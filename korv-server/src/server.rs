@@ -788,6 +788,14 @@ impl<S> Clone for StreamService<S> {
     }
 }
 
+impl<S> StreamService<S> {
+    /// The routes and settings the service serves with.
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared<S>> {
+        &self.shared
+    }
+}
+
 impl<S: Clone + Send + Sync + 'static> StreamService<S> {
     /// Serves one stream with handlers seeing `client` as the caller.
     ///

@@ -5,6 +5,9 @@
 //! tests) go through [`run_stream`], which splits them; an SSH channel is
 //! read from what russh hands the connection's handler and written straight
 //! into russh's session, one channel-data message per batch of answers.
+//! While an SSH stream is idle, the connection answers the requests that
+//! finish at once itself, with [`answer_at_once`] (see the `inline` module),
+//! and hands this loop the handlers it started that have to wait.
 //!
 //! - Every frame gets exactly one response: malformed ones at once (400, 413),
 //!   unroutable ones at once (404, 405), the rest from their handler task.
@@ -60,6 +63,7 @@ use tracing::{Instrument, debug};
 
 use crate::authorize;
 use crate::handler::BoxedHandler;
+use crate::inline::{Adopted, Gate, Later};
 use crate::metrics::Metrics;
 use crate::panic::CatchPanic;
 use crate::request::{ClientInfo, Params, Request};
@@ -136,11 +140,22 @@ where
     IO: AsyncRead + AsyncWrite + Send,
 {
     let (reader, writer) = tokio::io::split(io);
-    serve(shared, reader, IoOutbound(writer), client, shutdown, format).await
+    serve(
+        shared,
+        reader,
+        IoOutbound(writer),
+        client,
+        shutdown,
+        format,
+        None,
+    )
+    .await
 }
 
 /// Serves one stream, read from `reader` and answered through `outbound`,
-/// until the client's EOF (or shutdown), then closes it.
+/// until the client's EOF (or shutdown), then closes it. With `adopted`,
+/// the connection answers what it can itself while the stream is idle
+/// (see the `inline` module), and hands it the handlers it started.
 pub(crate) async fn serve<S, R, O>(
     shared: Arc<Shared<S>>,
     reader: R,
@@ -148,6 +163,7 @@ pub(crate) async fn serve<S, R, O>(
     client: Arc<ClientInfo>,
     shutdown: CancellationToken,
     format: Format,
+    adopted: Option<Adopted>,
 ) -> io::Result<()>
 where
     S: Clone + Send + Sync + 'static,
@@ -164,7 +180,7 @@ where
     // does not read must not leave the writer blocked on that client.
     let whole = matches!(format, Format::Legacy { .. });
     let reading = std::pin::pin!(read_loop(
-        &shared, reader, &client, &shutdown, to_writer, &unwritten, format,
+        &shared, reader, &client, &shutdown, to_writer, &unwritten, format, adopted,
     ));
     let writing = std::pin::pin!(write_loop(outbound, from_reader, &unwritten, whole));
     try_join_in_place(reading, writing).await
@@ -370,6 +386,7 @@ async fn write_loop<O: Outbound>(
     outbound.finish().await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop<S, R>(
     shared: &Arc<Shared<S>>,
     reader: R,
@@ -378,6 +395,7 @@ async fn read_loop<S, R>(
     to_writer: tokio::sync::mpsc::UnboundedSender<Batch>,
     unwritten: &AtomicUsize,
     format: Format,
+    mut adopted: Option<Adopted>,
 ) -> io::Result<()>
 where
     S: Clone + Send + Sync + 'static,
@@ -389,10 +407,13 @@ where
     let frames = FramedRead::with_capacity(reader, codec.clone(), READ_CAPACITY);
     tokio::pin!(frames);
     // Cancelled when the grace period ends or this stream goes away: the
-    // handlers still running then stop and answer 503.
-    let abort = CancellationToken::new();
+    // handlers still running then stop and answer 503 (those the
+    // connection started inline too).
+    let abort = adopted
+        .as_ref()
+        .map_or_else(CancellationToken::new, Adopted::abort);
     let _abort_on_drop = abort.clone().drop_guard();
-    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight: FuturesUnordered<Later> = FuturesUnordered::new();
     let mut out = BytesMut::new();
     // Handlers' answers (each its own encoded frame) not yet handed over.
     let mut parts: Vec<BytesMut> = Vec::new();
@@ -480,6 +501,14 @@ where
         if in_flight.is_empty() && !reading && watches.is_empty() {
             return Ok(());
         }
+        if let Some(adopted) = &adopted {
+            let idle = reading
+                && !shutting_down
+                && in_flight.is_empty()
+                && frames.read_buffer().is_empty()
+                && matches!(frames.decoder(), Codec::Version1(codec) if codec.is_at_frame_boundary());
+            adopted.publish(idle);
+        }
         tokio::select! {
             biased;
             () = shutdown.cancelled(), if !shutting_down => {
@@ -499,6 +528,7 @@ where
                 parts.push(answer);
                 from_tasks = true;
             }
+            later = next_adopted(&mut adopted) => in_flight.push(later),
             ended = watches.next_ended(), if !watches.is_empty() => {
                 debug!(id = %ended.id, code = ended.code.map(|c| c.as_u16()), "watch ended");
             }
@@ -530,14 +560,7 @@ where
                     }
                     match dispatch(shared, client, frame, shutting_down) {
                         Dispatch::Now(response, verb) => {
-                            if let Some(started) = started {
-                                log_answer(&response, started);
-                                if let Some(metrics) = &shared.metrics {
-                                    metrics.answered(verb, response.code.as_u16(), started.elapsed());
-                                }
-                            }
-                            out.reserve(ANSWER_CAPACITY);
-                            encode(&mut codec, &response, &mut out);
+                            answer_now(shared, &mut codec, &response, verb, started, &mut out);
                             if whole {
                                 parts.push(out.split());
                             }
@@ -589,6 +612,93 @@ where
             },
         }
     }
+}
+
+/// Logs, counts and encodes an answer the framework gave without a
+/// handler.
+fn answer_now<S>(
+    shared: &Shared<S>,
+    codec: &mut Codec,
+    response: &Response,
+    verb: Option<korv_proto::Verb>,
+    started: Option<Instant>,
+    out: &mut BytesMut,
+) {
+    if let Some(started) = started {
+        log_answer(response, started);
+        if let Some(metrics) = &shared.metrics {
+            metrics.answered(verb, response.code.as_u16(), started.elapsed());
+        }
+    }
+    out.reserve(ANSWER_CAPACITY);
+    encode(codec, response, out);
+}
+
+/// The next handler the connection started and handed over; pending
+/// forever without a connection that answers inline.
+async fn next_adopted(adopted: &mut Option<Adopted>) -> Later {
+    match adopted {
+        Some(adopted) => adopted.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers the whole frames at the start of `data`, a channel's data, into
+/// `out`, for a connection whose stream is idle (`gate` open): requests
+/// that the framework answers, and those whose handler finishes on its
+/// first poll. Returns how many bytes of `data` it took; the rest, from the
+/// first frame it could not finish here, is the stream's (see the `inline`
+/// module). A handler that does not finish at once is handed to the stream
+/// through `gate`, and nothing after it is taken.
+pub(crate) fn answer_at_once<S>(
+    shared: &Arc<Shared<S>>,
+    client: &Arc<ClientInfo>,
+    gate: &mut Gate,
+    data: &[u8],
+    out: &mut BytesMut,
+) -> usize
+where
+    S: Clone + Send + Sync + 'static,
+{
+    const HEADER: usize = 4;
+    // The largest payload taken here: what a stream runs on its own task.
+    let most = INLINE_MAX_PAYLOAD.min(shared.limits.max_frame);
+    let mut codec = None;
+    let mut taken = 0;
+    while let Some(header) = data.get(taken..taken + HEADER) {
+        let mut len = [0; HEADER];
+        len.copy_from_slice(header);
+        let len = u32::from_be_bytes(len) as usize;
+        if len > most {
+            break;
+        }
+        let Some(payload) = data.get(taken + HEADER..taken + HEADER + len) else {
+            break;
+        };
+        let frame = match len {
+            0 => Frame::Empty,
+            _ => Frame::Payload(Bytes::copy_from_slice(payload)),
+        };
+        let codec =
+            codec.get_or_insert_with(|| Codec::new(Format::Version1, shared.limits.max_frame));
+        let started = (shared.metrics.is_some() || tracing::enabled!(tracing::Level::DEBUG))
+            .then(Instant::now);
+        match dispatch(shared, client, Incoming::Frame(frame), false) {
+            Dispatch::Now(response, verb) => {
+                answer_now(shared, codec, &response, verb, started, out)
+            }
+            Dispatch::Run(run) => {
+                if let Some(later) = run_handler(shared, client, run, gate.abort(), codec, out) {
+                    gate.adopt(later);
+                    return taken + HEADER + len;
+                }
+            }
+            // The stream's own: it reads this frame again.
+            Dispatch::Watch(_) | Dispatch::Unwatch { .. } => break,
+        }
+        taken += HEADER + len;
+    }
+    taken
 }
 
 fn into_io(err: ProtoError) -> io::Error {
@@ -858,7 +968,7 @@ fn run_handler<S>(
     abort: &CancellationToken,
     codec: &Codec,
     out: &mut BytesMut,
-) -> Option<impl std::future::Future<Output = BytesMut> + use<S>>
+) -> Option<Later>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -919,7 +1029,7 @@ where
     });
     let task = tokio::spawn(task.in_current_span());
     let mut codec = codec.clone();
-    Some(async move {
+    Some(Box::pin(async move {
         task.await.unwrap_or_else(|err| {
             let response = Response::error(
                 None,
@@ -930,7 +1040,7 @@ where
             encode(&mut codec, &response, &mut out);
             out
         })
-    })
+    }))
 }
 
 /// Room made for an encoded answer before encoding it: most answers fit, so
@@ -1079,5 +1189,116 @@ mod tests {
         let mut joined = std::pin::pin!(try_join_in_place(restless, idle));
         assert!(joined.as_mut().poll(&mut cx).is_pending());
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// Answers in `out`, as `(request_id, code)` in order.
+    fn answers_in(out: &mut BytesMut) -> Vec<(serde_json::Value, u16)> {
+        let mut codec = KorvCodec::new();
+        let mut answers = Vec::new();
+        while let Some(Frame::Payload(payload)) = codec.decode(out).unwrap() {
+            let answer: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            let code = answer["code"].as_u64().unwrap() as u16;
+            answers.push((answer["request_id"].clone(), code));
+        }
+        answers
+    }
+
+    fn frame(request: serde_json::Value) -> Vec<u8> {
+        let payload = request.to_string();
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload.as_bytes());
+        frame
+    }
+
+    #[tokio::test]
+    async fn whole_frames_are_answered_at_once_and_the_rest_is_left_to_the_stream() {
+        use crate::routing::{get, watch};
+        let service = crate::KorvServer::new()
+            .route("/hello", get(|_r: Request| async { json!("hi") }))
+            .route(
+                "/later",
+                get(|_r: Request| async {
+                    tokio::task::yield_now().await;
+                    json!("later")
+                }),
+            )
+            .route(
+                "/events",
+                watch(|_r: Request| async {
+                    Ok::<_, crate::Error>(futures_util::stream::iter([json!(1)]))
+                }),
+            )
+            .into_stream_service();
+        let shared = service.shared();
+        let client = Arc::new(ClientInfo::local("alice"));
+        let hello = |id: i64| frame(json!({"id": id, "verb": "GET", "resource": "/hello"}));
+        let (mut gate, _feed, mut adopted) = crate::inline::Inline::channel();
+        let mut answer = |data: &[u8]| {
+            let mut out = BytesMut::new();
+            let taken = answer_at_once(shared, &client, &mut gate, data, &mut out);
+            (taken, answers_in(&mut out))
+        };
+
+        // Whole frames, the framework's answers among them.
+        let data = [
+            hello(1),
+            vec![0, 0, 0, 0],
+            hello(3),
+            frame(json!({"id": 4, "verb": "GET", "resource": "/nowhere"})),
+        ]
+        .concat();
+        assert_eq!(
+            answer(&data),
+            (
+                data.len(),
+                vec![
+                    (json!(1), 200),
+                    (json!(null), 400),
+                    (json!(3), 200),
+                    (json!(4), 404)
+                ]
+            )
+        );
+
+        // A frame cut short, a length prefix cut short, a frame above what
+        // is answered here, one above the maximum: the stream's, from there.
+        let one = hello(1);
+        let above = [&[0, 0, 0x40, 1][..], &[b' '; INLINE_MAX_PAYLOAD + 1][..]].concat();
+        for tail in [
+            &hello(2)[..9],
+            &[0, 0][..],
+            &above[..],
+            &[0x7f, 0, 0, 0][..],
+        ] {
+            let data = [&one[..], tail].concat();
+            let start = &tail[..tail.len().min(8)];
+            assert_eq!(
+                answer(&data),
+                (one.len(), vec![(json!(1), 200)]),
+                "after a tail of {} bytes, {start:?}…",
+                tail.len()
+            );
+        }
+
+        // WATCH and UNWATCH are the stream's.
+        let watch_frame = frame(json!({"id": 2, "verb": "WATCH", "resource": "/events"}));
+        let unwatch = frame(
+            json!({"id": 3, "verb": "UNWATCH", "resource": "/events", "body": {"request_id": 2}}),
+        );
+        for theirs in [&watch_frame, &unwatch] {
+            let data = [&one[..], &theirs[..], &hello(4)[..]].concat();
+            assert_eq!(answer(&data), (one.len(), vec![(json!(1), 200)]));
+        }
+
+        // A handler that does not finish on its first poll is handed to the
+        // stream, with nothing after it.
+        let later = frame(json!({"id": 5, "verb": "GET", "resource": "/later"}));
+        let data = [&one[..], &later[..], &hello(6)[..]].concat();
+        assert_eq!(
+            answer(&data),
+            (one.len() + later.len(), vec![(json!(1), 200)])
+        );
+        let mut handed = adopted.next().now_or_never().expect("handed over");
+        assert_eq!(answers_in(&mut handed.as_mut().await), [(json!(5), 200)]);
     }
 }
