@@ -20,6 +20,11 @@
 //!   running in its own task, is handed to the stream (*adopted*), which
 //!   answers it as one of its own requests in flight.
 //!
+//! A handler's first poll thus runs in the connection's task: one that
+//! blocks its thread there (which handlers must not do) holds up the
+//! connection's other channels until it returns or first waits, where
+//! before it held up its own stream.
+//!
 //! The two sides agree on "nothing to do" by counting: the connection
 //! counts the messages it fed and the futures it handed over; the stream,
 //! each time it goes idle, publishes how many of those it has taken and
