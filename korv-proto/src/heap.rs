@@ -25,11 +25,11 @@
 use std::sync::Once;
 
 /// Frames of at least this many bytes (payload) count as large.
-pub(crate) const LARGE_FRAME: usize = 512 * 1024;
+const LARGE_FRAME: usize = 512 * 1024;
 
 /// The size of the block freed: glibc's mmap threshold becomes this, and
 /// its trim threshold twice this.
-pub(crate) const KEEP_BELOW: usize = 4 * 1024 * 1024;
+const KEEP_BELOW: usize = 4 * 1024 * 1024;
 
 static SEEN: Once = Once::new();
 

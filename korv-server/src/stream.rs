@@ -547,10 +547,7 @@ where
                 }
                 Some(Err(err)) => return Err(into_io(err)),
                 Some(Ok(frame)) => {
-                    // The clock is read only for whom reads the time taken.
-                    let started = (shared.metrics.is_some()
-                        || tracing::enabled!(tracing::Level::DEBUG))
-                    .then(Instant::now);
+                    let started = clock_if_read(shared);
                     if shutting_down {
                         let quiet_until = tokio::time::Instant::now() + SHUTDOWN_LINGER;
                         linger.as_mut().reset(quiet_until.min(grace_ends));
@@ -660,45 +657,40 @@ pub(crate) fn answer_at_once<S>(
 where
     S: Clone + Send + Sync + 'static,
 {
-    const HEADER: usize = 4;
-    // The largest payload taken here: what a stream runs on its own task.
+    // Frames above what a stream runs on its own task read as oversized
+    // here, and are left to the stream, as are cut ones.
     let most = INLINE_MAX_PAYLOAD.min(shared.limits.max_frame);
-    let mut codec = None;
-    let mut taken = 0;
-    while let Some(header) = data.get(taken..taken + HEADER) {
-        let mut len = [0; HEADER];
-        len.copy_from_slice(header);
-        let len = u32::from_be_bytes(len) as usize;
-        if len > most {
-            break;
-        }
-        let Some(payload) = data.get(taken + HEADER..taken + HEADER + len) else {
-            break;
+    let mut frames = KorvCodec::builder().max_frame(most).build();
+    let mut codec = Codec::new(Format::Version1, shared.limits.max_frame);
+    let mut src = BytesMut::from(data);
+    while !src.is_empty() {
+        let taken = data.len() - src.len();
+        let frame = match frames.decode(&mut src) {
+            Ok(Some(frame @ (Frame::Empty | Frame::Payload(_)))) => frame,
+            _ => return taken,
         };
-        let frame = match len {
-            0 => Frame::Empty,
-            _ => Frame::Payload(Bytes::copy_from_slice(payload)),
-        };
-        let codec =
-            codec.get_or_insert_with(|| Codec::new(Format::Version1, shared.limits.max_frame));
-        let started = (shared.metrics.is_some() || tracing::enabled!(tracing::Level::DEBUG))
-            .then(Instant::now);
+        let started = clock_if_read(shared);
         match dispatch(shared, client, Incoming::Frame(frame), false) {
             Dispatch::Now(response, verb) => {
-                answer_now(shared, codec, &response, verb, started, out)
+                answer_now(shared, &mut codec, &response, verb, started, out);
             }
             Dispatch::Run(run) => {
-                if let Some(later) = run_handler(shared, client, run, gate.abort(), codec, out) {
+                if let Some(later) = run_handler(shared, client, run, gate.abort(), &codec, out) {
                     gate.adopt(later);
-                    return taken + HEADER + len;
+                    return data.len() - src.len();
                 }
             }
             // The stream's own: it reads this frame again.
-            Dispatch::Watch(_) | Dispatch::Unwatch { .. } => break,
+            Dispatch::Watch(_) | Dispatch::Unwatch { .. } => return taken,
         }
-        taken += HEADER + len;
     }
-    taken
+    data.len()
+}
+
+/// The time now, for whom reads the time a request took: the metrics and
+/// debug logs.
+fn clock_if_read<S>(shared: &Shared<S>) -> Option<Instant> {
+    (shared.metrics.is_some() || tracing::enabled!(tracing::Level::DEBUG)).then(Instant::now)
 }
 
 fn into_io(err: ProtoError) -> io::Error {
