@@ -605,6 +605,15 @@ impl<M: Send> ChannelOpenHandleInner<M> {
             let _ = self.sender.send((self.make_msg)(pending, Err(reason)));
         }
     }
+
+    /// Drops the handle without answering: for a request the session has
+    /// already answered itself (a channel type it refuses before any handler
+    /// sees it). Dropping the handle instead would send a second
+    /// `SSH_MSG_CHANNEL_OPEN_FAILURE` for the same channel, which OpenSSH and
+    /// asyncssh treat as a protocol error.
+    pub(crate) fn answered(mut self) {
+        self.inner = None;
+    }
 }
 
 impl<M: Send> Drop for ChannelOpenHandleInner<M> {

@@ -960,6 +960,7 @@ impl Session {
                             if let Some(ref mut enc) = self.common.encrypted {
                                 msg.unknown_type(&mut enc.write)?;
                             }
+                            reply.answered();
                         }
                     }
                 };

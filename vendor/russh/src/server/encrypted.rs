@@ -2124,6 +2124,7 @@ impl Session {
                         b"Unsupported channel type",
                     )?;
                 }
+                reply.answered();
                 Ok(())
             }
             ChannelType::AgentForward => {
@@ -2134,6 +2135,7 @@ impl Session {
                         b"Unsupported channel type",
                     )?;
                 }
+                reply.answered();
                 Ok(())
             }
             ChannelType::Unknown { typ } => {
@@ -2141,6 +2143,7 @@ impl Session {
                 if let Some(ref mut enc) = self.common.encrypted {
                     msg.unknown_type(&mut enc.write)?;
                 }
+                reply.answered();
                 Ok(())
             }
         }
