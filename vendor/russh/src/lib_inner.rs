@@ -1,9 +1,8 @@
 use std::convert::TryFrom;
 use std::fmt::{Debug, Display, Formatter};
-use std::future::{Future, Pending};
+use std::future::Future;
 use std::pin::Pin;
 
-use futures::future::Either as EitherFuture;
 use log::{debug, warn};
 use parsing::ChannelOpenConfirmation;
 pub use russh_cryptovec::CryptoVec;
@@ -533,25 +532,80 @@ impl ChannelParams {
 pub(crate) async fn flush_or_timeout<W: AsyncWrite + Unpin>(
     writer: &mut sshbuffer::PacketWriter,
     stream: &mut W,
-    inactivity_timer: Pin<&mut impl Future<Output = ()>>,
+    inactivity_timer: &mut IdleTimer,
 ) -> Result<(), Error> {
     tokio::select! {
         r = writer.flush_into(stream) => Ok(r?),
-        _ = inactivity_timer => {
+        _ = inactivity_timer.elapsed() => {
             debug!("timeout while writing");
             Err(Error::InactivityTimeout)
         }
     }
 }
 
-/// Returns `f(val)` if `val` it is [Some], or a forever pending [Future] if it is [None].
-pub(crate) fn future_or_pending<R, F: Future<Output = R>, T>(
-    val: Option<T>,
-    f: impl FnOnce(T) -> F,
-) -> EitherFuture<Pending<R>, F> {
-    match val {
-        None => EitherFuture::Left(core::future::pending()),
-        Some(x) => EitherFuture::Right(f(x)),
+/// `at + period`, or a deadline decades away when that overflows (as
+/// `tokio::time::sleep` does for a huge duration).
+pub(crate) fn deadline_after(
+    at: tokio::time::Instant,
+    period: std::time::Duration,
+) -> tokio::time::Instant {
+    at.checked_add(period)
+        .unwrap_or_else(|| at + std::time::Duration::from_secs(86400 * 365 * 30))
+}
+
+/// A timer whose deadline moves later on almost every packet and which
+/// almost never fires: the keepalive and inactivity timers of a session loop.
+///
+/// Moving the deadline ([`restart`](Self::restart)) is a store. The tokio
+/// timer underneath stays registered at the deadline it was last armed with;
+/// when that passes, it re-arms itself at the current deadline, and only
+/// reports the timeout once the current deadline has passed. Resetting a
+/// `Sleep` on every packet instead updates the runtime's timer wheel twice
+/// per packet (once per timer).
+pub(crate) struct IdleTimer {
+    period: Option<std::time::Duration>,
+    deadline: tokio::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleTimer {
+    /// A timer that elapses `period` after the last restart, or never.
+    pub(crate) fn new(period: Option<std::time::Duration>) -> Self {
+        let now = tokio::time::Instant::now();
+        let deadline = period.map_or(now, |period| deadline_after(now, period));
+        Self {
+            period,
+            deadline,
+            sleep: period.map(|_| Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Moves the deadline to one period after `now`.
+    pub(crate) fn restart(&mut self, now: tokio::time::Instant) {
+        if let Some(period) = self.period {
+            self.deadline = deadline_after(now, period);
+        }
+    }
+
+    /// Ready once the current deadline has passed (and again on every poll
+    /// until the next restart, as an elapsed `Sleep` is); never without a
+    /// period.
+    pub(crate) fn poll_elapsed(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let Some(sleep) = self.sleep.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        loop {
+            std::task::ready!(sleep.as_mut().poll(cx));
+            if sleep.deadline() >= self.deadline {
+                return std::task::Poll::Ready(());
+            }
+            sleep.as_mut().reset(self.deadline);
+        }
+    }
+
+    /// [`poll_elapsed`](Self::poll_elapsed) as a future.
+    pub(crate) fn elapsed(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| self.poll_elapsed(cx))
     }
 }
 

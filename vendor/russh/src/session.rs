@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fmt::{Debug, Formatter};
 use std::mem::replace;
 use std::num::Wrapping;
+#[cfg(test)]
 use std::time::Duration;
 
 use byteorder::{BigEndian, ByteOrder};
@@ -740,6 +741,7 @@ impl Encrypted {
 
     /// Delay until an automatic rekey is due: zero when the write limit is
     /// already exceeded, otherwise what is left of the time limit.
+    #[cfg(test)]
     pub(crate) fn rekey_time_remaining(
         &self,
         limits: &Limits,
@@ -753,6 +755,35 @@ impl Encrypted {
         }
         let elapsed = russh_util::time::Instant::now().duration_since(self.last_rekey);
         Some(limits.rekey_time_limit.saturating_sub(elapsed))
+    }
+
+    /// When an automatic rekey is due, as [`rekey_time_remaining`] says, but
+    /// as a deadline: it moves only when a key exchange ends or the write
+    /// limit is reached, so the session loop re-arms its timer only then.
+    ///
+    /// [`rekey_time_remaining`]: Self::rekey_time_remaining
+    pub(crate) fn rekey_deadline(
+        &self,
+        limits: &Limits,
+        writer: &PacketWriter,
+    ) -> Option<tokio::time::Instant> {
+        if self.kex.skip_exchange() {
+            return None;
+        }
+        if writer.bytes_written() >= limits.rekey_write_limit {
+            return Some(tokio::time::Instant::now());
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            Some(crate::deadline_after(
+                tokio::time::Instant::from_std(self.last_rekey),
+                limits.rekey_time_limit,
+            ))
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            None
+        }
     }
 
     pub fn new_channel_id(&mut self) -> ChannelId {

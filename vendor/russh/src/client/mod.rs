@@ -1406,13 +1406,12 @@ impl Session {
         let mut opening_cipher = Box::new(clear::Key) as Box<dyn OpeningKey + Send>;
         std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
 
-        let keepalive_timer =
-            crate::future_or_pending(self.common.config.keepalive_interval, tokio::time::sleep);
-        pin!(keepalive_timer);
-
-        let inactivity_timer =
-            crate::future_or_pending(self.common.config.inactivity_timeout, tokio::time::sleep);
-        pin!(inactivity_timer);
+        let mut keepalive_timer = crate::IdleTimer::new(self.common.config.keepalive_interval);
+        let mut inactivity_timer = crate::IdleTimer::new(self.common.config.inactivity_timeout);
+        // Armed once per deadline (a key exchange ends, the write limit is
+        // reached), not re-created for every packet.
+        let mut rekey_timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
+        let mut rekey_at = None;
 
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
@@ -1427,9 +1426,13 @@ impl Session {
             // application output in its bounded receivers while a channel is
             // window-blocked.
             let can_receive_outbound = !self.kex.active() && !self.common.has_any_pending_data();
-            let rekey_timer =
-                crate::future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
-            pin!(rekey_timer);
+            let rekey_due = self.rekey_deadline();
+            if rekey_due != rekey_at {
+                if let Some(at) = rekey_due {
+                    rekey_timer.as_mut().reset(at);
+                }
+                rekey_at = rekey_due;
+            }
             tokio::select! {
                 r = &mut reading => {
                     let (stream_read, mut buffer, mut opening_cipher) = match r {
@@ -1472,11 +1475,11 @@ impl Session {
                     std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
                     reading.set(start_reading(stream_read, buffer, opening_cipher));
                 }
-                () = &mut rekey_timer => {
+                () = &mut rekey_timer, if rekey_at.is_some() => {
                     // The flush after the select sees the elapsed limit.
                     debug!("rekey time limit reached");
                 }
-                () = &mut keepalive_timer => {
+                () = keepalive_timer.elapsed() => {
                     keepalive_elapsed = true;
                     if let Some(ref mut enc) = self.common.encrypted
                         && matches!(enc.state, EncryptedState::Authenticated)
@@ -1489,7 +1492,7 @@ impl Session {
                         self.send_keepalive(true)?;
                     }
                 }
-                () = &mut inactivity_timer => {
+                () = inactivity_timer.elapsed() => {
                     debug!("timeout");
                     return Err(crate::Error::InactivityTimeout.into());
                 }
@@ -1543,7 +1546,7 @@ impl Session {
             crate::flush_or_timeout(
                 &mut self.common.packet_writer,
                 stream_write,
-                inactivity_timer.as_mut(),
+                &mut inactivity_timer,
             )
             .await?;
 
@@ -1565,21 +1568,12 @@ impl Session {
                 // data from it.
                 self.common.alive_timeouts = 0;
             }
-            if (self.common.received_data || keepalive_elapsed)
-                && let (futures::future::Either::Right(ref mut sleep), Some(d)) = (
-                    keepalive_timer.as_mut().as_pin_mut(),
-                    self.common.config.keepalive_interval,
-                )
-            {
-                sleep.as_mut().reset(tokio::time::Instant::now() + d);
+            let now = tokio::time::Instant::now();
+            if self.common.received_data || keepalive_elapsed {
+                keepalive_timer.restart(now);
             }
-            if !keepalive_elapsed
-                && let (futures::future::Either::Right(ref mut sleep), Some(d)) = (
-                    inactivity_timer.as_mut().as_pin_mut(),
-                    self.common.config.inactivity_timeout,
-                )
-            {
-                sleep.as_mut().reset(tokio::time::Instant::now() + d);
+            if !keepalive_elapsed {
+                inactivity_timer.restart(now);
             }
         }
 
@@ -1899,6 +1893,17 @@ impl Session {
                 .is_some_and(|enc| matches!(enc.state, EncryptedState::Authenticated))
     }
 
+    fn rekey_deadline(&self) -> Option<tokio::time::Instant> {
+        if cfg!(target_arch = "wasm32") || !self.automatic_rekey_allowed() {
+            return None;
+        }
+        self.common
+            .encrypted
+            .as_ref()?
+            .rekey_deadline(&self.common.config.limits, &self.common.packet_writer)
+    }
+
+    #[cfg(test)]
     fn rekey_time_remaining(&self) -> Option<Duration> {
         if cfg!(target_arch = "wasm32") || !self.automatic_rekey_allowed() {
             return None;

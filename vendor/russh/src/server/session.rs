@@ -1,6 +1,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::sync::Arc;
+#[cfg(test)]
 use std::time::Duration;
 
 use channels::WindowSizeRef;
@@ -649,13 +650,12 @@ impl Session {
         let mut opening_cipher = Box::new(clear::Key) as Box<dyn OpeningKey + Send>;
         std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
 
-        let keepalive_timer =
-            future_or_pending(self.common.config.keepalive_interval, tokio::time::sleep);
-        pin!(keepalive_timer);
-
-        let inactivity_timer =
-            future_or_pending(self.common.config.inactivity_timeout, tokio::time::sleep);
-        pin!(inactivity_timer);
+        let mut keepalive_timer = crate::IdleTimer::new(self.common.config.keepalive_interval);
+        let mut inactivity_timer = crate::IdleTimer::new(self.common.config.inactivity_timeout);
+        // Armed once per deadline (a key exchange ends, the write limit is
+        // reached), not re-created for every packet.
+        let mut rekey_timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
+        let mut rekey_at = None;
 
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
@@ -701,7 +701,7 @@ impl Session {
                     crate::flush_or_timeout(
                         &mut self.common.packet_writer,
                         &mut stream_write,
-                        inactivity_timer.as_mut(),
+                        &mut inactivity_timer,
                     )
                     .await?;
                 }
@@ -711,8 +711,13 @@ impl Session {
                 }
             }
 
-            let rekey_timer = future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
-            pin!(rekey_timer);
+            let rekey_due = self.rekey_deadline();
+            if rekey_due != rekey_at {
+                if let Some(at) = rekey_due {
+                    rekey_timer.as_mut().reset(at);
+                }
+                rekey_at = rekey_due;
+            }
 
             tokio::select! {
                 r = &mut reading => {
@@ -763,11 +768,11 @@ impl Session {
                     }
                     reading.set(start_reading(stream_read, buffer, opening_cipher));
                 }
-                () = &mut rekey_timer => {
+                () = &mut rekey_timer, if rekey_at.is_some() => {
                     // The flush after the select sees the elapsed limit.
                     debug!("rekey time limit reached");
                 }
-                () = &mut keepalive_timer => {
+                () = keepalive_timer.elapsed() => {
                     self.common.alive_timeouts = self.common.alive_timeouts.saturating_add(1);
                     if self.common.config.keepalive_max != 0 && self.common.alive_timeouts > self.common.config.keepalive_max {
                         debug!("Timeout, client not responding to keepalives");
@@ -776,7 +781,7 @@ impl Session {
                     sent_keepalive = true;
                     self.keepalive_request()?;
                 }
-                () = &mut inactivity_timer => {
+                () = inactivity_timer.elapsed() => {
                     debug!("timeout");
                     return Err(crate::Error::InactivityTimeout.into());
                 }
@@ -811,7 +816,7 @@ impl Session {
             crate::flush_or_timeout(
                 &mut self.common.packet_writer,
                 &mut stream_write,
-                inactivity_timer.as_mut(),
+                &mut inactivity_timer,
             )
             .await?;
 
@@ -823,21 +828,12 @@ impl Session {
                 // data from it.
                 self.common.alive_timeouts = 0;
             }
-            if (self.common.received_data || sent_keepalive)
-                && let (futures::future::Either::Right(ref mut sleep), Some(d)) = (
-                    keepalive_timer.as_mut().as_pin_mut(),
-                    self.common.config.keepalive_interval,
-                )
-            {
-                sleep.as_mut().reset(tokio::time::Instant::now() + d);
+            let now = tokio::time::Instant::now();
+            if self.common.received_data || sent_keepalive {
+                keepalive_timer.restart(now);
             }
-            if !sent_keepalive
-                && let (futures::future::Either::Right(ref mut sleep), Some(d)) = (
-                    inactivity_timer.as_mut().as_pin_mut(),
-                    self.common.config.inactivity_timeout,
-                )
-            {
-                sleep.as_mut().reset(tokio::time::Instant::now() + d);
+            if !sent_keepalive {
+                inactivity_timer.restart(now);
             }
         }
         debug!("disconnected");
@@ -859,7 +855,7 @@ impl Session {
                 },
                 // The client was told to disconnect and never closed its side;
                 // dropping the stream closes it for them.
-                () = &mut inactivity_timer => {
+                () = inactivity_timer.elapsed() => {
                     debug!("timeout waiting for the client to close");
                     break;
                 }
@@ -956,6 +952,17 @@ impl Session {
                 .is_some_and(|enc| Self::automatic_rekey_eligible(&enc.state))
     }
 
+    fn rekey_deadline(&self) -> Option<tokio::time::Instant> {
+        if !self.automatic_rekey_allowed() {
+            return None;
+        }
+        self.common
+            .encrypted
+            .as_ref()?
+            .rekey_deadline(&self.common.config.limits, &self.common.packet_writer)
+    }
+
+    #[cfg(test)]
     fn rekey_time_remaining(&self) -> Option<Duration> {
         if !self.automatic_rekey_allowed() {
             return None;
