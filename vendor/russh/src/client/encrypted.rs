@@ -607,7 +607,13 @@ impl Session {
                     }
                 }
 
-                if let Some(chan) = self.channels.get(&channel_num) {
+                // No message for a channel whose `Channel` was dropped: the
+                // send would fail, after cloning the data.
+                if let Some(chan) = self
+                    .channels
+                    .get(&channel_num)
+                    .filter(|chan| !chan.is_closed())
+                {
                     let _ = chan.send(ChannelMsg::Data { data: data.clone() }).await;
                 }
 
@@ -634,7 +640,11 @@ impl Session {
                     }
                 }
 
-                if let Some(chan) = self.channels.get(&channel_num) {
+                if let Some(chan) = self
+                    .channels
+                    .get(&channel_num)
+                    .filter(|chan| !chan.is_closed())
+                {
                     let _ = chan
                         .send(ChannelMsg::ExtendedData {
                             ext: extended_code,

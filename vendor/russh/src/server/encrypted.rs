@@ -1499,8 +1499,15 @@ impl Session {
                     }
                 }
                 self.flush()?;
+                // A channel whose `Channel` was dropped (its data read in
+                // `Handler::data` only) gets no message: the send would fail,
+                // after cloning the data and waking nobody.
+                let listening = self
+                    .channels
+                    .get(&channel_num)
+                    .filter(|chan| !chan.is_closed());
                 if let Some(ext) = ext {
-                    if let Some(chan) = self.channels.get(&channel_num) {
+                    if let Some(chan) = listening {
                         chan.send(ChannelMsg::ExtendedData {
                             ext,
                             data: data.clone(),
@@ -1510,7 +1517,7 @@ impl Session {
                     }
                     handler.extended_data(channel_num, ext, &data, self).await
                 } else {
-                    if let Some(chan) = self.channels.get(&channel_num) {
+                    if let Some(chan) = listening {
                         chan.send(ChannelMsg::Data { data: data.clone() })
                             .await
                             .unwrap_or(())
