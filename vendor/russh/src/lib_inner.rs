@@ -464,6 +464,37 @@ impl ChannelId {
     }
 }
 
+/// A map keyed by [`ChannelId`], hashed with one multiplication instead of
+/// SipHash. A session looks a channel up five or six times per data packet;
+/// the keys are ids this side chose (counting up from 0), so there is no
+/// flooding to defend against, and the multiplication by an odd constant
+/// keeps consecutive ids in distinct buckets.
+pub(crate) type ChannelMap<V> =
+    std::collections::HashMap<ChannelId, V, std::hash::BuildHasherDefault<ChannelIdHasher>>;
+
+/// The [`std::hash::Hasher`] of [`ChannelMap`].
+#[derive(Default)]
+pub(crate) struct ChannelIdHasher(u64);
+
+impl std::hash::Hasher for ChannelIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        // 2^64 / the golden ratio: its high bits, which hashbrown also uses,
+        // change with every bit of `n`.
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `ChannelId` hashes as one `u32`; anything else still hashes well.
+        for &byte in bytes {
+            self.write_u32(u32::from(byte));
+        }
+    }
+}
+
 impl Decode for ChannelId {
     type Error = ssh_encoding::Error;
 
@@ -680,3 +711,4 @@ impl<M: Send> Drop for ChannelOpenHandleInner<M> {
         }
     }
 }
+

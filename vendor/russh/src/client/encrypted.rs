@@ -1156,7 +1156,7 @@ mod tests {
             client_mac: crate::mac::NONE,
             server_mac: crate::mac::NONE,
             session_id: CryptoVec::from(&b"session-id"[..]),
-            channels: HashMap::new(),
+            channels: Default::default(),
             last_channel_id: Wrapping(0),
             write: Vec::new(),
             write_cursor: 0,

@@ -35,7 +35,7 @@
 //! [Session]: client::Session
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::TryInto;
 use std::num::Wrapping;
 use std::pin::Pin;
@@ -91,7 +91,7 @@ pub struct Session {
     common: CommonSession<Arc<Config>>,
     receiver: Receiver<Msg>,
     sender: UnboundedSender<Reply>,
-    channels: HashMap<ChannelId, ChannelRef>,
+    channels: crate::ChannelMap<ChannelRef>,
     target_window_size: u32,
     pending_reads: Vec<Vec<u8>>,
     pending_len: u32,
@@ -1329,7 +1329,7 @@ impl Session {
             priority_receiver,
             inbound_channel_sender,
             inbound_channel_receiver,
-            channels: HashMap::new(),
+            channels: Default::default(),
             pending_reads: Vec::new(),
             pending_len: 0,
             open_global_requests: VecDeque::new(),
@@ -2172,7 +2172,7 @@ mod tests {
                     client_mac: mac::NONE,
                     server_mac: mac::NONE,
                     session_id: CryptoVec::new(),
-                    channels: HashMap::new(),
+                    channels: Default::default(),
                     last_channel_id: Wrapping(0),
                     write: Vec::new(),
                     write_cursor: 0,
@@ -2479,7 +2479,7 @@ mod tests {
                     client_mac: mac::NONE,
                     server_mac: mac::NONE,
                     session_id: CryptoVec::new(),
-                    channels: HashMap::new(),
+                    channels: Default::default(),
                     last_channel_id: Wrapping(0),
                     write: Vec::new(),
                     write_cursor: 0,

@@ -858,7 +858,7 @@ mod tests {
             sender: handle,
             pending_reads: Vec::new(),
             pending_len: 0,
-            channels: std::collections::HashMap::new(),
+            channels: Default::default(),
             open_global_requests: std::collections::VecDeque::new(),
             kex: SessionKexState::Idle,
         }
@@ -875,7 +875,7 @@ mod tests {
             client_mac: mac::NONE,
             server_mac: mac::NONE,
             session_id: CryptoVec::new(),
-            channels: std::collections::HashMap::new(),
+            channels: Default::default(),
             last_channel_id: Wrapping(0),
             write: Vec::new(),
             write_cursor: 0,
