@@ -712,3 +712,63 @@ impl<M: Send> Drop for ChannelOpenHandleInner<M> {
     }
 }
 
+#[cfg(test)]
+mod idle_timer_tests {
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::IdleTimer;
+
+    fn poll_once(timer: &mut IdleTimer) -> Poll<()> {
+        timer.poll_elapsed(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_restarted_timer_elapses_one_period_after_the_last_restart() {
+        let period = Duration::from_millis(40);
+        let mut timer = IdleTimer::new(Some(period));
+        let mut restarted = Instant::now();
+        // Restarted more often than its period, for several periods: its
+        // first deadline passes long before the last restart.
+        for _ in 0..8 {
+            tokio::time::sleep(period / 4).await;
+            if poll_once(&mut timer).is_ready() {
+                assert!(
+                    Instant::now() >= restarted + period,
+                    "elapsed {:?} after a restart, period {period:?}",
+                    restarted.elapsed()
+                );
+            }
+            restarted = Instant::now();
+            timer.restart(restarted);
+        }
+        timer.elapsed().await;
+        assert!(
+            Instant::now() >= restarted + period,
+            "elapsed {:?} after the last restart, period {period:?}",
+            restarted.elapsed()
+        );
+        // Elapsed stays elapsed until the next restart, as a `Sleep` does.
+        assert!(poll_once(&mut timer).is_ready());
+        timer.restart(Instant::now());
+        assert!(poll_once(&mut timer).is_pending());
+    }
+
+    #[tokio::test]
+    async fn a_timer_without_a_period_never_elapses() {
+        let mut timer = IdleTimer::new(None);
+        timer.restart(Instant::now());
+        assert!(poll_once(&mut timer).is_pending());
+        let outcome = tokio::time::timeout(Duration::from_millis(20), timer.elapsed()).await;
+        assert!(outcome.is_err(), "a timer without a period elapsed");
+    }
+
+    #[test]
+    fn a_period_too_long_to_add_is_decades_away() {
+        let now = Instant::now();
+        let deadline = super::deadline_after(now, Duration::MAX);
+        assert!(deadline > now + Duration::from_secs(86400 * 365 * 29));
+    }
+}

@@ -1814,11 +1814,39 @@ mod tests {
         Arc::get_mut(&mut session.common.config).unwrap().limits =
             crate::Limits::new(1 << 30, 1 << 30, Duration::ZERO);
         assert_eq!(session.rekey_time_remaining(), None, "`none` kex");
+        assert_eq!(session.rekey_deadline(), None, "`none` kex");
 
         allow_rekey(
             &mut session,
             crate::Limits::new(1 << 30, 1 << 30, Duration::ZERO),
         );
+        assert_eq!(session.rekey_time_remaining(), Some(Duration::ZERO));
+        assert!(session.rekey_deadline().unwrap() <= tokio::time::Instant::now());
+    }
+
+    #[test]
+    fn the_rekey_deadline_stays_put_until_the_write_limit() {
+        let mut session = authenticated_session();
+        allow_rekey(
+            &mut session,
+            crate::Limits::new(1 << 30, 1 << 30, Duration::from_secs(3600)),
+        );
+        let last_rekey = session.common.encrypted.as_ref().unwrap().last_rekey;
+        let due = session.rekey_deadline().unwrap();
+        // The same deadline on every call, so the session loop re-arms its
+        // timer only when it moves: the time limit after the last exchange.
+        assert_eq!(session.rekey_deadline(), Some(due));
+        assert_eq!(
+            due,
+            tokio::time::Instant::from_std(last_rekey) + Duration::from_secs(3600)
+        );
+
+        // Past the write limit, a rekey is due at once.
+        allow_rekey(
+            &mut session,
+            crate::Limits::new(0, 1 << 30, Duration::from_secs(3600)),
+        );
+        assert!(session.rekey_deadline().unwrap() <= tokio::time::Instant::now());
         assert_eq!(session.rekey_time_remaining(), Some(Duration::ZERO));
     }
 
