@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo xtask test      # fmt check, clippy (warnings are errors), every test;
-//!                       # fuzz/ formatted, linted and built too
+//!                       # fuzz/ formatted, linted and built too; the
+//!                       # vendored russh's own unit tests
 //! cargo xtask legacy    # only the korv 0.2.1 interoperability tests (pytest)
 //! cargo xtask python    # the Python package's tests alone (also part of `test`)
 //! cargo xtask bench     # Korv against its peers; rewrites BENCHMARKS.md
@@ -94,6 +95,20 @@ fn test() -> Result<(), String> {
     let mut doctests = cargo();
     doctests.args(["test", "--workspace", "--doc"]);
     step("doctests", doctests)?;
+
+    // The russh Korv carries (vendor/russh/PATCHES.md) is outside the
+    // workspace: its own unit tests, with its own lock file and target.
+    let mut russh = cargo();
+    russh
+        .args([
+            "test",
+            "--manifest-path",
+            "vendor/russh/Cargo.toml",
+            "--lib",
+            "--target-dir",
+        ])
+        .arg(workspace::target_dir().join("vendor-russh"));
+    step("vendored russh's tests", russh)?;
 
     legacy_venv::legacy_tests(&[])?;
     python::test()?;
