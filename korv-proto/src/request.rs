@@ -418,6 +418,10 @@ impl Request {
     }
 
     fn parse(payload: &[u8], ids: IdRule) -> Result<Request, Rejection> {
+        Self::parse_with(payload, ids, Path::Common)
+    }
+
+    fn parse_with(payload: &[u8], ids: IdRule, path: Path) -> Result<Request, Rejection> {
         if payload.is_empty() {
             return Err(Rejection::new(
                 None,
@@ -449,8 +453,18 @@ impl Request {
         if text.contains("\\u") {
             check_surrogates(text).map_err(|message| Rejection::new(None, message))?;
         }
-        fields.validate(ids)
+        fields.validate(ids, path)
     }
+}
+
+/// Whether [`RawFields::validate`] may take its path for the common request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// The common request without a `Value` per member, anything else as below.
+    Common,
+    /// Every member through a `Value` (the tests check both agree).
+    #[cfg(test)]
+    General,
 }
 
 /// Which numbers a request's `id` may be.
@@ -517,18 +531,20 @@ fn describe_json_error(err: &serde_json::Error) -> String {
 /// raw JSON text, which is read without recursion and without converting
 /// numbers, so that a member too deep or a number too large for a `Value`
 /// is a `400` of that member, with the request's id, not of the payload.
+/// The members of a request object, as slices of the payload's text: only
+/// the body is copied, once the request is valid.
 #[derive(Default)]
-struct RawFields {
-    id: Option<Box<RawValue>>,
-    verb: Option<Box<RawValue>>,
-    resource: Option<Box<RawValue>>,
-    body: Option<Box<RawValue>>,
-    headers: Option<Box<RawValue>>,
+struct RawFields<'a> {
+    id: Option<&'a RawValue>,
+    verb: Option<&'a RawValue>,
+    resource: Option<&'a RawValue>,
+    body: Option<&'a RawValue>,
+    headers: Option<&'a RawValue>,
     duplicate: Option<String>,
 }
 
 /// A member's raw text as a `Value`, or why it cannot be one.
-fn member_value(name: &str, raw: Option<Box<RawValue>>) -> Result<Option<Value>, String> {
+fn member_value(name: &str, raw: Option<&RawValue>) -> Result<Option<Value>, String> {
     raw.map(|raw| {
         serde_json::from_str(raw.get()).map_err(|err| {
             format!(
@@ -540,8 +556,17 @@ fn member_value(name: &str, raw: Option<Box<RawValue>>) -> Result<Option<Value>,
     .transpose()
 }
 
+/// The text of a JSON string without escapes, between its quotes: what
+/// decoding it would give, without decoding. `raw` is valid JSON already.
+fn plain_string(raw: &RawValue) -> Option<&str> {
+    raw.get()
+        .strip_prefix('"')?
+        .strip_suffix('"')
+        .filter(|text| !text.contains('\\'))
+}
+
 /// The id in a member's raw text: `-0`, which JSON has no integer for, is 0.
-fn id_from_raw(raw: &RawValue, ids: IdRule) -> Result<RequestId, String> {
+fn id_from_raw(raw: &RawValue, ids: IdRule, path: Path) -> Result<RequestId, String> {
     if raw.get() == "-0" {
         return Ok(RequestId::from(0));
     }
@@ -549,6 +574,21 @@ fn id_from_raw(raw: &RawValue, ids: IdRule) -> Result<RequestId, String> {
         && let Some(id) = RequestId::from_number_text(raw.get())
     {
         return Ok(id);
+    }
+    // The common ids, read without building a `Value`: an integer that
+    // fits (valid JSON, so digits after an optional minus sign), or a
+    // string without escapes.
+    let text = raw.get();
+    if path == Path::Common && text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        if let Ok(n) = text.parse::<i64>() {
+            return Ok(RequestId::from(n));
+        }
+        if let Ok(n) = text.parse::<u64>() {
+            return Ok(RequestId::from(n));
+        }
+    }
+    if let (Path::Common, Some(text)) = (path, plain_string(raw)) {
+        return Ok(RequestId::from(text));
     }
     let found = match serde_json::from_str::<Value>(raw.get()) {
         Ok(value) => match RequestId::from_json(&value) {
@@ -562,15 +602,33 @@ fn id_from_raw(raw: &RawValue, ids: IdRule) -> Result<RequestId, String> {
     ))
 }
 
-impl RawFields {
-    fn validate(self, ids: IdRule) -> Result<Request, Rejection> {
+impl RawFields<'_> {
+    fn validate(self, ids: IdRule, path: Path) -> Result<Request, Rejection> {
         let id = match self.id {
             None => return Err(Rejection::new(None, "missing `id`")),
-            Some(raw) => id_from_raw(&raw, ids).map_err(|message| Rejection::new(None, message))?,
+            Some(raw) => {
+                id_from_raw(raw, ids, path).map_err(|message| Rejection::new(None, message))?
+            }
         };
         let reject = |message: String| Err(Rejection::new(Some(id.clone()), message));
         if let Some(name) = self.duplicate {
             return reject(format!("duplicate member {name:?} in the request object"));
+        }
+        // The common request, read without building a `Value` for each
+        // member: `verb` and `resource` strings without escapes, no
+        // `headers`. It meets the checks below in the same order, so any
+        // other request gets the same answer from the general path.
+        if let (Path::Common, Some(verb), Some(resource), None) = (
+            path,
+            self.verb.and_then(plain_string),
+            self.resource.and_then(plain_string),
+            self.headers,
+        ) {
+            let verb = match verb.parse::<Verb>() {
+                Ok(verb) => verb,
+                Err(err) => return reject(format!("`verb`: {err}")),
+            };
+            return finish(id, verb, resource.to_owned(), None, self.body, ids);
         }
         let (verb, resource, headers) = match (
             member_value("verb", self.verb),
@@ -605,59 +663,73 @@ impl RawFields {
                 ));
             }
         };
-        if !resource.starts_with('/') {
-            return reject(format!(
-                "`resource` must start with '/', found {:?}",
-                truncate(&resource, 64)
-            ));
-        }
-        if resource.len() > MAX_RESOURCE_BYTES {
-            return reject(format!(
-                "`resource` is {} bytes long; the limit is {MAX_RESOURCE_BYTES}",
-                resource.len()
-            ));
-        }
-        let headers = match headers {
-            None => Headers::new(),
-            Some(Value::Object(map)) => {
-                let mut headers = Headers::new();
-                for (name, value) in map {
-                    match value {
-                        Value::String(value) => {
-                            headers.insert(name, value);
-                        }
-                        other => {
-                            return reject(format!(
-                                "header {name:?} must have a string value, found {}",
-                                describe_value(&other)
-                            ));
-                        }
+        finish(id, verb, resource, headers, self.body, ids)
+    }
+}
+
+/// The checks after `verb`'s and `resource`'s types, in the protocol's
+/// order, shared by both paths of [`RawFields::validate`].
+fn finish(
+    id: RequestId,
+    verb: Verb,
+    resource: String,
+    headers: Option<Value>,
+    body: Option<&RawValue>,
+    ids: IdRule,
+) -> Result<Request, Rejection> {
+    let reject = |message: String| Err(Rejection::new(Some(id.clone()), message));
+    if !resource.starts_with('/') {
+        return reject(format!(
+            "`resource` must start with '/', found {:?}",
+            truncate(&resource, 64)
+        ));
+    }
+    if resource.len() > MAX_RESOURCE_BYTES {
+        return reject(format!(
+            "`resource` is {} bytes long; the limit is {MAX_RESOURCE_BYTES}",
+            resource.len()
+        ));
+    }
+    let headers = match headers {
+        None => Headers::new(),
+        Some(Value::Object(map)) => {
+            let mut headers = Headers::new();
+            for (name, value) in map {
+                match value {
+                    Value::String(value) => {
+                        headers.insert(name, value);
+                    }
+                    other => {
+                        return reject(format!(
+                            "header {name:?} must have a string value, found {}",
+                            describe_value(&other)
+                        ));
                     }
                 }
-                headers
             }
-            Some(other) => {
-                return reject(format!(
-                    "`headers` must be an object of strings, found {}",
-                    describe_value(&other)
-                ));
-            }
-        };
-        if let (IdRule::AnyNumber, true) = (ids, verb.is_watch()) {
-            return reject(format!("{verb} is not available in korv 0.2.1's format"));
+            headers
         }
-        let body = self.body.filter(|raw| raw.get() != "null");
-        if verb.requires_body() && body.is_none() {
-            return reject(format!("{verb} requires a non-null `body`"));
+        Some(other) => {
+            return reject(format!(
+                "`headers` must be an object of strings, found {}",
+                describe_value(&other)
+            ));
         }
-        Ok(Request {
-            id,
-            verb,
-            resource,
-            body,
-            headers,
-        })
+    };
+    if let (IdRule::AnyNumber, true) = (ids, verb.is_watch()) {
+        return reject(format!("{verb} is not available in korv 0.2.1's format"));
     }
+    let body = body.filter(|raw| raw.get() != "null");
+    if verb.requires_body() && body.is_none() {
+        return reject(format!("{verb} requires a non-null `body`"));
+    }
+    Ok(Request {
+        id,
+        verb,
+        resource,
+        body: body.map(RawValue::to_owned),
+        headers,
+    })
 }
 
 fn describe_value(value: &Value) -> String {
@@ -734,13 +806,13 @@ impl Visitor<'_> for KeySeed {
 struct TopVisitor;
 
 impl<'de> Visitor<'de> for TopVisitor {
-    type Value = RawFields;
+    type Value = RawFields<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFields, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFields<'de>, A::Error> {
         let mut fields = RawFields::default();
         let mut seen_known = [false; 5];
         let mut seen_other: HashSet<String> = HashSet::new();
@@ -782,5 +854,108 @@ impl<'de> Visitor<'de> for TopVisitor {
             }
         }
         Ok(fields)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{IdRule, Path, Request};
+
+    /// Every combination of these members, with each id rule: the path for
+    /// the common request must give what the general path gives, request or
+    /// rejection, message for message.
+    #[test]
+    fn the_common_path_answers_as_the_general_path_does() {
+        let ids = [
+            None,
+            Some("0"),
+            Some("-0"),
+            Some("7"),
+            Some("-1"),
+            Some("9223372036854775807"),
+            Some("9223372036854775808"),
+            Some("-9223372036854775808"),
+            Some("-9223372036854775809"),
+            Some("18446744073709551615"),
+            Some("18446744073709551616"),
+            Some("1.5"),
+            Some("1e3"),
+            Some(r#""abc""#),
+            Some(r#""""#),
+            Some(r#""a\"b""#),
+            Some(r#""\u0041""#),
+            Some("true"),
+            Some("null"),
+            Some("[1]"),
+        ];
+        let verbs = [
+            None,
+            Some(r#""GET""#),
+            Some(r#""STORE""#),
+            Some(r#""WATCH""#),
+            Some(r#""get""#),
+            Some(r#""PUT""#),
+            Some(r#""G\u0045T""#),
+            Some(r#""""#),
+            Some("1"),
+            Some("1e400"),
+            Some("null"),
+        ];
+        let long = format!(r#""/{}""#, "a".repeat(4096));
+        let resources = [
+            None,
+            Some(r#""/hello""#),
+            Some(r#""hello""#),
+            Some(r#""""#),
+            Some(r#""/\u0061""#),
+            Some(r#""/a\\b""#),
+            Some(r#""/é""#),
+            Some(long.as_str()),
+            Some("2"),
+            Some("{}"),
+        ];
+        let rests = [
+            "",
+            r#","body":null"#,
+            r#","body":{"a":1}"#,
+            r#","headers":{"t":"x"}"#,
+            r#","headers":{"t":1}"#,
+            r#","headers":[]"#,
+            r#","extra":1"#,
+            r#","verb":"GET""#,
+        ];
+        let mut compared = 0;
+        for id in ids {
+            for verb in verbs {
+                for resource in resources {
+                    for rest in rests {
+                        let members: Vec<String> =
+                            [("id", id), ("verb", verb), ("resource", resource)]
+                                .into_iter()
+                                .filter_map(|(name, value)| {
+                                    value.map(|v| format!(r#""{name}":{v}"#))
+                                })
+                                .collect();
+                        let mut text = format!("{{{}", members.join(","));
+                        if members.is_empty() {
+                            text.push_str(rest.strip_prefix(',').unwrap_or(rest));
+                        } else {
+                            text.push_str(rest);
+                        }
+                        text.push('}');
+                        for rule in [IdRule::Version1, IdRule::AnyNumber] {
+                            let common = Request::parse_with(text.as_bytes(), rule, Path::Common);
+                            let general = Request::parse_with(text.as_bytes(), rule, Path::General);
+                            assert_eq!(common, general, "{text}");
+                            compared += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            compared,
+            ids.len() * verbs.len() * resources.len() * rests.len() * 2
+        );
     }
 }
