@@ -58,7 +58,34 @@ pub(crate) struct WatchFrames {
     pub(crate) overflowed: Arc<AtomicBool>,
 }
 
-type Waiters = HashMap<u64, Waiter>;
+type Waiters = HashMap<u64, Waiter, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Hashes the stream's request ids with one multiplication instead of
+/// SipHash: a request looks its waiter up four times (registered, found,
+/// removed, and again when its future is dropped). The ids are this side's
+/// own counter, so there is no flooding to defend against; a server's
+/// `request_id` is only ever looked up.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // 2^64 / the golden ratio: the high bits, which the table also
+        // uses, change with every bit of `n`.
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `u64` keys hash through `write_u64`; anything else still hashes.
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+}
 
 /// Shared between callers and the reader task.
 struct State {
@@ -135,7 +162,7 @@ impl Mux {
     {
         let (reader, writer) = tokio::io::split(io);
         let state = Arc::new(State {
-            waiters: Mutex::new(Some(HashMap::new())),
+            waiters: Mutex::new(Some(Waiters::default())),
             closed: Mutex::new(None),
         });
         let (to_writer, from_callers) = mpsc::unbounded_channel();
